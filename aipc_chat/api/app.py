@@ -1,0 +1,38 @@
+"""``create_app(settings)``: the FastAPI application, its lifespan and its routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from aipc_chat import __version__
+from aipc_chat.api.errors import install_error_handlers
+from aipc_chat.api.routes import health, openai_chat
+from aipc_chat.runtime import Runtime
+from aipc_chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the application; the models load in the background once it starts."""
+    rt = runtime if runtime is not None else Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt.start_loading()
+        yield
+        await asyncio.to_thread(rt.close)
+
+    app = FastAPI(title="aipc-chat", version=__version__, lifespan=lifespan,
+                  description="Local chat + image server for Intel AI PCs.")
+    app.state.settings = settings
+    app.state.runtime = rt
+    install_error_handlers(app)
+    for module in (health, openai_chat):
+        app.include_router(module.router)
+    return app

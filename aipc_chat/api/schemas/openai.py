@@ -1,0 +1,147 @@
+"""Request bodies of the OpenAI-compatible endpoints, with their bounds; ``to_params`` passes plain types inward."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aipc_chat.engines.llm import GenParams
+from aipc_chat.errors import InvalidRequest, UnsupportedParameter
+
+MAX_MESSAGE_CHARS = 200_000
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content (other part types are not supported by this LLM)."""
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    name: str | None = Field(default=None, max_length=64)
+
+    def text(self) -> str:
+        """The message's text, parts joined."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``."""
+
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=1000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = Field(default=None)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    n: int = Field(default=1, ge=1, le=128)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    user: str | None = Field(default=None, max_length=256)
+    # Extensions, named as OVMS and vLLM name them.
+    ignore_eos: bool = False
+    reasoning_budget: int | None = Field(default=None, ge=0, le=131072)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings of at most 256 characters")
+        return stops
+
+    def check_supported(self) -> None:
+        """Refuse, clearly, what this server does not do (rather than ignoring it)."""
+        if self.n != 1:
+            raise UnsupportedParameter("Only n=1 is supported.", param="n")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise UnsupportedParameter("Tool calling is not supported by this server.", param="tools")
+        if self.logprobs or self.top_logprobs:
+            raise UnsupportedParameter("logprobs are not supported by this server.", param="logprobs")
+        for i, message in enumerate(self.messages):
+            if message.role == "tool":
+                raise UnsupportedParameter("Tool messages are not supported.", param=f"messages.{i}.role")
+        if all(m.role in ("system", "developer") for m in self.messages):
+            raise InvalidRequest("messages needs at least one user or assistant message.", param="messages")
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """Plain role/content dicts (developer messages act as system messages)."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+    def to_params(self) -> GenParams:
+        """The engine's parameters; DeepSeek-R1's recommended sampling where the request is silent."""
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        json_schema = None
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            json_schema = json.dumps({"type": "object"})
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None:
+                raise InvalidRequest("response_format.json_schema is required for type json_schema.",
+                                     param="response_format")
+            json_schema = json.dumps(fmt.json_schema.schema_ or {"type": "object"})
+        return GenParams(
+            max_tokens=max_tokens,
+            temperature=0.6 if self.temperature is None else self.temperature,
+            top_p=0.95 if self.top_p is None else self.top_p,
+            top_k=self.top_k or None,
+            seed=self.seed,
+            stop=tuple(self.stop or ()),  # type: ignore[arg-type]
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            ignore_eos=self.ignore_eos,
+            reasoning_budget=self.reasoning_budget,
+            json_schema=json_schema,
+        )

@@ -1,0 +1,302 @@
+"""The in-process image engine: Stable Diffusion 1.5 through optimum-intel, on one owner thread with a job queue.
+
+Every job has an id, a state, progress (from the pipeline's step callback) and can be cancelled. Images are saved
+by ``ImageStore`` as PNG with AUTOMATIC1111 metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from aipc_chat.engines.store import ImageStore, infotext
+from aipc_chat.errors import Busy, Cancelled, EngineFailure, InvalidRequest, NotReady, RequestTimeout
+from aipc_chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+SEED_MAX = 2**32 - 1
+# AUTOMATIC1111's names for diffusers schedulers.
+SAMPLERS: dict[str, str] = {
+    "PNDMScheduler": "PLMS",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DDIMScheduler": "DDIM",
+    "LMSDiscreteScheduler": "LMS",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+}
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """One generation request, validated against the model by ``ImageEngine.check``."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    n: int = 1
+    sampler: str | None = None
+
+
+@dataclass
+class ImageJob:
+    """A queued or running generation; the owner thread updates it, any thread reads it."""
+
+    params: ImageParams
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    state: JobState = "queued"
+    step: int = 0  # steps done, over all images of the job
+    seeds: list[int] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # stored names
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole job (steps x images)."""
+        return self.params.steps * self.params.n
+
+    @property
+    def progress(self) -> float:
+        """0..1."""
+        return 1.0 if self.state == "done" else min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def finished_ok(self) -> bool:
+        """True when the job ended with its images."""
+        return self.state == "done"
+
+    def cancel(self) -> None:
+        """Stop the job at its next step (or before it starts)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancel() was called."""
+        return self._cancel.is_set()
+
+    def _end(self, state: JobState, error: str | None = None) -> None:
+        self.state, self.error, self.finished = state, error, time.time()
+        with self._lock:
+            self._done.set()
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until the job ends; raise what ended it badly; cancel it and raise RequestTimeout past timeout."""
+        event = asyncio.Event()
+        with self._lock:
+            if self._done.is_set():
+                event.set()
+            else:
+                self._waiters.append((asyncio.get_running_loop(), event))
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.cancel()
+            raise RequestTimeout(f"The image took longer than {timeout:g} s and was cancelled.") from None
+        self.raise_for_state()
+
+    def raise_for_state(self) -> None:
+        """Raise the error of a failed or cancelled job."""
+        if self.state == "cancelled":
+            raise Cancelled("The image generation was cancelled.")
+        if self.state == "failed":
+            raise EngineFailure(f"The image generation failed: {self.error}")
+
+    def as_dict(self, url_for: Any = None) -> dict[str, Any]:
+        """The JSON form (``GET /v1/images/jobs/{id}``)."""
+        return {
+            "id": self.id, "state": self.state, "step": self.step, "total_steps": self.total_steps,
+            "progress": round(self.progress, 4), "seeds": self.seeds, "error": self.error,
+            "images": [url_for(n) for n in self.images] if url_for else self.images,
+            "created": self.created, "started": self.started, "finished": self.finished,
+        }
+
+
+def size_step(pipe: Any) -> int:
+    """The size multiple the pipeline needs: VAE scale factor x the UNet's downsampling."""
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    blocks = pipe.unet.config.get("block_out_channels") if hasattr(pipe.unet, "config") else None
+    unet_factor = 2 ** (len(blocks) - 1) if blocks else 8
+    return vae_factor * unet_factor
+
+
+def image_ov_config(settings: Settings) -> dict[str, str]:
+    """OpenVINO properties for the image pipeline (the compile cache)."""
+    return {"CACHE_DIR": str(settings.compile_cache_dir / "image")}
+
+
+class ImageEngine:
+    """Serves image jobs from one optimum-intel pipeline on its own thread."""
+
+    def __init__(self, settings: Settings, model_dir: Path, model_name: str, device: str, *,
+                 max_size: int = 1024) -> None:
+        self.settings = settings
+        self.model_dir = model_dir
+        self.model_name = model_name
+        self.device = device
+        self.max_size = max_size
+        self.step_multiple = 64
+        self.store = ImageStore(settings.data_dir / "images")
+        self.load_seconds: float | None = None
+        self.sampler = "PLMS"
+        self._pipe: Any = None
+        self._queue: queue.Queue[ImageJob | None] = queue.Queue(maxsize=8)
+        self._jobs: dict[str, ImageJob] = {}
+        self._thread: threading.Thread | None = None
+        self.current: ImageJob | None = None
+
+    def load(self) -> None:
+        """Load and compile the pipeline (blocking) and start the owner thread."""
+        from optimum.intel import OVStableDiffusionPipeline
+
+        t0 = time.perf_counter()
+        self._pipe = OVStableDiffusionPipeline.from_pretrained(
+            str(self.model_dir), device=self.device, ov_config=image_ov_config(self.settings), compile=True)
+        self.step_multiple = size_step(self._pipe)
+        self.sampler = SAMPLERS.get(type(self._pipe.scheduler).__name__, type(self._pipe.scheduler).__name__)
+        self.load_seconds = time.perf_counter() - t0
+        self._thread = threading.Thread(target=self._run, name="image-owner", daemon=True)
+        self._thread.start()
+        log.info("image model %s loaded on %s in %.2f s (sizes %d..%d step %d)", self.model_name, self.device,
+                 self.load_seconds, self.step_multiple, self.max_size, self.step_multiple)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel the running job and stop the owner thread."""
+        if self.current is not None:
+            self.current.cancel()
+        while True:  # cancel what is still queued
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job._end("cancelled", "shutdown")
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def check(self, params: ImageParams) -> None:
+        """Validate sizes against what the model takes."""
+        for name, value in (("width", params.width), ("height", params.height)):
+            if value < self.step_multiple or value > self.max_size or value % self.step_multiple:
+                raise InvalidRequest(
+                    f"{name} must be a multiple of {self.step_multiple} from {self.step_multiple} to "
+                    f"{self.max_size}; got {value}.", param=name)
+
+    def submit(self, params: ImageParams) -> ImageJob:
+        """Queue a job; Busy when the queue is full."""
+        if self._thread is None:
+            raise NotReady("The image model is not loaded.")
+        self.check(params)
+        job = ImageJob(params)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise Busy("The image queue is full; retry shortly.", retry_after=5) from None
+        self._jobs[job.id] = job
+        self._forget_old_jobs()
+        return job
+
+    def get_job(self, job_id: str) -> ImageJob | None:
+        """A job by id (recent jobs only)."""
+        return self._jobs.get(job_id)
+
+    def interrupt(self) -> None:
+        """Cancel the running job (AUTOMATIC1111's /interrupt)."""
+        job = self.current
+        if job is not None:
+            job.cancel()
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting."""
+        return self._queue.qsize()
+
+    def _forget_old_jobs(self, keep: int = 256) -> None:
+        if len(self._jobs) > keep:
+            for job_id in [j.id for j in self._jobs.values() if j.finished][: len(self._jobs) - keep]:
+                del self._jobs[job_id]
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if job.cancelled:
+                job._end("cancelled")
+                continue
+            self.current = job
+            job.state, job.started = "running", time.time()
+            try:
+                self._generate(job)
+            except _Interrupted:
+                job._end("cancelled")
+            except Exception as exc:
+                log.exception("image job %s failed", job.id)
+                job._end("failed", f"{type(exc).__name__}: {exc}")
+            else:
+                job._end("done")
+            finally:
+                self.current = None
+
+    def _generate(self, job: ImageJob) -> None:
+        import torch
+
+        p = job.params
+        base_seed = p.seed if p.seed is not None and p.seed >= 0 else secrets.randbelow(SEED_MAX)
+        job.seeds = [(base_seed + i) % (SEED_MAX + 1) for i in range(p.n)]
+        for index, seed in enumerate(job.seeds):
+            done_before = index * p.steps
+
+            def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any],
+                        done_before: int = done_before) -> dict[str, Any]:
+                job.step = done_before + step + 1
+                if job.cancelled:
+                    pipe._interrupt = True
+                return kwargs
+
+            t0 = time.perf_counter()
+            result = self._pipe(
+                prompt=p.prompt, negative_prompt=p.negative_prompt or None, width=p.width, height=p.height,
+                num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
+                generator=torch.Generator(device="cpu").manual_seed(seed), callback_on_step_end=on_step,
+            )
+            if job.cancelled:
+                raise _Interrupted
+            image = result.images[0]
+            text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
+            job.images.append(self.store.save(image, text))
+            log.info("image job %s: %dx%d, %d steps, seed %d in %.2f s", job.id, p.width, p.height, p.steps,
+                     seed, time.perf_counter() - t0)
+
+    def info(self) -> dict[str, Any]:
+        """What the engine serves (for /ready, /sdapi/v1/sd-models)."""
+        return {"model": self.model_name, "device": self.device, "sampler": self.sampler,
+                "size_step": self.step_multiple, "max_size": self.max_size,
+                "path": json.dumps(str(self.model_dir))}
+
+
+class _Interrupted(Exception):
+    """The running job was cancelled mid-way."""

@@ -1,0 +1,561 @@
+"""The in-process LLM engine over openvino-genai: one owner thread, continuous batching, streamed deltas.
+
+On CPU and GPU the owner thread drives a ``ContinuousBatchingPipeline`` (``add_request`` / ``step``), so several
+requests make progress together. On NPU it drives an ``LLMPipeline`` compiled for static shapes and serves one
+request at a time. Either way a request is a ``LLMStream`` the caller iterates from asyncio and can cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aipc_chat.engines.stream import ThreadToAsync
+from aipc_chat.errors import (
+    Busy,
+    Cancelled,
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidRequest,
+    NotReady,
+)
+from aipc_chat.reasoning import THINK_OPEN, ReasoningSplitter, strip_reasoning
+from aipc_chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT_DEFAULT = 32768
+THINK_CLOSE_TEXT = "\n</think>\n\n"
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling and length parameters of one request, already validated."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    reasoning_budget: int | None = None
+    json_schema: str | None = None
+    regex: str | None = None
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of a reply: reasoning and/or answer, and how many tokens made it."""
+
+    reasoning: str
+    content: str
+    tokens: int
+
+
+@dataclass
+class Timing:
+    """When a request was queued, started, got its first token and ended (monotonic seconds)."""
+
+    queued: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token, queueing included."""
+        return None if self.first_token is None else self.first_token - self.queued
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a reply."""
+
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    timing: Timing
+
+
+class LLMStream(ThreadToAsync[Delta | Done]):
+    """A request in flight: iterate it for ``Delta``s and one final ``Done``; ``cancel()`` to stop it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request_id: str, prompt_tokens: int) -> None:
+        super().__init__(loop)
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+
+
+@dataclass
+class _Request:
+    """Owner-thread state of one request."""
+
+    stream: LLMStream
+    prompt_ids: list[int]
+    config: Any  # openvino_genai.GenerationConfig
+    max_new_tokens: int
+    budget: int | None
+    splitter: ReasoningSplitter
+    timing: Timing
+    handle: Any = None
+    streamer: Any = None
+    generated: list[int] = field(default_factory=list)
+    think_tokens: int = 0
+    forced_tokens: int = 0
+    text_out: list[str] = field(default_factory=list)
+
+
+def scheduler_config(settings: Settings) -> Any:
+    """The continuous-batching scheduler configuration for these settings."""
+    import openvino_genai as ov_genai
+
+    cfg = ov_genai.SchedulerConfig()
+    cfg.cache_size = max(1, round(settings.kv_cache_gb))
+    cfg.max_num_seqs = settings.max_num_seqs
+    cfg.enable_prefix_caching = settings.prefix_caching
+    cfg.dynamic_split_fuse = True
+    return cfg
+
+
+def device_properties(settings: Settings, device: str) -> dict[str, Any]:
+    """OpenVINO properties for compiling the LLM on ``device`` (compile cache, NPU static shapes)."""
+    props: dict[str, Any] = {"CACHE_DIR": str(settings.compile_cache_dir / "llm")}
+    if device == "NPU":
+        props.update(
+            MAX_PROMPT_LEN=settings.npu_max_prompt_len,
+            MIN_RESPONSE_LEN=settings.npu_min_response_len,
+            GENERATE_HINT="BEST_PERF",
+        )
+    return props
+
+
+def generation_config(params: GenParams, max_new_tokens: int) -> Any:
+    """Translate validated parameters into an openvino-genai GenerationConfig."""
+    import openvino_genai as ov_genai
+
+    cfg = ov_genai.GenerationConfig()
+    cfg.max_new_tokens = max_new_tokens
+    cfg.ignore_eos = params.ignore_eos
+    if params.temperature > 0:
+        cfg.do_sample = True
+        cfg.temperature = params.temperature
+        cfg.top_p = params.top_p
+        if params.top_k:
+            cfg.top_k = params.top_k
+    else:
+        cfg.do_sample = False
+    if params.seed is not None:
+        cfg.rng_seed = params.seed
+    if params.stop:
+        cfg.stop_strings = set(params.stop)
+    cfg.presence_penalty = params.presence_penalty
+    cfg.frequency_penalty = params.frequency_penalty
+    cfg.repetition_penalty = params.repetition_penalty
+    structured = structured_output_config(params)
+    if structured is not None:
+        cfg.structured_output_config = structured
+    return cfg
+
+
+def structured_output_config(params: GenParams) -> Any | None:
+    """The structured-output constraint a request asks for, if any."""
+    if params.json_schema is None and params.regex is None and params.grammar is None:
+        return None
+    import openvino_genai as ov_genai
+
+    so = ov_genai.StructuredOutputConfig()
+    if params.json_schema is not None:
+        so.json_schema = params.json_schema
+    elif params.regex is not None:
+        so.regex = params.regex
+    else:
+        so.grammar = params.grammar
+    return so
+
+
+def _context_length(model_dir: Path, configured: int | None) -> int:
+    if configured:
+        return configured
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        return min(int(config.get("max_position_embeddings", MAX_CONTEXT_DEFAULT)), MAX_CONTEXT_DEFAULT)
+    except (OSError, ValueError):
+        return 4096
+
+
+class LLMEngine:
+    """Serves chat requests from one openvino-genai pipeline on its own thread."""
+
+    def __init__(self, settings: Settings, model_dir: Path, model_name: str, device: str) -> None:
+        self.settings = settings
+        self.model_dir = model_dir
+        self.model_name = model_name
+        self.device = device
+        self.context_length = _context_length(model_dir, settings.context_length)
+        self.load_seconds: float | None = None
+        self._tokenizer: Any = None
+        self._pipe: Any = None
+        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+        self._pending = 0  # submitted and not finished: admitted requests, running or waiting
+        self._pending_lock = threading.Lock()
+        self._close_ids: list[int] = []
+        self.active = 0  # generating right now
+
+    @property
+    def capacity(self) -> int:
+        """Requests admitted at once: generating plus waiting."""
+        return self.settings.max_num_seqs + self.settings.llm_queue_size
+
+    @property
+    def serial(self) -> bool:
+        """True on NPU: one request at a time through LLMPipeline."""
+        return self.device == "NPU"
+
+    def load(self) -> None:
+        """Compile the pipeline (blocking) and start the owner thread."""
+        import openvino_genai as ov_genai
+
+        t0 = time.perf_counter()
+        props = device_properties(self.settings, self.device)
+        if self.serial:
+            self._pipe = ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
+        else:
+            self._pipe = ov_genai.ContinuousBatchingPipeline(
+                str(self.model_dir), scheduler_config(self.settings), self.device, props
+            )
+        self._tokenizer = self._pipe.get_tokenizer()
+        self._close_ids = self._encode(THINK_CLOSE_TEXT)
+        self.load_seconds = time.perf_counter() - t0
+        self._thread = threading.Thread(target=self._run, name="llm-owner", daemon=True)
+        self._thread.start()
+        log.info("LLM %s loaded on %s in %.2f s (context %d)", self.model_name, self.device,
+                 self.load_seconds, self.context_length)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel everything in flight and stop the owner thread."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    # --- the caller's side (any thread) ----------------------------------------------------------------
+
+    def render_prompt(self, messages: list[dict[str, str]]) -> str:
+        """Apply the model's own chat template; earlier answers go in without their reasoning."""
+        if self._tokenizer is None:
+            raise NotReady("The LLM is not loaded yet.")
+        history = [
+            {"role": m["role"], "content": strip_reasoning(m["content"]) if m["role"] == "assistant"
+             else m["content"]}
+            for m in messages
+        ]
+        return str(self._tokenizer.apply_chat_template(history, add_generation_prompt=True))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as the model sees it."""
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        encoded = self._tokenizer.encode(text, add_special_tokens=False)
+        return [int(t) for t in encoded.input_ids.data.reshape(-1)]
+
+    def submit(self, messages: list[dict[str, str]], params: GenParams,
+               loop: asyncio.AbstractEventLoop) -> LLMStream:
+        """Template, tokenize, check the context and queue a request; errors are raised here, before streaming.
+
+        Results are delivered on ``loop``. Call it from a worker thread (tokenizing a long prompt takes a while).
+        """
+        return self.submit_prompt(self.render_prompt(messages), params, loop)
+
+    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+        """Queue an already templated prompt."""
+        if self._thread is None:
+            raise NotReady("The LLM is not loaded.")
+        if structured_output_config(params) is not None and prompt.rstrip().endswith(THINK_OPEN):
+            prompt += "</think>\n\n"  # constrained output has no room for reasoning: close the block empty
+        ids = self._encode(prompt)
+        max_new = self._max_new_tokens(len(ids), params.max_tokens)
+        stream = LLMStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
+        with self._pending_lock:
+            if self._pending >= self.capacity:
+                raise Busy(f"The LLM queue is full ({self.capacity} requests); retry shortly.", retry_after=2)
+            self._pending += 1
+        budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
+        opened = prompt.rstrip().endswith(THINK_OPEN)
+        self._inbox.put(_Request(
+            stream=stream, prompt_ids=ids, config=generation_config(params, max_new), max_new_tokens=max_new,
+            budget=budget if opened or budget > 0 else None, splitter=ReasoningSplitter(in_think=opened),
+            timing=Timing(),
+        ))
+        return stream
+
+    def _max_new_tokens(self, prompt_tokens: int, asked: int | None) -> int:
+        room = self.context_length - prompt_tokens
+        if self.serial:
+            room = min(room, self.settings.npu_max_prompt_len + self.settings.npu_min_response_len - prompt_tokens)
+            if prompt_tokens > self.settings.npu_max_prompt_len:
+                room = 0
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens; the messages take "
+                f"{prompt_tokens}. Shorten them.", param="messages")
+        if asked is None:
+            return min(room, self.settings.max_tokens_limit)
+        if asked > self.settings.max_tokens_limit:
+            raise InvalidRequest(
+                f"max_tokens is {asked}; this server allows at most {self.settings.max_tokens_limit}.",
+                param="max_tokens")
+        if asked > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens. However, you requested "
+                f"{prompt_tokens + asked} tokens ({prompt_tokens} in the messages, {asked} in the completion).",
+                param="max_tokens")
+        return asked
+
+    # --- the owner thread ----------
+
+    def _run(self) -> None:
+        try:
+            if self.serial:
+                self._run_serial()
+            else:
+                self._run_batched()
+        except Exception:  # never let the owner die silently: fail whatever is left
+            log.exception("LLM owner thread failed")
+
+    def _finish(self, req: _Request, result: Done | BaseException) -> None:
+        if req.timing.started is not None:
+            self.active -= 1
+        req.timing.finished = time.perf_counter()
+        with self._pending_lock:
+            self._pending -= 1
+        req.stream.put(result)
+        req.stream.close()
+        if isinstance(result, Done):
+            _log_timing(req.stream.request_id, result)
+
+    def _run_batched(self) -> None:
+        waiting: deque[_Request] = deque()
+        running: dict[int, _Request] = {}
+        while not self._take_inbox(waiting, block=not running and not waiting):
+            self._drop_cancelled(waiting, running)
+            while waiting and len(running) < self.settings.max_num_seqs:
+                self._start(waiting.popleft(), running, None)
+            if running:
+                self._step(running)
+        for req in [*waiting, *running.values()]:
+            if req.handle is not None:
+                req.handle.cancel()
+            self._finish(req, Cancelled("The server is shutting down."))
+
+    def _step(self, running: dict[int, _Request]) -> None:
+        """One pipeline step for every running request, then hand out what it produced."""
+        try:
+            self._pipe.step()
+        except Exception as exc:
+            log.exception("pipeline step failed")
+            for req in running.values():
+                self._finish(req, EngineFailure(f"Generation failed: {type(exc).__name__}"))
+            running.clear()
+            return
+        for rid, req in list(running.items()):
+            if self._collect(req, running, rid):
+                del running[rid]
+
+    def _take_inbox(self, waiting: deque[_Request], *, block: bool) -> bool:
+        """Move new requests into ``waiting``; True when asked to stop."""
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return False
+        while True:
+            if item is None:
+                return True
+            waiting.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return False
+
+    def _drop_cancelled(self, waiting: deque[_Request], running: dict[int, _Request]) -> None:
+        for req in [r for r in waiting if r.stream.cancelled]:
+            waiting.remove(req)
+            self._finish(req, Cancelled("cancelled"))
+        for rid, req in list(running.items()):
+            if req.stream.cancelled:
+                req.handle.cancel()
+                del running[rid]
+                self._finish(req, Cancelled("cancelled"))
+
+    def _start(self, req: _Request, running: dict[int, _Request], ids: list[int] | None,
+               max_new: int | None = None) -> None:
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        if max_new is not None:
+            req.config.max_new_tokens = max_new
+        rid = next(self._ids)
+        req.handle = self._pipe.add_request(rid, ov.Tensor(_as_array(req.prompt_ids if ids is None else ids)),
+                                            req.config)
+        if req.timing.started is None:
+            req.timing.started = time.perf_counter()
+            self.active += 1
+            req.streamer = ov_genai.TextStreamer(self._tokenizer, lambda text: _collect_text(req, text))
+        running[rid] = req
+
+    def _collect(self, req: _Request, running: dict[int, _Request], rid: int) -> bool:
+        """Read what a step produced for one request; True when the request is finished."""
+        import openvino_genai as ov_genai
+
+        new: list[int] = []
+        finish = None
+        while req.handle.can_read():
+            for out in req.handle.read().values():
+                new.extend(out.generated_ids)
+                if out.finish_reason != ov_genai.GenerationFinishReason.NONE:
+                    finish = out.finish_reason
+        status = req.handle.get_status()
+        if new:
+            self._emit(req, new)
+        done = finish is not None or status not in (ov_genai.GenerationStatus.RUNNING,)
+        if not done and req.budget is not None and req.splitter.in_think and req.think_tokens >= req.budget:
+            return self._force_answer(req, running, rid)
+        if not done:
+            return False
+        if status == ov_genai.GenerationStatus.IGNORED:
+            self._finish(req, EngineFailure("The request did not fit the KV cache; lower the prompt or retry."))
+            return True
+        length = finish == ov_genai.GenerationFinishReason.LENGTH and not req.config.ignore_eos or (
+            req.config.ignore_eos and len(req.generated) + req.forced_tokens >= req.max_new_tokens)
+        self._flush(req)
+        self._finish(req, Done("length" if length else "stop", len(req.prompt_ids),
+                               len(req.generated) + req.forced_tokens, req.timing))
+        return True
+
+    def _emit(self, req: _Request, ids: list[int]) -> None:
+        if req.timing.first_token is None:
+            req.timing.first_token = time.perf_counter()
+        req.generated.extend(ids)
+        thinking = req.splitter.in_think
+        req.streamer.write(ids)
+        if thinking:
+            req.think_tokens += len(ids)
+        self._push_text(req, len(ids))
+
+    def _push_text(self, req: _Request, tokens: int) -> None:
+        text = "".join(req.text_out)
+        req.text_out.clear()
+        reasoning, content = req.splitter.feed(text) if text else ("", "")
+        if reasoning or content or tokens:
+            req.stream.put(Delta(reasoning, content, tokens))
+
+    def _flush(self, req: _Request) -> None:
+        req.streamer.end()
+        self._push_text(req, 0)
+        reasoning, content = req.splitter.finish()
+        if reasoning or content:
+            req.stream.put(Delta(reasoning, content, 0))
+
+    def _force_answer(self, req: _Request, running: dict[int, _Request], rid: int) -> bool:
+        """The reasoning budget is spent: close the think block and continue with the answer."""
+        req.handle.cancel()
+        del running[rid]
+        req.forced_tokens += len(self._close_ids)
+        req.streamer.write(self._close_ids)
+        self._push_text(req, len(self._close_ids))
+        remaining = req.max_new_tokens - len(req.generated) - req.forced_tokens
+        log.info("%s: reasoning budget of %d tokens spent; answering", req.stream.request_id, req.budget)
+        req.budget = None
+        if remaining <= 0:
+            self._flush(req)
+            self._finish(req, Done("length", len(req.prompt_ids), len(req.generated) + req.forced_tokens,
+                                   req.timing))
+            return False
+        self._start(req, running, req.prompt_ids + req.generated + self._close_ids, max_new=remaining)
+        return False
+
+    def _run_serial(self) -> None:
+        """NPU: one request at a time through LLMPipeline.generate with a cancelling streamer."""
+        while (req := self._inbox.get()) is not None:
+            if req.stream.cancelled:
+                self._finish(req, Cancelled("cancelled"))
+            else:
+                self._serve_one(req)
+        while True:  # drain what is left after the stop signal
+            try:
+                left = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if left is not None:
+                self._finish(left, Cancelled("The server is shutting down."))
+
+    def _serve_one(self, req: _Request) -> None:
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        req.timing.started = time.perf_counter()
+        self.active += 1
+
+        def on_text(text: str) -> Any:
+            if req.timing.first_token is None:
+                req.timing.first_token = time.perf_counter()
+            req.text_out.append(text)
+            self._push_text(req, 1)
+            return ov_genai.StreamingStatus.CANCEL if req.stream.cancelled else ov_genai.StreamingStatus.RUNNING
+
+        try:
+            res = self._pipe.generate(ov.Tensor(_as_array(req.prompt_ids)), req.config, on_text)
+            n = int(res.perf_metrics.get_num_generated_tokens())
+        except Exception as exc:
+            log.exception("generation failed")
+            self._finish(req, EngineFailure(f"Generation failed: {type(exc).__name__}"))
+            return
+        if req.stream.cancelled:
+            self._finish(req, Cancelled("cancelled"))
+            return
+        reasoning, content = req.splitter.finish()
+        if reasoning or content:
+            req.stream.put(Delta(reasoning, content, 0))
+        self._finish(req, Done("length" if n >= req.max_new_tokens else "stop", len(req.prompt_ids), n,
+                               req.timing))
+
+
+def _collect_text(req: _Request, text: str) -> Any:
+    import openvino_genai as ov_genai
+
+    req.text_out.append(text)
+    return ov_genai.StreamingStatus.RUNNING
+
+
+def _as_array(ids: list[int]) -> Any:
+    import numpy as np
+
+    return np.asarray([ids], dtype=np.int64)
+
+
+def _log_timing(request_id: str, done: Done) -> None:
+    t = done.timing
+    if t.started is None or t.finished is None:
+        return
+    decode = (t.finished - t.first_token) if t.first_token else 0.0
+    rate = (done.completion_tokens - 1) / decode if decode > 0 and done.completion_tokens > 1 else 0.0
+    log.info("%s: queue %.1f ms, ttft %.1f ms, %d+%d tokens, %.1f tokens/s, %s", request_id,
+             (t.started - t.queued) * 1e3, (t.ttft or 0.0) * 1e3, done.prompt_tokens, done.completion_tokens,
+             rate, done.finish_reason)

@@ -1,0 +1,88 @@
+"""Generated images on disk: PNG files with AUTOMATIC1111 ``parameters`` metadata, unguessable names, retention."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import secrets
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aipc_chat.engines.image import ImageParams
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _quote(value: object) -> str:
+    """AUTOMATIC1111 quotes values that hold a comma, colon or newline."""
+    text = str(value)
+    if any(c in text for c in ',:\n"'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+def infotext(params: ImageParams, *, seed: int, sampler: str, model: str) -> str:
+    """The A1111 "infotext": prompt, negative prompt, then ``key: value`` pairs."""
+    lines = [params.prompt]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {params.negative_prompt}")
+    pairs = {"Steps": params.steps, "Sampler": sampler, "CFG scale": f"{params.guidance_scale:g}", "Seed": seed,
+             "Size": f"{params.width}x{params.height}", "Model": model}
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items()))
+    return "\n".join(lines)
+
+
+def png_bytes(image: Any, parameters: str) -> bytes:
+    """Encode a PIL image as PNG with a ``parameters`` text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    return buf.getvalue()
+
+
+class ImageStore:
+    """A folder of generated PNGs, pruned to the newest ``max_images``."""
+
+    def __init__(self, folder: Path, max_images: int = 1000) -> None:
+        self.folder = folder
+        self.max_images = max_images
+        self._lock = threading.Lock()
+
+    def save(self, image: Any, parameters: str) -> str:
+        """Write atomically (temp file + rename, so a crash never leaves half a PNG); return the name."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = secrets.token_hex(16)
+        data = png_bytes(image, parameters)
+        tmp = self.folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.folder / f"{name}.png")
+        self._prune()
+        return name
+
+    def path(self, name: str) -> Path | None:
+        """The file of a stored image, or None (unknown or malformed names never touch the file system)."""
+        if not NAME_RE.match(name):
+            return None
+        path = self.folder / f"{name}.png"
+        return path if path.is_file() else None
+
+    def read(self, name: str) -> bytes | None:
+        """The PNG bytes of a stored image."""
+        path = self.path(name)
+        return path.read_bytes() if path else None
+
+    def _prune(self) -> None:
+        with self._lock:
+            files = sorted(self.folder.glob("*.png"), key=lambda p: p.stat().st_mtime)
+            for old in files[: max(0, len(files) - self.max_images)]:
+                old.unlink(missing_ok=True)
+                log.info("pruned old image %s", old.name)

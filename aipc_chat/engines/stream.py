@@ -1,0 +1,78 @@
+"""Hand results from an engine's owner thread to an asyncio consumer, with cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_END = object()
+
+
+class ThreadToAsync(Generic[T]):
+    """A one-way channel: the owner thread ``put``s items, one asyncio task iterates them.
+
+    ``cancel()`` may be called from either side; the owner thread polls ``cancelled`` and stops the work.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._closed = False
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the consumer (or a shutdown) asked the work to stop."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Ask the owner thread to stop this work at its next step."""
+        self._cancelled.set()
+
+    def put(self, item: T | BaseException) -> None:
+        """Called from the owner thread: deliver an item (or an exception that ends the stream)."""
+        self._send(item)
+
+    def close(self) -> None:
+        """Called from the owner thread: no more items."""
+        if not self._closed:
+            self._closed = True
+            self._send(_END)
+
+    def _send(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
+            log.debug("dropped an item for a closed event loop")
+
+    async def get_batch(self) -> list[T] | None:
+        """Wait for the next item, then take every other item already waiting; None at the end."""
+        items: list[T] = []
+        item = await self._queue.get()
+        while True:
+            if item is _END:
+                if items:  # deliver what came before the end first
+                    self._queue.put_nowait(_END)
+                    return items
+                return None
+            if isinstance(item, BaseException):
+                if items:
+                    self._queue.put_nowait(item)
+                    return items
+                raise item
+            items.append(item)  # type: ignore[arg-type]
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return items
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        while (batch := await self.get_batch()) is not None:
+            for item in batch:
+                yield item

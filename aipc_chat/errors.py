@@ -1,0 +1,121 @@
+"""The project's one error tree; the API maps it to HTTP in one place (``api/errors.py``).
+
+    AipcError                       500 server_error (generic message, details only in the log)
+    ├── InvalidRequest              400 invalid_request_error
+    │   ├── ContextLengthExceeded   400 code=context_length_exceeded
+    │   └── UnsupportedParameter    400 code=unsupported_parameter
+    ├── NotFound                    404 not_found_error
+    │   └── ModelNotFound           404 code=model_not_found
+    ├── Busy                        503 code=server_busy (Retry-After)
+    ├── NotReady                    503 code=model_not_ready
+    ├── RequestTimeout              504 code=timeout
+    ├── Cancelled                   499 (client went away; never sent to a live client)
+    └── EngineFailure               500 code=engine_error
+    ModelSetupError                 (start-up and CLI only: a missing or unusable model, with what to run)
+
+Engines raise these; they never know about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class AipcError(Exception):
+    """Base of every error the server reports to a client."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, object]:
+        """The OpenAI-style error body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(AipcError):
+    """The request is malformed or asks for something out of bounds."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt (plus the requested output) does not fit the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A field we understand but do not support (instead of silently ignoring it)."""
+
+    code = "unsupported_parameter"
+
+
+class NotFound(AipcError):
+    """The thing asked for does not exist."""
+
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """The model id is not served here."""
+
+    code = "model_not_found"
+
+
+class Busy(AipcError):
+    """A bounded queue is full: retry later."""
+
+    status = 503
+    type = "server_busy"
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1, status: int = 503) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class NotReady(AipcError):
+    """The model is still loading (or failed to load)."""
+
+    status = 503
+    type = "server_busy"
+    code = "model_not_ready"
+
+
+class RequestTimeout(AipcError):
+    """The request ran past its time limit and was cancelled."""
+
+    status = 504
+    type = "timeout_error"
+    code = "timeout"
+
+
+class Cancelled(AipcError):
+    """The request was cancelled (client disconnect, interrupt or shutdown)."""
+
+    status = 499
+    type = "cancelled"
+    code = "cancelled"
+
+
+class EngineFailure(AipcError):
+    """An engine failed while serving a request; the details are logged, not sent."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
+class ModelSetupError(Exception):
+    """A model is missing or unusable at start-up; the message says what to run."""

@@ -1,0 +1,83 @@
+"""Which model (and from where) serves each kind: remote endpoint, explicit path, demo model, or hub repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aipc_chat.errors import ModelSetupError
+from aipc_chat.settings import Settings
+
+Kind = Literal["llm", "image"]
+Source = Literal["remote", "path", "demo", "repo"]
+
+DEMO_NAMES: dict[Kind, str] = {"llm": "aipc-demo-deepseek-r1", "image": "aipc-demo-sd15"}
+# A folder is a usable model when these files are in it.
+REQUIRED_FILES: dict[Kind, tuple[str, ...]] = {
+    "llm": ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml"),
+    "image": ("model_index.json", "unet/openvino_model.xml", "vae_decoder/openvino_model.xml"),
+}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Where one kind of model comes from, and the id clients see."""
+
+    kind: Kind
+    source: Source
+    name: str
+    path: Path | None = None
+    endpoint: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+
+    def missing_files(self) -> list[str]:
+        """Required files absent from a local model folder (empty for remote models)."""
+        if self.path is None:
+            return []
+        return [f for f in REQUIRED_FILES[self.kind] if not (self.path / f).is_file()]
+
+
+def repo_dir(models_dir: Path, repo: str, revision: str) -> Path:
+    """The deterministic folder of a hub repository at a revision."""
+    owner, _, name = repo.partition("/")
+    folder = f"{owner}--{name}" if name else owner
+    return models_dir / "hub" / folder / revision
+
+
+def choose_model(settings: Settings, kind: Kind) -> ModelChoice:
+    """Resolve a kind in order: remote endpoint, explicit path, demo model, configured repository."""
+    endpoint = settings.llm_endpoint if kind == "llm" else settings.image_endpoint
+    path = settings.llm_path if kind == "llm" else settings.image_path
+    if endpoint:
+        return ModelChoice(kind, "remote", name=endpoint, endpoint=endpoint.rstrip("/"))
+    if path is not None:
+        return ModelChoice(kind, "path", name=path.resolve().name, path=path)
+    if settings.demo:
+        return ModelChoice(kind, "demo", name=DEMO_NAMES[kind], path=settings.demo_models_dir / kind)
+    repo = settings.llm_repo if kind == "llm" else settings.image_repo
+    revision = settings.llm_revision if kind == "llm" else settings.image_revision
+    return ModelChoice(
+        kind, "repo", name=repo.rsplit("/", 1)[-1], path=repo_dir(settings.models_dir, repo, revision),
+        repo=repo, revision=revision,
+    )
+
+
+def check_present(choice: ModelChoice) -> None:
+    """Raise ModelSetupError, saying what to run, when a local model folder is missing or incomplete."""
+    missing = choice.missing_files()
+    if not missing:
+        return
+    where = choice.path
+    if choice.source == "demo":
+        hint = "Build the demo models with `aipc-chat demo-models` (or `make demo`)."
+    elif choice.source == "path":
+        hint = f"Point AIPC_{choice.kind.upper()}_PATH at an OpenVINO model folder."
+    else:
+        hint = (
+            "Run `aipc-chat download` on a connected machine (or enable AUTO_DOWNLOAD_MODELS), "
+            "or try the offline demo models with `make demo`."
+        )
+    raise ModelSetupError(f"The {choice.kind} model '{choice.name}' is not in {where} (missing: "
+                          f"{', '.join(missing)}). {hint}")

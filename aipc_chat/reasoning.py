@@ -1,0 +1,85 @@
+"""Split a DeepSeek-R1 reply into its ``<think>`` reasoning and its answer, incrementally, as text streams in."""
+
+from __future__ import annotations
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def _partial_tag_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag`` (a tag split across chunks)."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+class ReasoningSplitter:
+    """Feed text chunks; get back (reasoning, content) deltas. Tags never leak into either part.
+
+    ``in_think`` starts true when the chat template itself opened ``<think>`` in the prompt (DeepSeek-R1's does).
+    Otherwise a ``<think>`` at the very start of the reply opens the block; one later in the text is content.
+    """
+
+    def __init__(self, *, in_think: bool) -> None:
+        self.in_think = in_think
+        self._at_start = True  # before any non-blank content: where an opening <think> may appear
+        self._held = ""
+        self.reasoning = ""
+        self.content = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """Consume a chunk; return the reasoning and content it completes."""
+        buf = self._held + text
+        self._held = ""
+        reasoning, content = [], []
+        while buf:
+            if self.in_think:
+                idx = buf.find(THINK_CLOSE)
+                if idx < 0:
+                    keep = _partial_tag_suffix(buf, THINK_CLOSE)
+                    reasoning.append(buf[: len(buf) - keep])
+                    self._held = buf[len(buf) - keep :]
+                    break
+                reasoning.append(buf[:idx])
+                buf = buf[idx + len(THINK_CLOSE) :]
+                self.in_think = False
+                self._at_start = True
+                continue
+            if self._at_start:
+                stripped = buf.lstrip()
+                if not stripped:
+                    break  # only whitespace so far: drop it (answers do not start with blank lines)
+                if stripped.startswith(THINK_OPEN):
+                    buf = stripped[len(THINK_OPEN) :]
+                    self.in_think = True
+                    continue
+                if THINK_OPEN.startswith(stripped):
+                    self._held = stripped  # maybe the start of "<think>"; wait for more text
+                    break
+                buf = stripped
+                self._at_start = False
+            content.append(buf)
+            break
+        r, c = "".join(reasoning), "".join(content)
+        self.reasoning += r
+        self.content += c
+        return r, c
+
+    def finish(self) -> tuple[str, str]:
+        """Flush what was held back at the end of the reply."""
+        held, self._held = self._held, ""
+        if not held:
+            return "", ""
+        if self.in_think:
+            self.reasoning += held
+            return held, ""
+        self.content += held
+        return "", held
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer part of a full reply: what is fed back into later prompts (never the reasoning)."""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[-1].strip()
+    return "" if text.lstrip().startswith(THINK_OPEN) else text.strip()

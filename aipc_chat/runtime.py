@@ -1,0 +1,137 @@
+"""The models this process serves: chooses, loads (in the background) and closes the engines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aipc_chat.engines.image import ImageEngine
+from aipc_chat.engines.llm import LLMEngine
+from aipc_chat.errors import NotReady
+from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
+from aipc_chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+State = Literal["pending", "loading", "ready", "failed"]
+
+
+@dataclass
+class ModelStatus:
+    """What /ready reports for one kind of model."""
+
+    choice: ModelChoice
+    device: str
+    state: State = "pending"
+    error: str | None = None
+    load_seconds: float | None = None
+    started: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form."""
+        return {
+            "model": self.choice.name, "source": self.choice.source, "device": self.device,
+            "state": self.state, "error": self.error, "load_seconds": self.load_seconds,
+        }
+
+
+class Runtime:
+    """Owns the LLM and image engines of one server process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.llm: LLMEngine | None = None
+        self.image: ImageEngine | None = None
+        self.status: dict[Kind, ModelStatus] = {
+            kind: ModelStatus(choose_model(settings, kind), device)
+            for kind, device in (("llm", settings.llm_device), ("image", settings.image_device))
+        }
+        self._loader: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def check(self) -> None:
+        """Fail fast (ModelSetupError) when a local model folder is missing."""
+        for status in self.status.values():
+            check_present(status.choice)
+
+    def start_loading(self) -> None:
+        """Load both models on a background thread so /health and /ready answer meanwhile."""
+        self._loader = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        self._loader.start()
+
+    def load(self) -> None:
+        """Load both models, one after the other (blocking)."""
+        for kind in ("llm", "image"):
+            if self._closed.is_set():
+                return
+            self._load_one(kind)  # type: ignore[arg-type]
+
+    def _load_one(self, kind: Kind) -> None:
+        status = self.status[kind]
+        status.state = "loading"
+        choice = status.choice
+        t0 = time.perf_counter()
+        try:
+            check_present(choice)
+            assert choice.path is not None, "remote engines are not built yet"
+            if kind == "llm":
+                engine: LLMEngine | ImageEngine = LLMEngine(self.settings, choice.path, choice.name, status.device)
+            else:
+                engine = ImageEngine(self.settings, choice.path, choice.name, status.device)
+            engine.load()
+        except Exception as exc:
+            log.exception("loading the %s model failed", kind)
+            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            return
+        if isinstance(engine, LLMEngine):
+            self.llm = engine
+        else:
+            self.image = engine
+        status.load_seconds = round(time.perf_counter() - t0, 3)
+        status.state = "ready"
+
+    def describe(self) -> dict[str, dict[str, object]]:
+        """Per kind: the model, its state and, once loaded, what it is doing now."""
+        out = {kind: status.as_dict() for kind, status in self.status.items()}
+        if self.llm is not None:
+            out["llm"]["active_requests"] = self.llm.active
+            out["llm"]["context_length"] = self.llm.context_length
+        if self.image is not None:
+            out["image"]["active_jobs"] = int(self.image.current is not None)
+            out["image"]["queued_jobs"] = self.image.queue_depth
+        return out
+
+    @property
+    def ready(self) -> bool:
+        """True when every model is loaded."""
+        return all(s.state == "ready" for s in self.status.values())
+
+    def require_llm(self) -> LLMEngine:
+        """The LLM engine, or NotReady."""
+        if self.llm is None:
+            raise NotReady(_not_ready_message(self.status["llm"]))
+        return self.llm
+
+    def require_image(self) -> ImageEngine:
+        """The image engine, or NotReady."""
+        if self.image is None:
+            raise NotReady(_not_ready_message(self.status["image"]))
+        return self.image
+
+    def close(self) -> None:
+        """Stop the engines (in-flight work is cancelled)."""
+        self._closed.set()
+        if self._loader is not None:
+            self._loader.join(timeout=60)
+        for engine in (self.llm, self.image):
+            if engine is not None:
+                engine.close()
+
+
+def _not_ready_message(status: ModelStatus) -> str:
+    if status.state == "failed":
+        return f"The {status.choice.kind} model failed to load: {status.error}"
+    return f"The {status.choice.kind} model '{status.choice.name}' is {status.state}; retry shortly."

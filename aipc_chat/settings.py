@@ -1,0 +1,174 @@
+"""The one configuration object: every knob, its environment names and its description.
+
+Each field reads ``AIPC_<NAME>``; the seed project's names (``USE_MOCKS``, ``MODELS_CACHE_DIR``, ``DEEPSEEK_*``,
+``STABLE_DIFFUSION_*``, ...) are accepted as aliases so old deployments keep working. Nothing reads settings at
+import time: build one ``Settings`` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVICE_PATTERN = r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?)$"
+DEFAULT_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-ov"
+DEFAULT_IMAGE_REPO = "OpenVINO/stable-diffusion-v1-5-int8-ov"
+
+
+def _env(name: str, *seed_names: str) -> AliasChoices:
+    """Accept the field name, ``AIPC_<NAME>`` and the seed project's environment names."""
+    return AliasChoices(name, f"AIPC_{name.upper()}", *seed_names)
+
+
+class Settings(BaseSettings):
+    """Server configuration, read from the environment (``AIPC_`` prefix) or given directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIPC_", populate_by_name=True, extra="ignore", case_sensitive=False, frozen=True
+    )
+
+    # --- serving ----------
+    host: str = Field("127.0.0.1", validation_alias=_env("host"), description="Address to bind.")
+    port: int = Field(8000, ge=1, le=65535, validation_alias=_env("port"), description="TCP port to listen on.")
+    log_level: str = Field(
+        "info", pattern=r"^(debug|info|warning|error)$", validation_alias=_env("log_level"),
+        description="Log level: debug, info, warning or error.",
+    )
+    request_timeout: float = Field(
+        300.0, gt=0, le=3600, validation_alias=_env("request_timeout", "REQUEST_TIMEOUT"),
+        description="Seconds one request may take (queueing included) before it is cancelled.",
+    )
+
+    # --- which models ----------
+    demo: bool = Field(
+        False, validation_alias=_env("demo", "USE_MOCKS"),
+        description="Serve the tiny built-in demo models (built offline by `aipc-chat demo-models`).",
+    )
+    models_dir: Path = Field(
+        Path("models"), validation_alias=_env("models_dir", "MODELS_CACHE_DIR"),
+        description="Where downloaded, converted and demo models live.",
+    )
+    cache_dir: Path | None = Field(
+        None, validation_alias=_env("cache_dir"),
+        description="OpenVINO compile cache (CACHE_DIR); default `<models_dir>/ov_cache`.",
+    )
+    data_dir: Path = Field(
+        Path("data"), validation_alias=_env("data_dir"),
+        description="Conversation history and generated images.",
+    )
+    auto_download_models: bool = Field(
+        True, validation_alias=_env("auto_download_models", "AUTO_DOWNLOAD_MODELS"),
+        description="Download a missing model at start-up.",
+    )
+    hf_token: SecretStr | None = Field(
+        None, validation_alias=_env("hf_token", "HUGGINGFACE_TOKEN", "HF_TOKEN"),
+        description="Hugging Face token for gated or private repositories.",
+    )
+    llm_repo: str = Field(
+        DEFAULT_LLM_REPO, validation_alias=_env("llm_repo", "DEEPSEEK_REPO_ID"),
+        description="Hub repository of the LLM (OpenVINO IR).",
+    )
+    llm_revision: str = Field(
+        "main", validation_alias=_env("llm_revision", "DEEPSEEK_REVISION", "DEEPSEEK_REPO_REVISION"),
+        description="Revision (branch, tag or commit) of the LLM repository.",
+    )
+    image_repo: str = Field(
+        DEFAULT_IMAGE_REPO, validation_alias=_env("image_repo", "STABLE_DIFFUSION_REPO_ID"),
+        description="Hub repository of the Stable Diffusion 1.5 pipeline (OpenVINO IR).",
+    )
+    image_revision: str = Field(
+        "main",
+        validation_alias=_env("image_revision", "STABLE_DIFFUSION_REVISION", "STABLE_DIFFUSION_REPO_REVISION"),
+        description="Revision of the image repository.",
+    )
+    llm_path: Path | None = Field(
+        None, validation_alias=_env("llm_path"), description="Use this local LLM folder as is."
+    )
+    image_path: Path | None = Field(
+        None, validation_alias=_env("image_path"), description="Use this local image pipeline folder as is."
+    )
+    llm_endpoint: str | None = Field(
+        None, validation_alias=_env("llm_endpoint", "DEEPSEEK_ENDPOINT"),
+        description="Remote OpenAI-compatible base URL (e.g. http://host:8000/v1); no local LLM is loaded.",
+    )
+    image_endpoint: str | None = Field(
+        None, validation_alias=_env("image_endpoint", "STABLE_DIFFUSION_ENDPOINT"),
+        description="Remote AUTOMATIC1111 server root; no local image model is loaded.",
+    )
+
+    # --- devices ----------
+    llm_device: str = Field(
+        "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("llm_device"),
+        description="OpenVINO device for the LLM: CPU, GPU, NPU or AUTO.",
+    )
+    image_device: str = Field(
+        "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("image_device"),
+        description="OpenVINO device for Stable Diffusion: CPU, GPU, NPU or AUTO.",
+    )
+
+    # --- LLM ----------
+    max_tokens_limit: int = Field(
+        4096, ge=16, le=131072, validation_alias=_env("max_tokens_limit"),
+        description="Ceiling for max_tokens; a request asking for more gets a 400.",
+    )
+    reasoning_budget: int = Field(
+        1024, ge=0, le=131072, validation_alias=_env("reasoning_budget"),
+        description="Tokens the model may think before the engine closes </think> and makes it answer.",
+    )
+    context_length: int | None = Field(
+        None, ge=64, validation_alias=_env("context_length"),
+        description="Context window in tokens; default: the model's max_position_embeddings, at most 32768.",
+    )
+    kv_cache_gb: float = Field(
+        1.0, gt=0, le=64, validation_alias=_env("kv_cache_gb"),
+        description="KV-cache size in GB for continuous batching (CPU/GPU).",
+    )
+    max_num_seqs: int = Field(
+        16, ge=1, le=256, validation_alias=_env("max_num_seqs"),
+        description="Sequences generated at once by continuous batching.",
+    )
+    llm_queue_size: int = Field(
+        64, ge=1, le=4096, validation_alias=_env("llm_queue_size"),
+        description="Requests that may wait for a slot before new ones are refused with 503.",
+    )
+    prefix_caching: bool = Field(
+        True, validation_alias=_env("prefix_caching"),
+        description="Reuse the KV cache of shared prompt prefixes (multi-turn chats).",
+    )
+    npu_max_prompt_len: int = Field(
+        1024, ge=64, validation_alias=_env("npu_max_prompt_len"),
+        description="NPU only: static prompt length the LLM is compiled for.",
+    )
+    npu_min_response_len: int = Field(
+        256, ge=16, validation_alias=_env("npu_min_response_len"),
+        description="NPU only: tokens reserved for the answer.",
+    )
+
+    # --- conversations ----------
+    conversation_history_limit: int = Field(
+        10, ge=0, le=1000, validation_alias=_env("conversation_history_limit", "CONVERSATION_HISTORY_LIMIT"),
+        description="Earlier exchanges (user + assistant) fed back to the model in /chat.",
+    )
+
+    @field_validator("llm_device", "image_device", mode="before")
+    @classmethod
+    def _upper_device(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("llm_endpoint", "image_endpoint", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """The OpenVINO compile cache folder."""
+        return self.cache_dir if self.cache_dir is not None else self.models_dir / "ov_cache"
+
+    @property
+    def demo_models_dir(self) -> Path:
+        """Where `aipc-chat demo-models` builds the demo models."""
+        return self.models_dir / "demo"

@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated environment and the demo models, built once (idempotently) per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aipc_chat.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = Path(os.environ.get("AIPC_TEST_MODELS_DIR", REPO / "models"))
+SEED_NAMES = ("USE_MOCKS", "AUTO_DOWNLOAD_MODELS", "MODELS_CACHE_DIR", "DEEPSEEK_ENDPOINT", "STABLE_DIFFUSION_ENDPOINT",
+              "HUGGINGFACE_TOKEN", "HF_TOKEN", "DEEPSEEK_REPO_ID", "STABLE_DIFFUSION_REPO_ID", "REQUEST_TIMEOUT",
+              "CONVERSATION_HISTORY_LIMIT")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's AIPC_* or seed configuration."""
+    for name in list(os.environ):
+        if name.upper().startswith("AIPC_") or name.upper() in SEED_NAMES:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> Path:
+    """The demo models folder (``<models>/demo``), built if missing."""
+    from aipc_chat.provision.demo_image import build_demo_image
+    from aipc_chat.provision.demo_llm import build_demo_llm
+
+    demo = MODELS_DIR / "demo"
+    build_demo_llm(demo / "llm")
+    build_demo_image(demo / "image")
+    return demo
+
+
+@pytest.fixture
+def demo_settings(demo_models: Path, tmp_path: Path) -> Settings:
+    """Settings that serve the demo models, with a fresh data folder."""
+    return Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path / "data")

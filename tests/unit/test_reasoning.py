@@ -1,0 +1,52 @@
+"""The <think> splitter must give the same split whatever the chunking."""
+
+from __future__ import annotations
+
+import pytest
+
+from aipc_chat.reasoning import ReasoningSplitter, strip_reasoning
+
+REPLY = "Let me think.\nThe user greets me.\n</think>\n\nHello! How can I help?"
+
+
+def split(chunks: list[str], *, in_think: bool) -> tuple[str, str]:
+    s = ReasoningSplitter(in_think=in_think)
+    parts = [s.feed(c) for c in chunks] + [s.finish()]
+    reasoning = "".join(p[0] for p in parts)
+    content = "".join(p[1] for p in parts)
+    assert (reasoning, content) == (s.reasoning, s.content)
+    return reasoning, content
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 100])
+def test_prompt_opened_think_split_any_chunking(size: int) -> None:
+    chunks = [REPLY[i : i + size] for i in range(0, len(REPLY), size)]
+    reasoning, content = split(chunks, in_think=True)
+    assert reasoning == "Let me think.\nThe user greets me.\n"
+    assert content == "Hello! How can I help?"
+
+
+@pytest.mark.parametrize("size", [1, 4, 100])
+def test_model_opened_think(size: int) -> None:
+    text = "<think>\nhmm\n</think>\n\nAnswer <think> stays"
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    assert split(chunks, in_think=False) == ("\nhmm\n", "Answer <think> stays")
+
+
+def test_no_think_block_is_all_content() -> None:
+    assert split(["Just ", "an answer."], in_think=False) == ("", "Just an answer.")
+
+
+def test_unclosed_think_is_all_reasoning() -> None:
+    assert split(["still thinking </thi"], in_think=True) == ("still thinking </thi", "")
+
+
+def test_content_holding_partial_tag_at_start_is_flushed() -> None:
+    assert split(["<thi"], in_think=False) == ("", "<thi")
+
+
+def test_strip_reasoning() -> None:
+    assert strip_reasoning("<think>a</think>\n\nB") == "B"
+    assert strip_reasoning("a</think>B") == "B"
+    assert strip_reasoning("plain") == "plain"
+    assert strip_reasoning("<think>never closed") == ""
