@@ -46,8 +46,8 @@ class Runtime:
         self.llm: LLMEngine | None = None
         self.image: ImageEngine | None = None
         self.status: dict[Kind, ModelStatus] = {
-            kind: ModelStatus(choose_model(settings, kind), device)
-            for kind, device in (("llm", settings.llm_device), ("image", settings.image_device))
+            "llm": ModelStatus(choose_model(settings, "llm"), settings.llm_device),
+            "image": ModelStatus(choose_model(settings, "image"), settings.image_device),
         }
         self._loader: threading.Thread | None = None
         self._closed = threading.Event()
@@ -64,10 +64,10 @@ class Runtime:
 
     def load(self) -> None:
         """Load both models, one after the other (blocking)."""
-        for kind in ("llm", "image"):
+        for kind in self.status:
             if self._closed.is_set():
                 return
-            self._load_one(kind)  # type: ignore[arg-type]
+            self._load_one(kind)
 
     def _load_one(self, kind: Kind) -> None:
         status = self.status[kind]
@@ -80,7 +80,9 @@ class Runtime:
             if kind == "llm":
                 engine: LLMEngine | ImageEngine = LLMEngine(self.settings, choice.path, choice.name, status.device)
             else:
-                engine = ImageEngine(self.settings, choice.path, choice.name, status.device)
+                max_size = min(self.settings.image_max_size, 512) if choice.source == "demo" else None
+                engine = ImageEngine(self.settings, choice.path, choice.name, status.device,
+                                     max_size=max_size or self.settings.image_max_size)
             engine.load()
         except Exception as exc:
             log.exception("loading the %s model failed", kind)
@@ -95,7 +97,7 @@ class Runtime:
 
     def describe(self) -> dict[str, dict[str, object]]:
         """Per kind: the model, its state and, once loaded, what it is doing now."""
-        out = {kind: status.as_dict() for kind, status in self.status.items()}
+        out: dict[str, dict[str, object]] = {kind: status.as_dict() for kind, status in self.status.items()}
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
             out["llm"]["context_length"] = self.llm.context_length

@@ -116,14 +116,14 @@ class Settings(BaseSettings):
     )
     reasoning_budget: int = Field(
         1024, ge=0, le=131072, validation_alias=_env("reasoning_budget"),
-        description="Tokens the model may think before the engine closes </think> and makes it answer.",
+        description="Tokens the model may think before the engine closes `</think>` and makes it answer.",
     )
     context_length: int | None = Field(
         None, ge=64, validation_alias=_env("context_length"),
         description="Context window in tokens; default: the model's max_position_embeddings, at most 32768.",
     )
-    kv_cache_gb: float = Field(
-        1.0, gt=0, le=64, validation_alias=_env("kv_cache_gb"),
+    kv_cache_gb: int = Field(
+        1, ge=1, le=64, validation_alias=_env("kv_cache_gb"),
         description="KV-cache size in GB for continuous batching (CPU/GPU).",
     )
     max_num_seqs: int = Field(
@@ -145,6 +145,34 @@ class Settings(BaseSettings):
     npu_min_response_len: int = Field(
         256, ge=16, validation_alias=_env("npu_min_response_len"),
         description="NPU only: tokens reserved for the answer.",
+    )
+
+    # --- images ----------
+    image_max_size: int = Field(
+        1024, ge=64, le=2048, validation_alias=_env("image_max_size"),
+        description="Largest width or height accepted (the demo model takes at most 512).",
+    )
+    image_max_n: int = Field(
+        4, ge=1, le=16, validation_alias=_env("image_max_n"), description="Most images one request may ask for.",
+    )
+    image_max_steps: int = Field(
+        100, ge=1, le=500, validation_alias=_env("image_max_steps"), description="Most denoising steps per image.",
+    )
+    image_queue_size: int = Field(
+        8, ge=1, le=256, validation_alias=_env("image_queue_size"),
+        description="Image jobs that may wait before new ones are refused with 503.",
+    )
+    image_retention: int = Field(
+        1000, ge=1, validation_alias=_env("image_retention"),
+        description="Generated images kept on disk; the oldest are pruned beyond it.",
+    )
+    npu_image_width: int = Field(
+        512, ge=64, le=2048, validation_alias=_env("npu_image_width"),
+        description="NPU only: the static image width the pipeline is compiled for.",
+    )
+    npu_image_height: int = Field(
+        512, ge=64, le=2048, validation_alias=_env("npu_image_height"),
+        description="NPU only: the static image height the pipeline is compiled for.",
     )
 
     # --- conversations ----------
@@ -172,3 +200,15 @@ class Settings(BaseSettings):
     def demo_models_dir(self) -> Path:
         """Where `aipc-chat demo-models` builds the demo models."""
         return self.models_dir / "demo"
+
+
+def config_table() -> str:
+    """The README's configuration table, generated from the fields (a unit test keeps the README in step)."""
+    rows = ["| variable | also read as | default | what it does |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else []
+        seed = ", ".join(f"`{n}`" for n in names if n != name and not n.startswith("AIPC_")) or ""
+        default = "" if info.default is None else f"`{info.default}`"
+        rows.append(f"| `AIPC_{name.upper()}` | {seed} | {default} | {info.description} |")
+    return "\n".join(rows)

@@ -26,15 +26,16 @@ log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 SEED_MAX = 2**32 - 1
-# AUTOMATIC1111's names for diffusers schedulers.
-SAMPLERS: dict[str, str] = {
-    "PNDMScheduler": "PLMS",
-    "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a",
-    "DDIMScheduler": "DDIM",
-    "LMSDiscreteScheduler": "LMS",
-    "DPMSolverMultistepScheduler": "DPM++ 2M",
+# AUTOMATIC1111's sampler names and the diffusers schedulers behind them.
+SCHEDULERS: dict[str, str] = {
+    "PLMS": "PNDMScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "Euler a": "EulerAncestralDiscreteScheduler",
+    "DDIM": "DDIMScheduler",
+    "LMS": "LMSDiscreteScheduler",
+    "DPM++ 2M": "DPMSolverMultistepScheduler",
 }
+SAMPLERS = {cls: name for name, cls in SCHEDULERS.items()}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ImageJob:
     step: int = 0  # steps done, over all images of the job
     seeds: list[int] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # stored names
+    infotexts: list[str] = field(default_factory=list)
     error: str | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -160,12 +162,14 @@ class ImageEngine:
         self.device = device
         self.max_size = max_size
         self.step_multiple = 64
-        self.store = ImageStore(settings.data_dir / "images")
+        self.store = ImageStore(settings.data_dir / "images", settings.image_retention)
         self.load_seconds: float | None = None
-        self.sampler = "PLMS"
+        self.sampler = self.default_sampler = "PLMS"
+        self.static_size = (settings.npu_image_width, settings.npu_image_height) if device == "NPU" else None
         self._pipe: Any = None
-        self._queue: queue.Queue[ImageJob | None] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[ImageJob | None] = queue.Queue(maxsize=settings.image_queue_size)
         self._jobs: dict[str, ImageJob] = {}
+        self._schedulers: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self.current: ImageJob | None = None
 
@@ -175,9 +179,16 @@ class ImageEngine:
 
         t0 = time.perf_counter()
         self._pipe = OVStableDiffusionPipeline.from_pretrained(
-            str(self.model_dir), device=self.device, ov_config=image_ov_config(self.settings), compile=True)
+            str(self.model_dir), device=self.device, ov_config=image_ov_config(self.settings),
+            compile=self.static_size is None)
+        if self.static_size is not None:  # NPU compiles static shapes only
+            width, height = self.static_size
+            self._pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
+            self._pipe.compile()
         self.step_multiple = size_step(self._pipe)
-        self.sampler = SAMPLERS.get(type(self._pipe.scheduler).__name__, type(self._pipe.scheduler).__name__)
+        self.default_sampler = SAMPLERS.get(type(self._pipe.scheduler).__name__, type(self._pipe.scheduler).__name__)
+        self.sampler = self.default_sampler
+        self._schedulers[self.sampler] = self._pipe.scheduler
         self.load_seconds = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="image-owner", daemon=True)
         self._thread.start()
@@ -201,7 +212,17 @@ class ImageEngine:
             self._thread = None
 
     def check(self, params: ImageParams) -> None:
-        """Validate sizes against what the model takes."""
+        """Validate sizes, steps and counts against what the model and the settings allow."""
+        if self.static_size is not None and (params.width, params.height) != self.static_size:
+            raise InvalidRequest(f"This NPU pipeline is compiled for {self.static_size[0]}x{self.static_size[1]} "
+                                 "images only.", param="size")
+        if params.n > self.settings.image_max_n:
+            raise InvalidRequest(f"At most {self.settings.image_max_n} images per request.", param="n")
+        if params.steps > self.settings.image_max_steps:
+            raise InvalidRequest(f"At most {self.settings.image_max_steps} steps.", param="steps")
+        if params.sampler is not None and params.sampler not in SCHEDULERS:
+            raise InvalidRequest(f"Unknown sampler '{params.sampler}'; use one of {', '.join(SCHEDULERS)}.",
+                                 param="sampler_name")
         for name, value in (("width", params.width), ("height", params.height)):
             if value < self.step_multiple or value > self.max_size or value % self.step_multiple:
                 raise InvalidRequest(
@@ -265,16 +286,18 @@ class ImageEngine:
         import torch
 
         p = job.params
+        self._use_sampler(p.sampler or self.default_sampler)
         base_seed = p.seed if p.seed is not None and p.seed >= 0 else secrets.randbelow(SEED_MAX)
         job.seeds = [(base_seed + i) % (SEED_MAX + 1) for i in range(p.n)]
         for index, seed in enumerate(job.seeds):
             done_before = index * p.steps
 
-            def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any],
+            def on_step(pipe: Any, i: int, timestep: Any, kwargs: dict[str, Any],
                         done_before: int = done_before) -> dict[str, Any]:
-                job.step = done_before + step + 1
+                # PNDM calls back steps + 1 times: scale by the pipeline's own count of timesteps.
+                job.step = done_before + round((i + 1) * p.steps / max(1, pipe.num_timesteps))
                 if job.cancelled:
-                    pipe._interrupt = True
+                    raise _Interrupted  # unlike pipe._interrupt, this also skips the VAE decode
                 return kwargs
 
             t0 = time.perf_counter()
@@ -283,13 +306,24 @@ class ImageEngine:
                 num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
                 generator=torch.Generator(device="cpu").manual_seed(seed), callback_on_step_end=on_step,
             )
-            if job.cancelled:
-                raise _Interrupted
             image = result.images[0]
             text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
+            job.infotexts.append(text)
             job.images.append(self.store.save(image, text))
             log.info("image job %s: %dx%d, %d steps, seed %d in %.2f s", job.id, p.width, p.height, p.steps,
                      seed, time.perf_counter() - t0)
+
+    def _use_sampler(self, name: str) -> None:
+        """Swap the scheduler for this job (it runs in Python: any diffusers scheduler suits the OpenVINO models)."""
+        if name == self.sampler:
+            return
+        if name not in self._schedulers:
+            import diffusers
+
+            cls = getattr(diffusers, SCHEDULERS[name])
+            self._schedulers[name] = cls.from_config(self._schedulers[self.default_sampler].config)
+        self._pipe.scheduler = self._schedulers[name]
+        self.sampler = name
 
     def info(self) -> dict[str, Any]:
         """What the engine serves (for /ready, /sdapi/v1/sd-models)."""

@@ -125,7 +125,7 @@ def scheduler_config(settings: Settings) -> Any:
     import openvino_genai as ov_genai
 
     cfg = ov_genai.SchedulerConfig()
-    cfg.cache_size = max(1, round(settings.kv_cache_gb))
+    cfg.cache_size = settings.kv_cache_gb
     cfg.max_num_seqs = settings.max_num_seqs
     cfg.enable_prefix_caching = settings.prefix_caching
     cfg.dynamic_split_fuse = True

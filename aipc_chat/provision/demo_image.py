@@ -84,27 +84,23 @@ def build_demo_image(out_dir: Path, *, force: bool = False) -> Path:
     if not force and is_demo_image_built(out_dir):
         logger.info("demo image model already built at %s", out_dir)
         return out_dir
+    _ensure_replaceable(out_dir)
     start = time.monotonic()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         staging.chmod(0o755)  # mkdtemp creates 0700; the published folder should be an ordinary one
-        with tempfile.TemporaryDirectory(prefix="aipc-sd15-src-") as src, _quiet_libraries():
-            logger.info("building tiny SD 1.5 diffusers pipeline in %s", src)
-            _save_diffusers_pipeline(Path(src))
-            logger.info("exporting it to OpenVINO IR in %s", staging)
-            _export_openvino(Path(src), staging)
-            _copy_bpe_files(Path(src) / "tokenizer", staging / "tokenizer")
-        _check_export(staging)
-        seconds = time.monotonic() - start
-        _write_marker(staging, seconds)  # last file written; the rename below publishes it atomically
-        _move_into_place(staging, out_dir)
+        _build_into(staging)
+        _write_marker(staging, time.monotonic() - start)  # last file; the rename below publishes it atomically
+        if force or not is_demo_image_built(out_dir):  # a concurrent build may have finished meanwhile
+            _move_into_place(staging, out_dir)
+    except DemoModelError:
+        raise
     except Exception as exc:
+        raise DemoModelError(f"building the demo image model in {out_dir} failed: {exc}") from exc
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, DemoModelError):
-            raise
-        raise DemoModelError(f"building the demo image model failed: {exc}") from exc
-    logger.info("demo image model ready at %s (%.1f s)", out_dir, seconds)
+    logger.info("demo image model ready at %s (%.1f s)", out_dir, time.monotonic() - start)
     return out_dir
 
 
@@ -179,6 +175,18 @@ def _check_images(first: Any, again: Any, other: Any, wide: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ build
+
+
+def _build_into(staging: Path) -> None:
+    """Build the torch pipeline in a temporary folder and export it to OpenVINO into ``staging``."""
+    with tempfile.TemporaryDirectory(prefix="aipc-sd15-src-") as tmp, _quiet_libraries():
+        src = Path(tmp)
+        logger.info("building tiny SD 1.5 diffusers pipeline in %s", src)
+        _save_diffusers_pipeline(src)
+        logger.info("exporting it to OpenVINO IR in %s", staging)
+        _export_openvino(src, staging)
+        _copy_bpe_files(src / "tokenizer", staging / "tokenizer")
+    _check_export(staging)
 
 
 def _save_diffusers_pipeline(dst: Path) -> None:
@@ -326,13 +334,13 @@ def _train_clip_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[
     byte_chars = list(_bytes_to_unicode().values())
     words: Counter[tuple[str, ...]] = Counter()
     for word in corpus.lower().split():
-        symbols = [byte_chars[b] for b in word.encode("utf-8")]
-        words[(*symbols[:-1], symbols[-1] + _EOW)] += 1
+        chars = [byte_chars[b] for b in word.encode("utf-8")]
+        words[(*chars[:-1], chars[-1] + _EOW)] += 1
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for symbols, freq in words.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 pairs[pair] += freq
         if not pairs:
             break
@@ -387,7 +395,7 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def _export_openvino(src: Path, dst: Path) -> None:
-    """Export the diffusers folder ``src`` to an OpenVINO pipeline folder ``dst`` (dynamic shapes, fp32)."""
+    """Export the diffusers folder ``src`` to an OpenVINO pipeline folder ``dst`` (dynamic shapes, fp32 IR)."""
     from optimum.exporters.openvino import main_export
 
     # The exporter calls gc.collect() a dozen times; freezing the objects alive now (torch, diffusers, ...)
@@ -402,6 +410,7 @@ def _export_openvino(src: Path, dst: Path) -> None:
             local_files_only=True,
             do_validation=False,
             no_post_process=True,
+            convert_tokenizer=True,  # tokenizer/openvino_tokenizer.xml: lets openvino_genai load the folder too
         )
     finally:
         gc.unfreeze()
@@ -452,21 +461,29 @@ def _write_marker(folder: Path, seconds: float) -> None:
         "build_seconds": round(seconds, 3),
         "size_bytes": _folder_size(folder),
         "sizes": {"min": MIN_SIZE, "max": MAX_SIZE, "step": SIZE_STEP},
+        "openvino_genai_tokenizer": (folder / "tokenizer" / "openvino_tokenizer.xml").is_file(),
         "created_unix": int(time.time()),
     }
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
+def _ensure_replaceable(out_dir: Path) -> None:
+    """Raise DemoModelError if ``out_dir`` holds something other than an (old or partial) demo build."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    is_plain_dir = out_dir.is_dir() and not out_dir.is_symlink()
+    if is_plain_dir and ((out_dir / MARKER_NAME).is_file() or not any(out_dir.iterdir())):
+        return
+    raise DemoModelError(f"refusing to replace {out_dir}: it exists and is not a demo model folder")
+
+
 def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``, replacing (then deleting) any previous content."""
+    """Rename ``staging`` to ``out_dir``, replacing (then deleting) a previous demo build."""
+    _ensure_replaceable(out_dir)
     old: Path | None = None
     if out_dir.exists() or out_dir.is_symlink():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         os.replace(out_dir, old)
     os.replace(staging, out_dir)
-    if old is None:
-        return
-    if old.is_dir() and not old.is_symlink():
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)

@@ -103,13 +103,13 @@ _QWEN2_SPLIT = (
 )
 _VOCAB_SIZE = 768  # byte alphabet + merges; the six added tokens come on top
 _HIDDEN = 128
-_LAYERS = 4
+_LAYERS = 2
 _HEADS = 4
 _KV_HEADS = 2
 _INTERMEDIATE = 384
 _GROUP_SIZE = 64  # INT4 group size: divides 128 and 384
-_STEPS = 360
-_BATCH = 32
+_STEPS = 400
+_BATCH = 16
 _LR = 3e-3
 _WARMUP = 20
 
@@ -143,6 +143,7 @@ def build_demo_llm(out_dir: Path, *, force: bool = False) -> Path:
         replies = self_test_llm(staging)
         facts["self_test_replies"] = replies
         facts["build_seconds"] = round(time.monotonic() - start, 3)
+        staging.chmod(0o777 & ~_umask())  # mkdtemp made it private; give it the usual folder mode
         _write_marker(staging, facts)  # last file written; the rename below publishes it atomically
         _move_into_place(staging, out_dir)
     except Exception as exc:
@@ -402,7 +403,7 @@ def _greeting_examples(rng: random.Random) -> Iterator[tuple[str, str, str]]:
 def _fact_examples(rng: random.Random) -> Iterator[tuple[str, str, str]]:
     """Yield (question, reasoning, answer) about everyday topics."""
     for topic, fact in _FACTS.items():
-        for template in rng.sample(_FACT_QUESTIONS, 5):
+        for template in _FACT_QUESTIONS:
             question = template.format(t=topic)
             question = question[0].upper() + question[1:]
             yield question, rng.choice(_FACT_THINKS).format(t=topic), fact
@@ -469,7 +470,7 @@ def build_corpus(seed: int = SEED) -> list[_Example]:
     plain = [
         *_greeting_examples(rng), *_fact_examples(rng), *_howto_examples(rng), *_chat_examples(rng),
     ]
-    plain += list(_math_examples(rng, len(plain) // 4))
+    plain += list(_math_examples(rng, len(plain) // 3))
     plain = [item for item in plain if item[0] not in _EXCLUDED]
     pictures = list(_picture_examples(rng, len(plain) // 4))
     examples = []
@@ -579,16 +580,14 @@ def _make_model(tokenizer: Any) -> Any:
 def _batches(
     encoded: Sequence[tuple[list[int], int]], pad_id: int, steps: int, rng: random.Random
 ) -> Iterator[tuple[Any, Any]]:
-    """Yield ``steps`` right-padded (input_ids, labels) batches, reshuffling the data every epoch."""
+    """Yield ``steps`` right-padded (input_ids, labels) batches of similar lengths, reshuffled every epoch."""
     import torch
 
-    order: list[int] = []
+    queue: list[list[int]] = []
     for _ in range(steps):
-        if len(order) < _BATCH:
-            order = list(range(len(encoded)))
-            rng.shuffle(order)
-        chosen = [encoded[i] for i in order[:_BATCH]]
-        del order[:_BATCH]
+        if not queue:
+            queue = _length_grouped(encoded, rng)
+        chosen = [encoded[i] for i in queue.pop()]
         width = max(len(ids) for ids, _ in chosen)
         ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
         labels = torch.full((len(chosen), width), -100, dtype=torch.long)
@@ -598,12 +597,28 @@ def _batches(
         yield ids, labels
 
 
+def _length_grouped(encoded: Sequence[tuple[list[int], int]], rng: random.Random) -> list[list[int]]:
+    """One epoch of index batches: shuffled, sorted by length within windows (less padding), shuffled again."""
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    window = _BATCH * 8
+    batches = []
+    for start in range(0, len(order) - _BATCH + 1, window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(encoded[i][0]))
+        batches += [chunk[i : i + _BATCH] for i in range(0, len(chunk) - _BATCH + 1, _BATCH)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _train(model: Any, encoded: Sequence[tuple[list[int], int]], pad_id: int) -> float:
     """Train ``model`` with AdamW (warm-up then cosine decay); return the final smoothed loss."""
     import torch
 
     torch.manual_seed(SEED)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    threads = torch.get_num_threads()
+    # One thread: bitwise reproducible on any machine, and immune to OpenMP slow-downs when the cores are
+    # shared with other work (two spinning threads on a busy 2-core box run ~10x slower than one).
+    torch.set_num_threads(1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=_LR, betas=(0.9, 0.98), weight_decay=0.01)
 
     def lr_factor(step: int) -> float:
@@ -626,6 +641,7 @@ def _train(model: Any, encoded: Sequence[tuple[list[int], int]], pad_id: int) ->
         if step % 50 == 0 or step == _STEPS - 1:
             logger.info("demo LLM training step %d/%d loss %.3f", step + 1, _STEPS, smooth)
     model.eval()
+    torch.set_num_threads(threads)
     return smooth
 
 
@@ -650,21 +666,24 @@ def _save_hf(model: Any, tokenizer: Any, dst: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _export_openvino(src: Path, dst: Path) -> None:
-    """Export the Hugging Face folder ``src`` to INT4 OpenVINO IR with tokenizer/detokenizer into ``dst``."""
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+def _export_openvino(src: Path, tokenizer: Any, dst: Path) -> None:
+    """Export the Hugging Face folder ``src`` to INT4 OpenVINO IR plus tokenizer/detokenizer IR in ``dst``."""
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+    from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
     quantization = OVWeightQuantizationConfig(bits=4, sym=False, group_size=_GROUP_SIZE, ratio=1.0)
-    main_export(
-        model_name_or_path=str(src),
-        output=dst,
-        task="text-generation-with-past",
-        library_name="transformers",
-        local_files_only=True,
-        ov_config=OVConfig(quantization_config=quantization),
-        convert_tokenizer=True,
+    # A local folder never reaches the hub; local_files_only=True would make optimum look in the hub cache.
+    model = OVModelForCausalLM.from_pretrained(
+        str(src), export=True, quantization_config=quantization, compile=False
     )
+    model.save_pretrained(dst)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
+    ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
+    ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")
 
 
 def _check_export(folder: Path) -> dict[str, int]:
@@ -721,9 +740,8 @@ def _build_into(staging: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="aipc-demo-llm-src-") as src:
         _save_hf(model, tokenizer, Path(src))
         del model
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
         logger.info("exporting the demo LLM to INT4 OpenVINO IR in %s", staging)
-        _export_openvino(Path(src), staging)
+        _export_openvino(Path(src), tokenizer, staging)
     weight_types = _check_export(staging)
     token_ids = _check_tokenizer(staging)
     return {
@@ -758,6 +776,13 @@ def _image_tag_problem(answer: str) -> str | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str) or not payload["prompt"]:
         return 'has an <image> tag without a "prompt" string'
     return None
+
+
+def _umask() -> int:
+    """Return the process umask (without changing it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _folder_size(folder: Path) -> int:

@@ -137,7 +137,7 @@ class ChatCompletionRequest(BaseModel):
             top_p=0.95 if self.top_p is None else self.top_p,
             top_k=self.top_k or None,
             seed=self.seed,
-            stop=tuple(self.stop or ()),  # type: ignore[arg-type]
+            stop=tuple(self.stop or ()),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,

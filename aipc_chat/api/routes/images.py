@@ -1,0 +1,80 @@
+"""OpenAI ``POST /v1/images/generations``, job status, and the stored images at ``GET /images/{name}.png``."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+
+from aipc_chat.api.deps import get_runtime, get_settings
+from aipc_chat.api.schemas.images import ImageGenerationRequest
+from aipc_chat.engines.image import ImageEngine
+from aipc_chat.errors import ModelNotFound, NotFound
+from aipc_chat.runtime import Runtime
+from aipc_chat.settings import Settings
+
+router = APIRouter(tags=["images"])
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def image_url(request: Request, name: str) -> str:
+    """The absolute URL of a stored image."""
+    return str(request.url_for("get_image", name=f"{name}.png"))
+
+
+@router.post("/v1/images/generations")
+async def generate_images(body: ImageGenerationRequest, request: Request, runtime: RuntimeDep,
+                          settings: SettingsDep) -> dict[str, Any]:
+    """Generate images; ``url`` entries already serve the PNG, ``b64_json`` carries the same PNG bytes."""
+    engine = runtime.require_image()
+    if body.model is not None and body.model != engine.model_name:
+        raise ModelNotFound(f"The image model '{body.model}' is not served here; use '{engine.model_name}'.",
+                            param="model")
+    job = engine.submit(body.to_params())
+    await job.wait(settings.request_timeout)
+    data: list[dict[str, Any]] = []
+    for name in job.images:
+        if body.response_format == "url":
+            data.append({"url": image_url(request, name), "revised_prompt": body.prompt})
+        else:
+            png = engine.store.read(name) or b""
+            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": body.prompt})
+    return {"created": int(time.time()), "data": data, "seeds": job.seeds}
+
+
+def _job_or_404(engine: ImageEngine, job_id: str) -> Any:
+    job = engine.get_job(job_id)
+    if job is None:
+        raise NotFound(f"No image job '{job_id}'.", param="id")
+    return job
+
+
+@router.get("/v1/images/jobs/{job_id}")
+async def get_job(job_id: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    """State and progress of an image job, with its image URLs once done."""
+    job = _job_or_404(runtime.require_image(), job_id)
+    return dict(job.as_dict(lambda name: image_url(request, name)))
+
+
+@router.delete("/v1/images/jobs/{job_id}")
+async def cancel_job(job_id: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    """Cancel a queued or running job."""
+    job = _job_or_404(runtime.require_image(), job_id)
+    job.cancel()
+    return dict(job.as_dict(lambda name: image_url(request, name)))
+
+
+@router.get("/images/{name}", name="get_image", response_class=FileResponse)
+async def get_image(name: str, runtime: RuntimeDep, settings: SettingsDep) -> FileResponse:
+    """A generated PNG; names are unguessable, unknown ones are 404."""
+    from aipc_chat.engines.store import ImageStore
+
+    store = runtime.image.store if runtime.image else ImageStore(settings.data_dir / "images")
+    path = store.path(name.removesuffix(".png")) if name.endswith(".png") else None
+    if path is None:
+        raise NotFound("No such image.")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000"})

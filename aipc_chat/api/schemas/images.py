@@ -1,0 +1,75 @@
+"""Request bodies of the image endpoints: OpenAI images and AUTOMATIC1111's txt2img."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from aipc_chat.engines.image import ImageParams
+
+MAX_PROMPT_CHARS = 4000
+SEED_MIN, SEED_MAX = -1, 2**32 - 1
+SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+class ImageGenerationRequest(BaseModel):
+    """``POST /v1/images/generations`` (OpenAI), with OVMS's extension names."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: str | None = Field(default=None, max_length=256)
+    n: int = Field(default=1, ge=1, le=16)
+    size: str = Field(default="512x512", description="WxH, e.g. 512x512")
+    response_format: Literal["url", "b64_json"] = "url"
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = Field(default=None, max_length=256)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    num_inference_steps: int = Field(default=20, ge=1, le=500)
+    guidance_scale: float = Field(default=7.5, ge=0, le=30)
+    seed: int | None = Field(default=None, validation_alias=AliasChoices("seed", "rng_seed"), ge=SEED_MIN, le=SEED_MAX)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not SIZE_RE.match(value):
+            raise ValueError("size must look like 512x512")
+        return value
+
+    def to_params(self) -> ImageParams:
+        """The engine's parameters."""
+        width, height = (int(v) for v in self.size.split("x"))
+        return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=width, height=height,
+                           steps=self.num_inference_steps, guidance_scale=self.guidance_scale, seed=self.seed,
+                           n=self.n)
+
+
+class Txt2ImgRequest(BaseModel):
+    """``POST /sdapi/v1/txt2img`` with AUTOMATIC1111's defaults; fields we do not use are ignored, as A1111 does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(default=-1, ge=SEED_MIN, le=SEED_MAX)
+    steps: int = Field(default=50, ge=1, le=500)
+    cfg_scale: float = Field(default=7.0, ge=0, le=30)
+    width: int = Field(default=512, ge=1, le=8192)
+    height: int = Field(default=512, ge=1, le=8192)
+    batch_size: int = Field(default=1, ge=1, le=16)
+    n_iter: int = Field(default=1, ge=1, le=16)
+    sampler_name: str | None = Field(default=None, max_length=64)
+    sampler_index: str | None = Field(default=None, max_length=64)
+    send_images: bool = True
+    save_images: bool = False
+
+    def to_params(self) -> ImageParams:
+        """The engine's parameters."""
+        sampler = self.sampler_name or self.sampler_index
+        return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width,
+                           height=self.height, steps=self.steps, guidance_scale=self.cfg_scale,
+                           seed=None if self.seed == -1 else self.seed, n=self.batch_size * self.n_iter,
+                           sampler=sampler)

@@ -1,0 +1,92 @@
+"""The image engine on the demo SD 1.5 pipeline through optimum-intel."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from aipc_chat.engines.image import ImageEngine, ImageJob, ImageParams
+from aipc_chat.errors import Cancelled, InvalidRequest
+
+pytestmark = pytest.mark.integration
+
+
+def generate(engine: ImageEngine, params: ImageParams) -> ImageJob:
+    job = engine.submit(params)
+    asyncio.run(job.wait(120))
+    return job
+
+
+def pixels(engine: ImageEngine, name: str) -> bytes:
+    data = engine.store.read(name)
+    assert data is not None
+    return Image.open(io.BytesIO(data)).tobytes()
+
+
+def test_seeded_generation_is_reproducible(image_engine: ImageEngine) -> None:
+    params = ImageParams(prompt="a red fox", width=64, height=64, steps=2, seed=1234)
+    a, b = generate(image_engine, params), generate(image_engine, params)
+    c = generate(image_engine, ImageParams(prompt="a red fox", width=64, height=64, steps=2, seed=1235))
+    assert a.seeds == [1234] and a.state == "done" and a.step == 2
+    assert pixels(image_engine, a.images[0]) == pixels(image_engine, b.images[0])
+    assert pixels(image_engine, a.images[0]) != pixels(image_engine, c.images[0])
+
+
+def test_png_carries_a1111_parameters(image_engine: ImageEngine) -> None:
+    job = generate(image_engine, ImageParams(prompt="a lighthouse, dusk", negative_prompt="blurry", width=128,
+                                             height=64, steps=2, guidance_scale=6.5, seed=7))
+    data = image_engine.store.read(job.images[0])
+    assert data is not None
+    img = Image.open(io.BytesIO(data))
+    assert img.size == (128, 64)
+    assert img.text["parameters"] == (
+        "a lighthouse, dusk\nNegative prompt: blurry\n"
+        "Steps: 2, Sampler: PLMS, CFG scale: 6.5, Seed: 7, Size: 128x64, Model: demo-sd")
+
+
+def test_random_seed_is_reported_and_n_images_get_consecutive_seeds(image_engine: ImageEngine) -> None:
+    job = generate(image_engine, ImageParams(prompt="x", width=64, height=64, steps=1, n=2))
+    assert len(job.images) == 2 and job.seeds[1] == job.seeds[0] + 1
+
+
+def test_sampler_can_be_switched(image_engine: ImageEngine) -> None:
+    job = generate(image_engine, ImageParams(prompt="x", width=64, height=64, steps=2, seed=3, sampler="Euler a"))
+    data = image_engine.store.read(job.images[0])
+    assert data is not None and b"Sampler: Euler a" in data
+
+
+def test_cancel_stops_a_running_job(image_engine: ImageEngine) -> None:
+    job = image_engine.submit(ImageParams(prompt="x", width=512, height=512, steps=100, seed=1))
+    t0 = time.monotonic()
+    while job.step < 2 and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    assert job.state == "running"
+    job.cancel()
+    with pytest.raises(Cancelled):
+        asyncio.run(job.wait(60))
+    assert job.state == "cancelled" and job.step < 100 and not job.images
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        (ImageParams(prompt="x", width=100, height=64), "width"),
+        (ImageParams(prompt="x", width=64, height=576), "height"),
+        (ImageParams(prompt="x", width=0, height=64), "width"),
+        (ImageParams(prompt="x", width=64, height=64, steps=10_000), "steps"),
+        (ImageParams(prompt="x", width=64, height=64, n=100), "n"),
+        (ImageParams(prompt="x", width=64, height=64, sampler="Heun++"), "sampler_name"),
+    ],
+)
+def test_bad_parameters_are_refused(image_engine: ImageEngine, params: ImageParams, param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        image_engine.submit(params)
+    assert info.value.param == param
+
+
+def test_size_step_is_derived_from_the_model(image_engine: ImageEngine) -> None:
+    assert image_engine.step_multiple == 64

@@ -1,0 +1,133 @@
+"""The LLM engine on the demo model through openvino-genai's continuous batching."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import openvino_genai as ov_genai
+import pytest
+
+from aipc_chat.engines.llm import Delta, Done, GenParams, LLMEngine, LLMStream
+from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, InvalidRequest
+
+pytestmark = pytest.mark.integration
+
+
+async def collect(stream: LLMStream) -> tuple[str, str, Done, int]:
+    reasoning, content, deltas = [], [], 0
+    done = None
+    async for item in stream:
+        if isinstance(item, Delta):
+            reasoning.append(item.reasoning)
+            content.append(item.content)
+            deltas += 1
+        else:
+            done = item
+    assert done is not None
+    return "".join(reasoning), "".join(content), done, deltas
+
+
+def run(engine: LLMEngine, text: str, params: GenParams) -> tuple[str, str, Done, int]:
+    async def main() -> tuple[str, str, Done, int]:
+        stream = engine.submit([{"role": "user", "content": text}], params, asyncio.get_running_loop())
+        return await collect(stream)
+
+    return asyncio.run(main())
+
+
+def test_template_opens_think_in_prompt(llm_engine: LLMEngine) -> None:
+    prompt = llm_engine.render_prompt([{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "Hi"}])
+    assert prompt.startswith("<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi<｜Assistant｜>")
+    assert prompt.endswith("<think>\n")
+
+
+def test_earlier_reasoning_is_not_fed_back(llm_engine: LLMEngine) -> None:
+    prompt = llm_engine.render_prompt([
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nsecret musing\n</think>\n\nHello!"},
+        {"role": "user", "content": "Again"},
+    ])
+    assert "secret musing" not in prompt and "Hello!" in prompt
+
+
+def test_greedy_reply_has_reasoning_and_answer(llm_engine: LLMEngine) -> None:
+    reasoning, content, done, _ = run(llm_engine, "What is OpenVINO?", GenParams(temperature=0, max_tokens=200))
+    assert reasoning.strip() and content.strip()
+    assert "</think>" not in content and "</think>" not in reasoning
+    assert done.finish_reason == "stop" and 0 < done.completion_tokens < 200
+
+
+def test_engine_matches_raw_pipeline_greedy(llm_engine: LLMEngine) -> None:
+    """Same model, same prompt, greedy: the engine's text is what LLMPipeline.generate gives."""
+    pipe = ov_genai.LLMPipeline(str(llm_engine.model_dir), "CPU")
+    prompt = llm_engine.render_prompt([{"role": "user", "content": "Explain gravity in one sentence."}])
+    config = ov_genai.GenerationConfig(max_new_tokens=120, do_sample=False)
+    raw = str(pipe.generate(prompt, config))
+    reasoning, content, _, _ = run(llm_engine, "Explain gravity in one sentence.",
+                                   GenParams(temperature=0, max_tokens=120))
+    assert raw.split("</think>")[-1].strip() == content.strip()
+    assert raw.split("</think>")[0].strip() == reasoning.strip()
+
+
+def test_reasoning_budget_forces_an_answer(llm_engine: LLMEngine) -> None:
+    reasoning, content, done, _ = run(llm_engine, "Tell me about the weather today.",
+                                      GenParams(temperature=0, max_tokens=200, reasoning_budget=3))
+    assert content.strip(), "the engine must close </think> and let the model answer"
+    assert len(llm_engine._encode(reasoning)) <= 6
+    assert done.finish_reason == "stop"
+
+
+def test_max_tokens_counts_exactly(llm_engine: LLMEngine) -> None:
+    *_, done, _ = run(llm_engine, "Hello", GenParams(max_tokens=9, ignore_eos=True))
+    assert (done.finish_reason, done.completion_tokens) == ("length", 9)
+
+
+def test_cancel_frees_the_slot_at_once(llm_engine: LLMEngine) -> None:
+    async def main() -> float:
+        stream = llm_engine.submit([{"role": "user", "content": "Go on forever."}],
+                                   GenParams(max_tokens=3000, ignore_eos=True), asyncio.get_running_loop())
+        got = 0
+        async for _ in stream:
+            got += 1
+            if got == 3:
+                break
+        assert llm_engine.active == 1
+        stream.cancel()
+        t0 = time.monotonic()
+        while llm_engine.active and time.monotonic() - t0 < 2:
+            await asyncio.sleep(0.005)
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 0.5
+    assert llm_engine.active == 0
+
+
+def test_context_and_limits_are_checked_before_queueing(llm_engine: LLMEngine) -> None:
+    huge = "word " * (llm_engine.context_length + 10)
+    with pytest.raises(ContextLengthExceeded):
+        run(llm_engine, huge, GenParams())
+    with pytest.raises(InvalidRequest, match="at most"):
+        run(llm_engine, "hi", GenParams(max_tokens=llm_engine.settings.max_tokens_limit + 1))
+
+
+def test_full_queue_is_busy_not_a_hang(llm_engine: LLMEngine) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        params = GenParams(max_tokens=2000, ignore_eos=True)
+        streams = [llm_engine.submit([{"role": "user", "content": f"n{i}"}], params, loop)
+                   for i in range(llm_engine.capacity)]
+        with pytest.raises(Busy) as info:
+            llm_engine.submit([{"role": "user", "content": "one more"}], params, loop)
+        assert info.value.retry_after >= 1
+        for s in streams:
+            s.cancel()
+        for s in streams:
+            with contextlib.suppress(Cancelled):
+                async for _ in s:
+                    pass
+
+    asyncio.run(main())
+    assert llm_engine.active == 0
