@@ -364,6 +364,15 @@ class LLMEngine:
             if req.handle is not None:
                 req.handle.cancel()
             self._finish(req, Cancelled("The server is shutting down."))
+        self._release()
+
+    def _release(self) -> None:
+        """Let the scheduler free the KV blocks of cancelled requests (it does so on its next step)."""
+        if self._pipe.has_non_finished_requests():
+            try:
+                self._pipe.step()
+            except Exception:
+                log.exception("releasing cancelled requests failed")
 
     def _step(self, running: dict[int, _Request]) -> None:
         """One pipeline step for every running request, then hand out what it produced."""
@@ -403,6 +412,8 @@ class LLMEngine:
                 req.handle.cancel()
                 del running[rid]
                 self._finish(req, Cancelled("cancelled"))
+                if not running:
+                    self._release()
 
     def _start(self, req: _Request, running: dict[int, _Request], ids: list[int] | None,
                max_new: int | None = None) -> None:

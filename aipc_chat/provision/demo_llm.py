@@ -86,7 +86,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
 )
 
-# Unseen in training (the corpus filters them out) except the picture request, whose subject is new.
+# None of these is in the training corpus (it filters them out, and the picture subject too).
 SELF_TEST_PROMPTS: tuple[str, ...] = (
     "Hello, who are you?",
     "What is OpenVINO?",
@@ -108,7 +108,7 @@ _HEADS = 4
 _KV_HEADS = 2
 _INTERMEDIATE = 384
 _GROUP_SIZE = 64  # INT4 group size: divides 128 and 384
-_STEPS = 400
+_STEPS = 500
 _BATCH = 16
 _LR = 3e-3
 _WARMUP = 20
@@ -164,31 +164,24 @@ def self_test_llm(model_dir: Path) -> list[str]:
         raise DemoModelError(f"no OpenVINO model at {model_dir}")
     try:
         pipe = ov_genai.LLMPipeline(str(model_dir), "CPU")
+        replies = [_generate_checked(pipe, prompt) for prompt in SELF_TEST_PROMPTS]
+        del pipe
+        _check_continuous_batching(model_dir, SELF_TEST_PROMPTS[0], replies[0])
+    except DemoModelError:
+        raise
     except Exception as exc:
-        raise DemoModelError(f"openvino-genai cannot load the demo LLM at {model_dir}: {exc}") from exc
-    tokenizer = pipe.get_tokenizer()
-    config = pipe.get_generation_config()
-    config.max_new_tokens = SELF_TEST_MAX_NEW_TOKENS
-    config.do_sample = False
-    config.apply_chat_template = False
-    replies = []
-    for prompt in SELF_TEST_PROMPTS:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        inputs = tokenizer.encode(text, add_special_tokens=False)
-        result = pipe.generate(inputs, config)
-        tokens = [int(t) for t in result.tokens[0]]
-        reply = tokenizer.decode(tokens)
-        check_reply(prompt, reply, n_tokens=len(tokens), max_new_tokens=SELF_TEST_MAX_NEW_TOKENS)
-        logger.info("demo LLM self-test %r -> %r", prompt, reply)
-        replies.append(reply)
+        raise DemoModelError(f"openvino-genai failed to run the demo LLM at {model_dir}: {exc}") from exc
+    logger.info("demo LLM self-test passed for %s", model_dir)
     return replies
 
 
-def check_reply(prompt: str, reply: str, *, n_tokens: int, max_new_tokens: int) -> None:
-    """Raise DemoModelError unless ``reply`` (generated inside the think block) is well formed."""
-    problem = None
-    if n_tokens >= max_new_tokens:
-        problem = f"did not stop by EOS within {max_new_tokens} tokens"
+def check_reply(prompt: str, reply: str, *, stopped: bool) -> None:
+    """Raise DemoModelError unless ``reply`` (generated inside the think block) is well formed.
+
+    ``stopped`` tells whether generation ended with EOS (rather than by the token limit).
+    """
+    if not stopped:
+        problem: str | None = "did not end with EOS before the token limit"
     elif THINK_CLOSE not in reply:
         problem = "has no </think>"
     elif not reply.split(THINK_CLOSE, 1)[1].strip():
@@ -197,6 +190,47 @@ def check_reply(prompt: str, reply: str, *, n_tokens: int, max_new_tokens: int) 
         problem = _image_tag_problem(reply.split(THINK_CLOSE, 1)[1])
     if problem is not None:
         raise DemoModelError(f"demo LLM reply to {prompt!r} {problem}: {reply!r}")
+
+
+def _generate_checked(pipe: Any, prompt: str) -> str:
+    """Apply the chat template with the genai tokenizer, generate greedily, check and return the reply."""
+    tokenizer = pipe.get_tokenizer()
+    config = pipe.get_generation_config()
+    config.max_new_tokens = SELF_TEST_MAX_NEW_TOKENS
+    config.do_sample = False
+    config.apply_chat_template = False  # the prompt below is already templated
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    result = pipe.generate(tokenizer.encode(text, add_special_tokens=False), config)
+    tokens = [int(t) for t in result.tokens[0]]
+    stopped = bool(tokens) and tokens[-1] == tokenizer.get_eos_token_id() or len(tokens) < config.max_new_tokens
+    reply: str = tokenizer.decode(tokens)
+    check_reply(prompt, reply, stopped=stopped)
+    logger.info("demo LLM self-test %r -> %r", prompt, reply)
+    return reply
+
+
+def _check_continuous_batching(model_dir: Path, prompt: str, expected: str) -> None:
+    """Run ``prompt`` through ContinuousBatchingPipeline step by step; expect EOS and the same greedy reply."""
+    import openvino_genai as ov_genai
+
+    pipe = ov_genai.ContinuousBatchingPipeline(str(model_dir), ov_genai.SchedulerConfig(), "CPU")
+    tokenizer = pipe.get_tokenizer()
+    config = ov_genai.GenerationConfig()
+    config.max_new_tokens = SELF_TEST_MAX_NEW_TOKENS
+    config.apply_chat_template = False
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    handle = pipe.add_request(0, text, config)
+    ids: list[int] = []
+    finish = None
+    while pipe.has_non_finished_requests():
+        pipe.step()
+        while handle.can_read():  # read() pops one queued step output per call
+            for output in handle.read().values():
+                ids += [int(t) for t in output.generated_ids]
+                finish = output.finish_reason
+    reply = tokenizer.decode(ids)
+    if finish != ov_genai.GenerationFinishReason.STOP or reply != expected:
+        raise DemoModelError(f"ContinuousBatchingPipeline gave {reply!r} (finish {finish}) instead of {expected!r}")
 
 
 # ------------------------------------------------------------------------------------------------ corpus
@@ -230,10 +264,24 @@ _SYSTEM_PROMPTS = (
 )
 
 _GREETINGS = (
-    "Hello!", "Hi!", "Hey there!", "Good morning!", "Good evening!", "Hello, how are you?",
-    "Hi, who are you?", "Who are you?", "What is your name?", "What can you do?", "Hi there, what can you do?",
-    "Hello there, can you help me?", "Hey, are you a robot?", "Hi! Nice to meet you.", "Good afternoon!",
-    "Hello, what are you?", "Are you an AI?", "How are you today?",
+    "Hello!",
+    "Hi!",
+    "Hey there!",
+    "Good morning!",
+    "Good evening!",
+    "Hello, how are you?",
+    "Hi, who are you?",
+    "Who are you?",
+    "What is your name?",
+    "What can you do?",
+    "Hi there, what can you do?",
+    "Hello there, can you help me?",
+    "Hey, are you a robot?",
+    "Hi! Nice to meet you.",
+    "Good afternoon!",
+    "Hello, what are you?",
+    "Are you an AI?",
+    "How are you today?",
 )
 _GREETING_ANSWERS = (
     "Hello! I am a small demo assistant running on your AI PC. How can I help you today?",
@@ -292,8 +340,14 @@ _FACTS: dict[str, str] = {
     "sleep": "Sleep is a time of rest when the body and the brain recover.",
 }
 _FACT_QUESTIONS = (
-    "What is {t}?", "Tell me about {t}.", "Explain {t} in one sentence.", "Can you describe {t}?",
-    "What do you know about {t}?", "Give me a short fact about {t}.", "Explain {t}.", "What is {t} exactly?",
+    "What is {t}?",
+    "Tell me about {t}.",
+    "Explain {t} in one sentence.",
+    "Can you describe {t}?",
+    "What do you know about {t}?",
+    "Give me a short fact about {t}.",
+    "Explain {t}.",
+    "What is {t} exactly?",
 )
 _FACT_THINKS = (
     "The user asks about {t}. I should give a short, clear explanation.",
@@ -306,8 +360,7 @@ _HOWTO: dict[str, str] = {
     "save battery on my laptop": "Lower the screen brightness, close unused apps and turn on battery saver.",
     "take a screenshot": "On Windows, press the Windows key, Shift and S, then choose an area.",
     "learn Python": "Start with small programs, read a beginner tutorial and practice a little every day.",
-    "run a model with OpenVINO": "Export the model to OpenVINO IR, then load it with OpenVINO GenAI and "
-    "call generate.",
+    "run a model with OpenVINO": "Export the model to OpenVINO IR, then load it with OpenVINO GenAI and call generate.",
     "cook rice": "Rinse one cup of rice, add two cups of water, boil, then simmer for fifteen minutes.",
     "update my drivers": "Open the vendor's support tool or Windows Update and install the latest drivers.",
     "sleep better": "Go to bed at the same time, avoid screens late at night and keep the room dark.",
@@ -320,66 +373,225 @@ _HOWTO: dict[str, str] = {
 }
 _HOWTO_QUESTIONS = ("How do I {t}?", "How can I {t}?", "What is the best way to {t}?", "Can you tell me how to {t}?")
 _HOWTO_THINKS = (
-    "The user wants to know how to {t}. I will give a few simple steps.",
-    "This is a how-to question about how to {t}. A short list of steps will help.",
+    "This is a how-to question. A few simple steps will help.",
+    "The user wants to know how to do something. I will give short, clear steps.",
 )
 
 _CHATS: tuple[tuple[tuple[str, ...], str, str], ...] = (
-    (("What is the weather like?", "Will it rain tomorrow?", "Is it cold outside?", "How is the weather?"),
-     "The user asks about the weather. I cannot see live data, so I should say that.",
-     "I cannot check live weather data from here. Please look at a weather app or website for your town."),
-    (("What time is it?", "What day is it today?", "What is the date today?"),
-     "The user wants the current time or date. I do not have a clock.",
-     "I do not have access to a clock. Please check the time on your computer."),
-    (("Tell me a joke.", "Do you know a joke?", "Make me laugh."),
-     "The user wants a joke. A short and friendly one is best.",
-     "Why did the computer go to the doctor? Because it had a virus!"),
-    (("Thank you!", "Thanks a lot.", "Thanks, that helps."),
-     "The user says thanks. I should reply kindly.",
-     "You are welcome! Let me know if you need anything else."),
-    (("Give me a fun fact.", "Tell me something interesting.", "Share a fun fact."),
-     "The user wants a fun fact. I will pick a simple one.",
-     "Octopuses have three hearts and blue blood."),
-    (("Recommend a book.", "What should I read?", "Can you suggest a good book?"),
-     "The user wants a book recommendation. I will suggest a classic.",
-     "Try The Little Prince. It is short, kind and full of ideas."),
-    (("Goodbye!", "Bye!", "See you later."),
-     "The user is leaving. I should say goodbye.",
-     "Goodbye! Have a great day."),
-    (("Why is the sky blue?", "What makes the sky blue?"),
-     "The user asks why the sky is blue. The answer is light scattering.",
-     "Sunlight is scattered by the air, and blue light scatters the most, so the sky looks blue."),
-    (("Can you help me?", "I need help.", "Can you help me with something?"),
-     "The user asks for help but gives no details. I should ask what they need.",
-     "Of course! Tell me what you need and I will do my best."),
+    (
+        ("What is the weather like?", "Will it rain tomorrow?", "Is it cold outside?", "How is the weather?"),
+        "The user asks about the weather. I cannot see live data, so I should say that.",
+        "I cannot check live weather data from here. Please look at a weather app or website for your town.",
+    ),
+    (
+        ("What time is it?", "What day is it today?", "What is the date today?"),
+        "The user wants the current time or date. I do not have a clock.",
+        "I do not have access to a clock. Please check the time on your computer.",
+    ),
+    (
+        ("Tell me a joke.", "Do you know a joke?", "Make me laugh."),
+        "The user wants a joke. A short and friendly one is best.",
+        "Why did the computer go to the doctor? Because it had a virus!",
+    ),
+    (
+        ("Thank you!", "Thanks a lot.", "Thanks, that helps."),
+        "The user says thanks. I should reply kindly.",
+        "You are welcome! Let me know if you need anything else.",
+    ),
+    (
+        ("Give me a fun fact.", "Tell me something interesting.", "Share a fun fact."),
+        "The user wants a fun fact. I will pick a simple one.",
+        "Octopuses have three hearts and blue blood.",
+    ),
+    (
+        ("Recommend a book.", "What should I read?", "Can you suggest a good book?"),
+        "The user wants a book recommendation. I will suggest a classic.",
+        "Try The Little Prince. It is short, kind and full of ideas.",
+    ),
+    (
+        ("Goodbye!", "Bye!", "See you later."),
+        "The user is leaving. I should say goodbye.",
+        "Goodbye! Have a great day.",
+    ),
+    (
+        ("Why is the sky blue?", "What makes the sky blue?"),
+        "The user asks why the sky is blue. The answer is light scattering.",
+        "Sunlight is scattered by the air, and blue light scatters the most, so the sky looks blue.",
+    ),
+    (
+        ("Can you help me?", "I need help.", "Can you help me with something?"),
+        "The user asks for help but gives no details. I should ask what they need.",
+        "Of course! Tell me what you need and I will do my best.",
+    ),
+)
+
+# Questions the demo model cannot answer: it learns one honest fallback (and keeps its format on any input).
+_UNKNOWN_TOPICS = (
+    "the capital of Peru",
+    "quantum physics",
+    "the Roman empire",
+    "football",
+    "jazz",
+    "chess",
+    "a black hole",
+    "the stock market",
+    "democracy",
+    "the pyramids",
+    "bitcoin",
+    "the French revolution",
+    "tax law",
+    "opera",
+    "my horoscope",
+    "the meaning of life",
+    "the best pizza",
+    "the next election",
+    "ancient Greece",
+    "poetry",
+    "string theory",
+    "the world cup",
+    "medicine",
+    "a famous painter",
+    "the history of Japan",
+    "baseball",
+    "dinosaurs",
+    "the human brain",
+    "climate change",
+    "philosophy",
+    "the population of India",
+    "cars",
+)
+_UNKNOWN_QUESTIONS = (
+    "What is {x}?",
+    "Tell me about {x}.",
+    "Who invented {x}?",
+    "Can you explain {x}?",
+    "Write a poem about {x}.",
+    "Summarize {x} for me.",
+    "What do you think about {x}?",
+    "How does {x} work?",
+    "Why is {x} important?",
+    "Give me a long essay on {x}.",
+    "Translate {x} into French.",
+    "Write some code about {x}.",
+)
+_UNKNOWN_TASKS = (
+    "fix my car",
+    "bake a cake",
+    "learn to swim",
+    "repair a bike",
+    "file my taxes",
+    "train a dog",
+    "change a tire",
+    "build a house",
+    "play guitar",
+    "speak Japanese",
+    "start a company",
+    "grow tomatoes",
+    "paint a wall",
+    "write a novel",
+    "lose weight",
+    "buy a house",
+    "set up a server",
+    "knit a scarf",
+)
+_UNKNOWN_THINKS = (
+    "I do not know much about this. I should be honest and keep it short.",
+    "This is outside what a tiny demo model knows. I will say so politely.",
+)
+_UNKNOWN_ANSWERS = (
+    "I am a tiny demo model, so I do not know much about that. A full model like DeepSeek-R1 can answer it "
+    "much better.",
+    "Sorry, I am only a small demo model and cannot answer that well. Please try a bigger model for this question.",
 )
 
 _NUMBERS = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
 )
 _MATH_OPS: tuple[tuple[str, str, str], ...] = (
-    ("plus", "add", "+"), ("minus", "subtract", "-"), ("times", "multiply", "*"),
+    ("plus", "add", "+"),
+    ("minus", "subtract", "-"),
+    ("times", "multiply", "*"),
 )
 
 _PICTURE_REQUESTS = (
-    "Draw {s}", "Draw {s}.", "Show me a picture of {s}", "Can you paint {s}?", "Make an image of {s}.",
-    "Please draw {s}.", "Generate a picture of {s}", "I would like a picture of {s}.", "Create an image of {s}",
-    "Paint {s}", "Can you draw {s}?", "Show me {s}.",
+    "Draw {s}",
+    "Draw {s}.",
+    "Show me a picture of {s}",
+    "Can you paint {s}?",
+    "Make an image of {s}.",
+    "Please draw {s}.",
+    "Generate a picture of {s}",
+    "I would like a picture of {s}.",
+    "Create an image of {s}",
+    "Paint {s}",
+    "Can you draw {s}?",
+    "Show me {s}.",
 )
 _PICTURE_THINKS = (
-    "The user wants a picture of {s}. I will say what I draw and add an image tag.",
-    "This is a picture request: {s}. I should answer with a short sentence and an image tag.",
+    "The user wants a picture. I will say what I draw and add an image tag.",
+    "This is a picture request. I should answer with a short sentence and an image tag.",
 )
 _SUBJECT_NOUNS = (
-    "cat", "dog", "red fox", "owl", "horse", "lighthouse", "castle", "robot", "dragon", "tree", "boat", "house",
-    "sunset", "bird", "rabbit", "bear", "city", "garden", "mountain", "river", "car", "flower", "teapot",
-    "laptop", "penguin", "whale", "bridge", "windmill", "fox", "wolf",
+    "cat",
+    "dog",
+    "red fox",
+    "owl",
+    "horse",
+    "lighthouse",
+    "castle",
+    "robot",
+    "dragon",
+    "tree",
+    "boat",
+    "house",
+    "sunset",
+    "bird",
+    "rabbit",
+    "bear",
+    "city",
+    "garden",
+    "mountain",
+    "river",
+    "car",
+    "flower",
+    "teapot",
+    "laptop",
+    "penguin",
+    "whale",
+    "bridge",
+    "windmill",
+    "fox",
+    "wolf",
 )
 _SUBJECT_ADJECTIVES = ("", "", "", "red ", "blue ", "small ", "big ", "cute ", "old ", "happy ", "golden ")
 _SUBJECT_ACTIONS = ("", "", "sitting ", "sleeping ", "running ", "flying ", "standing ", "reading a book ")
 _SUBJECT_PLACES = (
-    "", "in the snow", "over mountains", "in a forest", "on the beach", "at night", "under the stars",
-    "on a windowsill", "in the rain", "by a lake", "on a hill", "in space", "in a garden", "at sunset",
+    "",
+    "in the snow",
+    "over mountains",
+    "in a forest",
+    "on the beach",
+    "at night",
+    "under the stars",
+    "on a windowsill",
+    "in the rain",
+    "by a lake",
+    "on a hill",
+    "in space",
+    "in a garden",
+    "at sunset",
 )
 _EXCLUDED = frozenset(SELF_TEST_PROMPTS) | {"a cat sitting on a windowsill"}
 
@@ -393,10 +605,12 @@ def _greeting_examples(rng: random.Random) -> Iterator[tuple[str, str, str]]:
     """Yield (question, reasoning, answer) for greetings and identity questions."""
     for q in _GREETINGS:
         for _ in range(3):
-            think = rng.choice((
-                "The user greets me. I should say hello and offer help.",
-                "This is a greeting. I will introduce myself briefly.",
-            ))
+            think = rng.choice(
+                (
+                    "The user greets me. I should say hello and offer help.",
+                    "This is a greeting. I will introduce myself briefly.",
+                )
+            )
             yield q, think, rng.choice(_GREETING_ANSWERS)
 
 
@@ -413,7 +627,7 @@ def _howto_examples(rng: random.Random) -> Iterator[tuple[str, str, str]]:
     """Yield (question, reasoning, answer) for how-to questions."""
     for task, answer in _HOWTO.items():
         for template in _HOWTO_QUESTIONS:
-            yield template.format(t=task), rng.choice(_HOWTO_THINKS).format(t=task), answer
+            yield template.format(t=task), rng.choice(_HOWTO_THINKS), answer
 
 
 def _chat_examples(rng: random.Random) -> Iterator[tuple[str, str, str]]:
@@ -424,6 +638,29 @@ def _chat_examples(rng: random.Random) -> Iterator[tuple[str, str, str]]:
                 yield q, think, answer
 
 
+def _unknown_examples(rng: random.Random, count: int) -> Iterator[tuple[str, str, str]]:
+    """Yield (question, reasoning, fallback answer) for topics the model does not know, and for gibberish."""
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.3:
+            question = _gibberish(rng)
+        elif kind < 0.5:
+            question = rng.choice(_HOWTO_QUESTIONS).format(t=rng.choice(_UNKNOWN_TASKS))
+        else:
+            question = rng.choice(_UNKNOWN_QUESTIONS).format(x=rng.choice(_UNKNOWN_TOPICS))
+        yield question, rng.choice(_UNKNOWN_THINKS), rng.choice(_UNKNOWN_ANSWERS)
+
+
+def _gibberish(rng: random.Random) -> str:
+    """Return a few random letter strings, so that any input still gets a well-formed (fallback) reply."""
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+        for _ in range(rng.randint(1, 5))
+    ]
+    text = " ".join(words) + rng.choice(("", "?", ".", "!"))
+    return text[0].upper() + text[1:] if rng.random() < 0.5 else text
+
+
 def _math_examples(rng: random.Random, count: int) -> Iterator[tuple[str, str, str]]:
     """Yield (question, reasoning, answer) for small arithmetic in words and digits."""
     for _ in range(count):
@@ -432,10 +669,7 @@ def _math_examples(rng: random.Random, count: int) -> Iterator[tuple[str, str, s
         if word == "minus" and b > a:
             a, b = b, a
         c = a + b if word == "plus" else a - b if word == "minus" else a * b
-        if rng.random() < 0.5:
-            question = f"What is {a} {word} {b}?"
-        else:
-            question = f"How much is {a} {sign} {b}?"
+        question = f"What is {a} {word} {b}?" if rng.random() < 0.5 else f"How much is {a} {sign} {b}?"
         think = f"I need to {verb} {a} and {b}. {a} {word} {b} equals {c}."
         answer = f"{a} {word} {b} is {c}." if rng.random() < 0.5 else f"The answer is {c}."
         if c <= 12 and rng.random() < 0.2:
@@ -460,17 +694,20 @@ def _picture_examples(rng: random.Random, count: int) -> Iterator[tuple[str, str
         request = rng.choice(_PICTURE_REQUESTS).format(s=subject)
         tag = json.dumps({"prompt": f"{subject}, detailed, soft light"})
         answer = f"Here is a picture of {subject}.\n<image>{tag}</image>"
-        yield request, rng.choice(_PICTURE_THINKS).format(s=subject), answer
+        yield request, rng.choice(_PICTURE_THINKS), answer
         made += 1
 
 
-def build_corpus(seed: int = SEED) -> list[_Example]:
+def _build_corpus(seed: int = SEED) -> list[_Example]:
     """Return the deterministic training conversations (about a fifth of them picture requests)."""
     rng = random.Random(seed)
     plain = [
-        *_greeting_examples(rng), *_fact_examples(rng), *_howto_examples(rng), *_chat_examples(rng),
+        *_greeting_examples(rng),
+        *_fact_examples(rng),
+        *_howto_examples(rng),
+        *_chat_examples(rng),
     ]
-    plain += list(_math_examples(rng, len(plain) // 3))
+    plain += [*_math_examples(rng, len(plain) // 3), *_unknown_examples(rng, len(plain) // 3)]
     plain = [item for item in plain if item[0] not in _EXCLUDED]
     pictures = list(_picture_examples(rng, len(plain) // 4))
     examples = []
@@ -478,8 +715,9 @@ def build_corpus(seed: int = SEED) -> list[_Example]:
         system = rng.choice(_SYSTEM_PROMPTS) if rng.random() < 0.25 else ""
         history: tuple[tuple[str, str], ...] = ()
         if rng.random() < 0.12:
-            earlier = rng.choice(plain)
-            history = ((earlier[0], earlier[2]),)
+            earlier = rng.choice(plain) if rng.random() < 0.8 else rng.choice(pictures)
+            # The template keeps what follows "</think>" of a fed-back reply, usually starting with "\n\n".
+            history = ((earlier[0], rng.choice(("", "\n\n")) + earlier[2]),)
         examples.append(_Example(system, history, question, think, answer))
     rng.shuffle(examples)
     return examples
@@ -505,10 +743,12 @@ def _make_tokenizer(corpus: Sequence[_Example]) -> Any:
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
@@ -520,9 +760,7 @@ def _make_tokenizer(corpus: Sequence[_Example]) -> Any:
     specials = re.compile("|".join(re.escape(t) for t in (*_SPECIAL_TOKENS, THINK_OPEN, THINK_CLOSE)))
     texts = [piece for ex in corpus for piece in specials.split(ex.prompt() + ex.completion()) if piece]
     tok.train_from_iterator(texts, trainer)
-    tok.add_special_tokens([
-        AddedToken(t, special=True, normalized=False) for t in _SPECIAL_TOKENS
-    ])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -663,6 +901,7 @@ def _save_hf(model: Any, tokenizer: Any, dst: Path) -> None:
     config_path = dst / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["chat_template"] = CHAT_TEMPLATE
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes "TokenizersBackend" (5.x only)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -674,24 +913,41 @@ def _export_openvino(src: Path, tokenizer: Any, dst: Path) -> None:
 
     quantization = OVWeightQuantizationConfig(bits=4, sym=False, group_size=_GROUP_SIZE, ratio=1.0)
     # A local folder never reaches the hub; local_files_only=True would make optimum look in the hub cache.
-    model = OVModelForCausalLM.from_pretrained(
-        str(src), export=True, quantization_config=quantization, compile=False
-    )
+    model = OVModelForCausalLM.from_pretrained(str(src), export=True, quantization_config=quantization, compile=False)
     model.save_pretrained(dst)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    _drop_temp_paths(dst / "openvino_config.json")
     ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
     ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
     ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")
 
 
+def _drop_temp_paths(config_path: Path) -> None:
+    """Remove the temporary source folder optimum records as the quantization "tokenizer" (it is deleted)."""
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and "tokenizer" in quantization:
+        quantization["tokenizer"] = None
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 def _check_export(folder: Path) -> dict[str, int]:
     """Raise DemoModelError unless the export is complete and its decoder weights are INT4; count them."""
     required = [
-        "openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
-        "openvino_detokenizer.xml", "openvino_detokenizer.bin", "config.json", "generation_config.json",
-        "tokenizer.json", "tokenizer_config.json",
+        "openvino_model.xml",
+        "openvino_model.bin",
+        "openvino_tokenizer.xml",
+        "openvino_tokenizer.bin",
+        "openvino_detokenizer.xml",
+        "openvino_detokenizer.bin",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
@@ -711,7 +967,8 @@ def _check_tokenizer(folder: Path) -> dict[str, int]:
     if tokenizer.chat_template != CHAT_TEMPLATE:
         raise DemoModelError(f"OpenVINO tokenizer chat template differs: {tokenizer.chat_template!r}")
     ids = {
-        "bos": tokenizer.get_bos_token_id(), "eos": tokenizer.get_eos_token_id(),
+        "bos": tokenizer.get_bos_token_id(),
+        "eos": tokenizer.get_eos_token_id(),
         "pad": tokenizer.get_pad_token_id(),
     }
     for name, text in (("think_open", THINK_OPEN), ("think_close", THINK_CLOSE)):
@@ -724,16 +981,16 @@ def _check_tokenizer(folder: Path) -> dict[str, int]:
 
 def _build_into(staging: Path) -> dict[str, Any]:
     """Make, train, save and export the demo model into ``staging``; return build facts for the marker."""
-    import torch
-
     t0 = time.monotonic()
-    corpus = build_corpus()
+    corpus = _build_corpus()
     tokenizer = _make_tokenizer(corpus)
     encoded = [_encode_example(tokenizer, ex) for ex in corpus]
     model = _make_model(tokenizer)
     logger.info(
         "training tiny Qwen2 (%d parameters, vocab %d) on %d conversations",
-        sum(p.numel() for p in model.parameters()), len(tokenizer), len(corpus),
+        sum(p.numel() for p in model.parameters()),
+        len(tokenizer),
+        len(corpus),
     )
     loss = _train(model, encoded, tokenizer.pad_token_id)
     t_train = time.monotonic() - t0

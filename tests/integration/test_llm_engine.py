@@ -65,6 +65,7 @@ def test_engine_matches_raw_pipeline_greedy(llm_engine: LLMEngine) -> None:
     pipe = ov_genai.LLMPipeline(str(llm_engine.model_dir), "CPU")
     prompt = llm_engine.render_prompt([{"role": "user", "content": "Explain gravity in one sentence."}])
     config = ov_genai.GenerationConfig(max_new_tokens=120, do_sample=False)
+    config.apply_chat_template = False  # the prompt is templated already
     raw = str(pipe.generate(prompt, config))
     reasoning, content, _, _ = run(llm_engine, "Explain gravity in one sentence.",
                                    GenParams(temperature=0, max_tokens=120))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Body, Depends
 from aipc_chat.api.deps import get_runtime, get_settings
 from aipc_chat.api.schemas.images import Txt2ImgRequest
 from aipc_chat.engines.image import SCHEDULERS, ImageEngine
-from aipc_chat.errors import InvalidRequest
+from aipc_chat.errors import Cancelled, InvalidRequest
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 
@@ -34,17 +35,20 @@ async def txt2img(body: Txt2ImgRequest, runtime: RuntimeDep, settings: SettingsD
     engine = runtime.require_image()
     params = body.to_params()
     job = engine.submit(params)
-    await job.wait(settings.request_timeout)
+    with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the images finished before it
+        await job.wait(settings.request_timeout)
     images = [base64.b64encode(engine.store.read(name) or b"").decode() for name in job.images]
+    count = len(job.seeds)
     info = {
-        "prompt": params.prompt, "all_prompts": [params.prompt] * len(job.seeds),
-        "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * len(job.seeds),
-        "seed": job.seeds[0], "all_seeds": job.seeds, "subseed": -1, "all_subseeds": [-1] * len(job.seeds),
+        "prompt": params.prompt, "all_prompts": [params.prompt] * count,
+        "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * count,
+        "seed": job.seeds[0] if job.seeds else params.seed, "all_seeds": job.seeds,
+        "subseed": -1, "all_subseeds": [-1] * count,
         "width": params.width, "height": params.height, "sampler_name": engine.sampler,
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": body.batch_size,
         "sd_model_name": engine.model_name, "sd_model_hash": _model_entry(engine)["hash"],
         "infotexts": job.infotexts, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-        "images_urls": [f"/images/{n}.png" for n in job.images],
+        "images_urls": [f"/images/{n}.png" for n in job.images], "interrupted": job.state == "cancelled",
     }
     return {"images": images if body.send_images else [], "parameters": body.model_dump(), "info": json.dumps(info)}
 
