@@ -108,6 +108,7 @@ _HEADS = 4
 _KV_HEADS = 2
 _INTERMEDIATE = 384
 _GROUP_SIZE = 64  # INT4 group size: divides 128 and 384
+_MAX_POSITIONS = 4096  # context length (the model is only trained on conversations of < 200 tokens)
 _STEPS = 500
 _BATCH = 16
 _LR = 3e-3
@@ -143,12 +144,12 @@ def build_demo_llm(out_dir: Path, *, force: bool = False) -> Path:
         replies = self_test_llm(staging)
         facts["self_test_replies"] = replies
         facts["build_seconds"] = round(time.monotonic() - start, 3)
-        staging.chmod(0o777 & ~_umask())  # mkdtemp made it private; give it the usual folder mode
+        staging.chmod(0o755)  # mkdtemp made it private; give it the usual folder mode
         _write_marker(staging, facts)  # last file written; the rename below publishes it atomically
         _move_into_place(staging, out_dir)
-    except Exception as exc:
+    except BaseException as exc:  # also on Ctrl-C: never leave a half-built staging folder behind
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, DemoModelError):
+        if isinstance(exc, DemoModelError) or not isinstance(exc, Exception):
             raise
         raise DemoModelError(f"building the demo LLM failed: {exc}") from exc
     logger.info("demo LLM ready at %s (%.1f s)", out_dir, time.monotonic() - start)
@@ -176,10 +177,7 @@ def self_test_llm(model_dir: Path) -> list[str]:
 
 
 def check_reply(prompt: str, reply: str, *, stopped: bool) -> None:
-    """Raise DemoModelError unless ``reply`` (generated inside the think block) is well formed.
-
-    ``stopped`` tells whether generation ended with EOS (rather than by the token limit).
-    """
+    """Raise DemoModelError unless ``reply`` (generated inside the think block, ``stopped`` by EOS) is sound."""
     if not stopped:
         problem: str | None = "did not end with EOS before the token limit"
     elif THINK_CLOSE not in reply:
@@ -202,7 +200,7 @@ def _generate_checked(pipe: Any, prompt: str) -> str:
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
     result = pipe.generate(tokenizer.encode(text, add_special_tokens=False), config)
     tokens = [int(t) for t in result.tokens[0]]
-    stopped = bool(tokens) and tokens[-1] == tokenizer.get_eos_token_id() or len(tokens) < config.max_new_tokens
+    stopped = (bool(tokens) and tokens[-1] == tokenizer.get_eos_token_id()) or len(tokens) < config.max_new_tokens
     reply: str = tokenizer.decode(tokens)
     check_reply(prompt, reply, stopped=stopped)
     logger.info("demo LLM self-test %r -> %r", prompt, reply)
@@ -250,6 +248,13 @@ class _Example:
         """The text the chat template renders with ``add_generation_prompt`` (ends inside <think>)."""
         turns = "".join(f"{USER_TOKEN}{u}{ASSISTANT_TOKEN}{a}{EOS_TOKEN}" for u, a in self.history)
         return f"{BOS_TOKEN}{self.system}{turns}{USER_TOKEN}{self.user}{ASSISTANT_TOKEN}{THINK_OPEN}\n"
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages (what a client would send)."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        for user, answer in self.history:
+            head += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return [*head, {"role": "user", "content": self.user}]
 
     def completion(self) -> str:
         """What the model must generate after the prompt, EOS included."""
@@ -768,8 +773,9 @@ def _make_tokenizer(corpus: Sequence[_Example]) -> Any:
         eos_token=EOS_TOKEN,
         pad_token=EOS_TOKEN,
         extra_special_tokens=[USER_TOKEN, ASSISTANT_TOKEN],
-        model_max_length=16384,
+        model_max_length=_MAX_POSITIONS,
         clean_up_tokenization_spaces=False,
+        # The template writes the BOS itself, so plain encoding adds nothing (no double BOS on either path).
         add_bos_token=False,
         add_eos_token=False,
     )
@@ -779,6 +785,9 @@ def _make_tokenizer(corpus: Sequence[_Example]) -> Any:
 
 def _encode_example(tokenizer: Any, example: _Example) -> tuple[list[int], int]:
     """Token ids of the whole conversation and the number of prompt tokens (not trained on)."""
+    rendered = tokenizer.apply_chat_template(example.messages(), tokenize=False, add_generation_prompt=True)
+    if rendered != example.prompt():
+        raise DemoModelError(f"chat template renders {rendered!r}, training uses {example.prompt()!r}")
     prompt = tokenizer.encode(example.prompt(), add_special_tokens=False)
     full = tokenizer.encode(example.prompt() + example.completion(), add_special_tokens=False)
     if full[: len(prompt)] != prompt:
@@ -802,7 +811,7 @@ def _make_model(tokenizer: Any) -> Any:
         num_hidden_layers=_LAYERS,
         num_attention_heads=_HEADS,
         num_key_value_heads=_KV_HEADS,
-        max_position_embeddings=4096,
+        max_position_embeddings=_MAX_POSITIONS,
         rope_theta=10000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
@@ -868,18 +877,20 @@ def _train(model: Any, encoded: Sequence[tuple[list[int], int]], pad_id: int) ->
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
     smooth = float("nan")
-    for step, (ids, labels) in enumerate(_batches(encoded, pad_id, _STEPS, random.Random(SEED))):
-        loss = model(input_ids=ids, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        smooth = loss.item() if math.isnan(smooth) else 0.9 * smooth + 0.1 * loss.item()
-        if step % 50 == 0 or step == _STEPS - 1:
-            logger.info("demo LLM training step %d/%d loss %.3f", step + 1, _STEPS, smooth)
+    try:
+        for step, (ids, labels) in enumerate(_batches(encoded, pad_id, _STEPS, random.Random(SEED))):
+            loss = model(input_ids=ids, labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            smooth = loss.item() if math.isnan(smooth) else 0.9 * smooth + 0.1 * loss.item()
+            if step % 50 == 0 or step == _STEPS - 1:
+                logger.info("demo LLM training step %d/%d loss %.3f", step + 1, _STEPS, smooth)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
-    torch.set_num_threads(threads)
     return smooth
 
 
@@ -1033,13 +1044,6 @@ def _image_tag_problem(answer: str) -> str | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str) or not payload["prompt"]:
         return 'has an <image> tag without a "prompt" string'
     return None
-
-
-def _umask() -> int:
-    """Return the process umask (without changing it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _folder_size(folder: Path) -> int:

@@ -1,0 +1,168 @@
+"""Per-user conversation history in SQLite (WAL, full sync, schema migrations): it survives restarts and crashes.
+
+A turn (the user's message and the assistant's answer) is written in one transaction once it has an answer, so a
+crash mid-turn loses at most that turn and never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONVERSATION = "default"
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one (executescript would commit the migration's transaction half-way)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _m1_initial(db: sqlite3.Connection) -> None:
+    _run(db, """
+        CREATE TABLE conversations (
+            user_id TEXT NOT NULL, id TEXT NOT NULL, title TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (user_id, id));
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), content TEXT NOT NULL,
+            reasoning TEXT, image_urls TEXT, image_prompt TEXT, created REAL NOT NULL);
+        CREATE INDEX messages_by_conversation ON messages (user_id, conversation_id, id);
+    """)
+
+
+# Append-only: each function moves the schema one version on (PRAGMA user_version counts them).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stored message."""
+
+    role: str
+    content: str
+    created: float
+    reasoning: str | None = None
+    image_urls: list[str] = field(default_factory=list)
+    image_prompt: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content, "created": self.created}
+        if self.role == "assistant":
+            out.update(reasoning=self.reasoning, image_urls=self.image_urls, image_prompt=self.image_prompt)
+        return out
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A complete exchange to store."""
+
+    user_message: str
+    answer: str
+    reasoning: str | None = None
+    image_urls: list[str] = field(default_factory=list)
+    image_prompt: dict[str, Any] | None = None
+
+
+class HistoryStore:
+    """Thread-safe access to the history database."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # laptops lose power: a stored turn must survive it
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    migration(self._db)
+                    self._db.execute(f"PRAGMA user_version={number}")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        """The migrations applied."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def add_turn(self, user_id: str, conversation_id: str, turn: Turn) -> None:
+        """Store the user's message and the answer together, in one transaction."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO conversations (user_id, id, title, created, updated) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user_id, id) DO UPDATE SET updated = excluded.updated",
+                    (user_id, conversation_id, turn.user_message[:80], now, now))
+                self._db.executemany(
+                    "INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_urls, "
+                    "image_prompt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(user_id, conversation_id, "user", turn.user_message, None, None, None, now),
+                     (user_id, conversation_id, "assistant", turn.answer, turn.reasoning,
+                      json.dumps(turn.image_urls), json.dumps(turn.image_prompt), now)])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
+        """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""
+        sql = ("SELECT role, content, created, reasoning, image_urls, image_prompt FROM messages "
+               "WHERE user_id = ? AND conversation_id = ? ORDER BY id DESC")
+        args: tuple[Any, ...] = (user_id, conversation_id)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args += (limit,)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [Message(role, content, created, reasoning, json.loads(urls) if urls else [],
+                        json.loads(prompt) if prompt else None)
+                for role, content, created, reasoning, urls, prompt in reversed(rows)]
+
+    def conversations(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's conversations, most recent first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.id, c.title, c.created, c.updated, COUNT(m.id) FROM conversations c "
+                "LEFT JOIN messages m ON m.user_id = c.user_id AND m.conversation_id = c.id "
+                "WHERE c.user_id = ? GROUP BY c.id ORDER BY c.updated DESC", (user_id,)).fetchall()
+        return [{"conversation_id": cid, "title": title, "created": created, "updated": updated, "messages": n}
+                for cid, title, created, updated, n in rows]
+
+    def delete(self, user_id: str, conversation_id: str | None = None) -> int:
+        """Delete one conversation (or all of the user's); the number of messages removed."""
+        where, args = "user_id = ?", [user_id]
+        if conversation_id is not None:
+            where += " AND {col} = ?"
+            args.append(conversation_id)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            n = self._db.execute(f"DELETE FROM messages WHERE {where.format(col='conversation_id')}", args).rowcount
+            self._db.execute(f"DELETE FROM conversations WHERE {where.format(col='id')}", args)
+            self._db.execute("COMMIT")
+        return int(n)
+
+    def close(self) -> None:
+        """Checkpoint and close."""
+        with self._lock:
+            self._db.close()
