@@ -163,6 +163,7 @@ def test_bad_requests_get_4xx_in_openai_shape(client: openai.OpenAI, kwargs: dic
 
 
 def test_malformed_json_body_is_400(base_url: str) -> None:
-    r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
