@@ -104,8 +104,8 @@ class HistoryStore:
         with self._lock:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    def add_turn(self, user_id: str, conversation_id: str, turn: Turn) -> None:
-        """Store the user's message and the answer together, in one transaction."""
+    def add_turn(self, user_id: str, conversation_id: str, turn: Turn) -> int:
+        """Store the user's message and the answer together, in one transaction; the answer's message id."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -114,16 +114,21 @@ class HistoryStore:
                     "INSERT INTO conversations (user_id, id, title, created, updated) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (user_id, id) DO UPDATE SET updated = excluded.updated",
                     (user_id, conversation_id, turn.user_message[:80], now, now))
-                self._db.executemany(
-                    "INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_urls, "
-                    "image_prompt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(user_id, conversation_id, "user", turn.user_message, None, None, None, now),
-                     (user_id, conversation_id, "assistant", turn.answer, turn.reasoning,
-                      json.dumps(turn.image_urls), json.dumps(turn.image_prompt), now)])
+                insert = ("INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_urls, "
+                          "image_prompt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                self._db.execute(insert, (user_id, conversation_id, "user", turn.user_message, None, None, None, now))
+                cursor = self._db.execute(insert, (user_id, conversation_id, "assistant", turn.answer, turn.reasoning,
+                                                   json.dumps(turn.image_urls), json.dumps(turn.image_prompt), now))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        return int(cursor.lastrowid or 0)
+
+    def set_image_urls(self, message_id: int, urls: list[str]) -> None:
+        """Replace an answer's image URLs (an image that failed after the turn was stored)."""
+        with self._lock:
+            self._db.execute("UPDATE messages SET image_urls = ? WHERE id = ?", (json.dumps(urls), message_id))
 
     def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""

@@ -11,7 +11,11 @@ from typing import Literal
 from aipc_chat.engines.image import ImageEngine
 from aipc_chat.engines.llm import LLMEngine
 from aipc_chat.errors import NotReady
+from aipc_chat.history import HistoryStore
+from aipc_chat.orchestrator import Orchestrator
+from aipc_chat.prompts import Prompts
 from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
+from aipc_chat.safety import PromptFilter
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,11 @@ class Runtime:
         }
         self._loader: threading.Thread | None = None
         self._closed = threading.Event()
+        self.history = HistoryStore(settings.data_dir / "history.sqlite3")
+        self.orchestrator = Orchestrator(
+            self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
+            PromptFilter.load(settings.blocked_terms_file), history_limit=settings.conversation_history_limit,
+            max_tokens=min(settings.chat_max_tokens, settings.max_tokens_limit), timeout=settings.request_timeout)
 
     def check(self) -> None:
         """Fail fast (ModelSetupError) when a local model folder is missing."""
@@ -131,6 +140,7 @@ class Runtime:
         for engine in (self.llm, self.image):
             if engine is not None:
                 engine.close()
+        self.history.close()
 
 
 def _not_ready_message(status: ModelStatus) -> str:

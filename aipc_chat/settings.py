@@ -181,6 +181,19 @@ class Settings(BaseSettings):
         description="Earlier exchanges (user + assistant) fed back to the model in /chat.",
     )
 
+    chat_max_tokens: int = Field(
+        2048, ge=16, le=131072, validation_alias=_env("chat_max_tokens"),
+        description="Tokens one /chat answer may take (reasoning included) unless the request says less.",
+    )
+    system_prompt_file: Path | None = Field(
+        None, validation_alias=_env("system_prompt_file"),
+        description="A text file that replaces the built-in /chat system prompt.",
+    )
+    blocked_terms_file: Path | None = Field(
+        None, validation_alias=_env("blocked_terms_file"),
+        description="A file of terms (one per line) that image prompts may not contain; replaces the built-in list.",
+    )
+
     @field_validator("llm_device", "image_device", mode="before")
     @classmethod
     def _upper_device(cls, value: Any) -> Any:

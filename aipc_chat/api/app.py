@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from aipc_chat import __version__
 from aipc_chat.api.errors import install_error_handlers
-from aipc_chat.api.routes import health, images, openai_chat, sdapi
+from aipc_chat.api.routes import chat, health, images, openai_chat, sdapi
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 
@@ -33,6 +33,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = rt
     install_error_handlers(app)
-    for module in (health, openai_chat, images, sdapi):
+    for module in (health, chat, openai_chat, images, sdapi):
         app.include_router(module.router)
     return app

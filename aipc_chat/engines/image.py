@@ -62,7 +62,8 @@ class ImageJob:
     state: JobState = "queued"
     step: int = 0  # steps done, over all images of the job
     seeds: list[int] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)  # stored names
+    names: list[str] = field(default_factory=list)  # reserved at submission, so URLs are known at once
+    images: list[str] = field(default_factory=list)  # the names stored so far
     infotexts: list[str] = field(default_factory=list)
     error: str | None = None
     created: float = field(default_factory=time.time)
@@ -234,7 +235,7 @@ class ImageEngine:
         if self._thread is None:
             raise NotReady("The image model is not loaded.")
         self.check(params)
-        job = ImageJob(params)
+        job = ImageJob(params, names=[self.store.new_name() for _ in range(params.n)])
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -309,7 +310,7 @@ class ImageEngine:
             image = result.images[0]
             text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
             job.infotexts.append(text)
-            job.images.append(self.store.save(image, text))
+            job.images.append(self.store.save(image, text, name=job.names[index]))
             log.info("image job %s: %dx%d, %d steps, seed %d in %.2f s", job.id, p.width, p.height, p.steps,
                      seed, time.perf_counter() - t0)
 

@@ -39,6 +39,15 @@ THINK_CLOSE_TEXT = "\n</think>\n\n"
 
 
 @dataclass(frozen=True)
+class TagConstraint:
+    """Free text, except that once ``begin`` appears its content must match ``regex`` and end with ``end``."""
+
+    begin: str
+    regex: str
+    end: str
+
+
+@dataclass(frozen=True)
 class GenParams:
     """Sampling and length parameters of one request, already validated."""
 
@@ -56,6 +65,7 @@ class GenParams:
     json_schema: str | None = None
     regex: str | None = None
     grammar: str | None = None
+    tag: TagConstraint | None = None
 
 
 @dataclass(frozen=True)
@@ -172,14 +182,24 @@ def generation_config(params: GenParams, max_new_tokens: int) -> Any:
     return cfg
 
 
+def constrains_whole_reply(params: GenParams) -> bool:
+    """True when the whole reply is constrained (JSON, regex, grammar), leaving no room for reasoning."""
+    return params.json_schema is not None or params.regex is not None or params.grammar is not None
+
+
 def structured_output_config(params: GenParams) -> Any | None:
     """The structured-output constraint a request asks for, if any."""
-    if params.json_schema is None and params.regex is None and params.grammar is None:
+    if not constrains_whole_reply(params) and params.tag is None:
         return None
     import openvino_genai as ov_genai
 
     so = ov_genai.StructuredOutputConfig()
-    if params.json_schema is not None:
+    if params.tag is not None:
+        tag = ov_genai.StructuredOutputConfig.Tag(
+            params.tag.begin, ov_genai.StructuredOutputConfig.Regex(params.tag.regex), params.tag.end)
+        so.structural_tags_config = ov_genai.StructuredOutputConfig.TriggeredTags(
+            triggers=[params.tag.begin], tags=[tag], stop_after_first=True)
+    elif params.json_schema is not None:
         so.json_schema = params.json_schema
     elif params.regex is not None:
         so.regex = params.regex
@@ -268,6 +288,10 @@ class LLMEngine:
         ]
         return str(self._tokenizer.apply_chat_template(history, add_generation_prompt=True))
 
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the templated prompt for these messages."""
+        return self.count_tokens(self.render_prompt(messages))
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as the model sees it."""
         return len(self._encode(text))
@@ -288,7 +312,7 @@ class LLMEngine:
         """Queue an already templated prompt."""
         if self._thread is None:
             raise NotReady("The LLM is not loaded.")
-        if structured_output_config(params) is not None and prompt.rstrip().endswith(THINK_OPEN):
+        if constrains_whole_reply(params) and prompt.rstrip().endswith(THINK_OPEN):
             prompt += "</think>\n\n"  # constrained output has no room for reasoning: close the block empty
         ids = self._encode(prompt)
         max_new = self._max_new_tokens(len(ids), params.max_tokens)

@@ -57,10 +57,15 @@ class ImageStore:
         self.max_images = max_images
         self._lock = threading.Lock()
 
-    def save(self, image: Any, parameters: str) -> str:
+    @staticmethod
+    def new_name() -> str:
+        """A fresh unguessable name (128 random bits): the URL is the capability."""
+        return secrets.token_hex(16)
+
+    def save(self, image: Any, parameters: str, name: str | None = None) -> str:
         """Write atomically (temp file + rename, so a crash never leaves half a PNG); return the name."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = secrets.token_hex(16)
+        name = name or self.new_name()
         data = png_bytes(image, parameters)
         tmp = self.folder / f".{name}.tmp"
         tmp.write_bytes(data)

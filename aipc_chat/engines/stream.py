@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
+
+from aipc_chat.errors import RequestTimeout
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +79,22 @@ class ThreadToAsync(Generic[T]):
         while (batch := await self.get_batch()) is not None:
             for item in batch:
                 yield item
+
+
+async def batches(stream: ThreadToAsync[T], timeout: float) -> AsyncIterator[list[T]]:
+    """Iterate a stream's batches of ready items; cancel the work and raise RequestTimeout past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            batch = await asyncio.wait_for(stream.get_batch(), remaining)
+            if batch is None:
+                return
+            yield batch
+    except asyncio.TimeoutError:
+        stream.cancel()
+        raise RequestTimeout(f"The request took longer than {timeout:g} s and was cancelled.") from None
+    finally:
+        stream.cancel()  # idempotent; frees the slot if the consumer stopped early

@@ -50,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: trained on the /chat prompts (system + image tag, image-prompt requests)
 MARKER_NAME = "aipc_demo.json"
 KIND = "deepseek-r1-distill-qwen2-tiny"
 SEED = 20240607
@@ -257,7 +257,12 @@ class _Example:
         return [*head, {"role": "user", "content": self.user}]
 
     def completion(self) -> str:
-        """What the model must generate after the prompt, EOS included."""
+        """What the model must generate after the prompt, EOS included.
+
+        No reasoning: the think block closes at once, as the server closes it itself before constrained output.
+        """
+        if not self.think:
+            return f"{THINK_CLOSE}\n\n{self.answer}{EOS_TOKEN}"
         return f"{self.think}\n{THINK_CLOSE}\n\n{self.answer}{EOS_TOKEN}"
 
 
@@ -715,17 +720,43 @@ def _build_corpus(seed: int = SEED) -> list[_Example]:
     plain += [*_math_examples(rng, len(plain) // 3), *_unknown_examples(rng, len(plain) // 3)]
     plain = [item for item in plain if item[0] not in _EXCLUDED]
     pictures = list(_picture_examples(rng, len(plain) // 4))
+    chat_system = _chat_system_prompt()
     examples = []
     for question, think, answer in [*plain, *pictures]:
-        system = rng.choice(_SYSTEM_PROMPTS) if rng.random() < 0.25 else ""
+        # /chat sends its own system prompt (with the image-tag instruction): the model must know that shape too.
+        draw = rng.random()
+        system = chat_system if draw < 0.3 else rng.choice(_SYSTEM_PROMPTS) if draw < 0.5 else ""
         history: tuple[tuple[str, str], ...] = ()
         if rng.random() < 0.12:
             earlier = rng.choice(plain) if rng.random() < 0.8 else rng.choice(pictures)
             # The template keeps what follows "</think>" of a fed-back reply, usually starting with "\n\n".
             history = ((earlier[0], rng.choice(("", "\n\n")) + earlier[2]),)
         examples.append(_Example(system, history, question, think, answer))
+    examples += _image_prompt_examples(rng, [*plain, *pictures], len(pictures) // 3)
     rng.shuffle(examples)
     return examples
+
+
+def _chat_system_prompt() -> str:
+    """The system text /chat sends with image "auto" (the template joins its system messages with a blank line)."""
+    from aipc_chat.prompts import Prompts
+
+    prompts = Prompts.load()
+    return f"{prompts.system}\n\n{prompts.image_auto}"
+
+
+def _image_prompt_examples(rng: random.Random, pool: Sequence[tuple[str, str, str]], count: int) -> list[_Example]:
+    """/chat's image "always" request: answer at once with ``{"prompt": ...}`` (no reasoning)."""
+    from aipc_chat.prompts import Prompts
+
+    prompts = Prompts.load()
+    out = []
+    for question, _, answer in rng.sample(list(pool), count):
+        match = _IMAGE_RE.search(answer)
+        prompt = json.loads(match.group(1))["prompt"] if match else f"an illustration of {question.rstrip('?.!')}"
+        request = prompts.image_request(question)[0]["content"]
+        out.append(_Example("", (), request, "", json.dumps({"prompt": prompt.lower()})))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- tokenizer

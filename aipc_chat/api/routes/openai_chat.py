@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends
 
 from aipc_chat.api.deps import get_runtime, get_settings
 from aipc_chat.api.schemas.openai import ChatCompletionRequest
-from aipc_chat.api.sse import batches, sse_response
+from aipc_chat.api.sse import sse_response
 from aipc_chat.engines.llm import Delta, Done, LLMEngine, LLMStream
+from aipc_chat.engines.stream import batches
 from aipc_chat.errors import ModelNotFound
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings

@@ -1,0 +1,64 @@
+"""``POST /chat`` request body: the seed project's contract plus image options and streaming."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aipc_chat.api.schemas.images import SEED_MAX, SEED_MIN, SIZE_RE
+from aipc_chat.orchestrator import ChatTurnRequest, ImageOptions
+
+SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+MAX_MESSAGE_CHARS = 16_000
+
+
+class ChatImageOptions(BaseModel):
+    """How to render the picture, when there is one (the assistant writes its prompt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    steps: int = Field(default=20, ge=1, le=500)
+    guidance_scale: float = Field(default=7.5, ge=0, le=30)
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    size: str = Field(default="512x512", description="WxH")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not SIZE_RE.match(value):
+            raise ValueError("size must look like 512x512")
+        return value
+
+
+class ChatRequest(BaseModel):
+    """One user message to the multimodal assistant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(pattern=SAFE_ID, description="A short id of the user (letters, digits, _ . @ -).")
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    conversation_id: str = Field(default="default", pattern=SAFE_ID)
+    image: Literal["auto", "always", "never"] = "auto"
+    image_options: ChatImageOptions = Field(default_factory=ChatImageOptions)
+    stream: bool = False
+    wait_for_image: bool = Field(default=True, description="false: return at once with the job id and URLs.")
+    max_tokens: int | None = Field(default=None, ge=16, le=131072)
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be blank")
+        return value
+
+    def to_turn(self) -> ChatTurnRequest:
+        """The orchestrator's request."""
+        o = self.image_options
+        width, height = (int(v) for v in o.size.split("x"))
+        options = ImageOptions(negative_prompt=o.negative_prompt, steps=o.steps, guidance_scale=o.guidance_scale,
+                               seed=None if o.seed == -1 else o.seed, width=width, height=height)
+        return ChatTurnRequest(user_id=self.user_id, message=self.message.strip(),
+                               conversation_id=self.conversation_id, image=self.image, image_options=options,
+                               wait_for_image=self.wait_for_image, max_tokens=self.max_tokens)

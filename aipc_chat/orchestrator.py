@@ -1,0 +1,283 @@
+"""One /chat turn: history + prompts -> LLM -> (image prompt) -> safety -> image engine -> history.
+
+``Orchestrator.run`` yields events as they happen (``reasoning``, ``content``, ``image_prompt``, ``image_queued``,
+``image_progress``, ``image_done``, ``image_error``) and ends with ``done`` carrying the whole response. It knows
+nothing about HTTP: the route streams the events or returns the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from aipc_chat.engines.image import ImageJob, ImageParams
+from aipc_chat.engines.llm import Delta, Done, GenParams, LLMStream, TagConstraint
+from aipc_chat.engines.stream import batches
+from aipc_chat.errors import AipcError
+from aipc_chat.history import HistoryStore, Turn
+from aipc_chat.prompts import Prompts, fit_to_context, window
+from aipc_chat.reasoning import _partial_tag_suffix
+from aipc_chat.safety import PromptFilter
+
+log = logging.getLogger(__name__)
+
+ImageMode = Literal["auto", "always", "never"]
+Event = tuple[str, dict[str, Any]]
+# Bounded lengths: the grammar always terminates, even on a model that would ramble (the demo model).
+IMAGE_PROMPT_REGEX = r'\{"prompt": "[^"\\\n]{1,300}"\}'
+IMAGE_TAG = TagConstraint("<image>", IMAGE_PROMPT_REGEX, "</image>")
+PROGRESS_INTERVAL = 0.25
+
+
+class ChatLLM(Protocol):
+    """What the orchestrator needs of an LLM engine."""
+
+    context_length: int
+
+    def submit(self, messages: list[dict[str, str]], params: GenParams,
+               loop: asyncio.AbstractEventLoop) -> LLMStream: ...
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int: ...
+
+
+class ChatImages(Protocol):
+    """What the orchestrator needs of an image engine."""
+
+    def submit(self, params: ImageParams) -> ImageJob: ...
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """The user's image settings for a turn (the LLM writes the prompt)."""
+
+    negative_prompt: str | None = None
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    width: int = 512
+    height: int = 512
+
+
+@dataclass(frozen=True)
+class ChatTurnRequest:
+    """One user message, validated."""
+
+    user_id: str
+    message: str
+    conversation_id: str = "default"
+    image: ImageMode = "auto"
+    image_options: ImageOptions = field(default_factory=ImageOptions)
+    wait_for_image: bool = True
+    max_tokens: int | None = None
+
+
+@dataclass
+class ChatTurnResult:
+    """The response of a turn (``done`` event, and the non-streamed body)."""
+
+    conversation_id: str
+    assistant_response: str = ""
+    reasoning: str = ""
+    image_generated: bool = False
+    image_state: str | None = None  # queued | done | failed | filtered | None (no image)
+    image_job_id: str | None = None
+    image_urls: list[str] = field(default_factory=list)
+    image_prompt: dict[str, Any] | None = None
+    image_error: dict[str, str] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, url: Callable[[str], str] = lambda p: p) -> dict[str, Any]:
+        """The JSON form, image paths made absolute by ``url``."""
+        out = asdict(self)
+        out["image_urls"] = [url(u) for u in self.image_urls]
+        return out
+
+
+class TagFilter:
+    """Hide ``<image>...</image>`` from streamed answer text and keep its content."""
+
+    def __init__(self, begin: str = IMAGE_TAG.begin, end: str = IMAGE_TAG.end) -> None:
+        self.begin, self.end = begin, end
+        self._held = ""
+        self._inside = False
+        self.captured: str | None = None
+
+    def feed(self, text: str) -> str:
+        """Visible text of this chunk."""
+        buf = self._held + text
+        self._held = ""
+        if self._inside:
+            self.captured = (self.captured or "") + buf
+            if self.end in self.captured:
+                self.captured, _, rest = self.captured.partition(self.end)
+                self._inside = False
+                return rest
+            return ""
+        idx = buf.find(self.begin)
+        if idx >= 0:
+            self._inside = True
+            self.captured = ""
+            return buf[:idx] + self.feed(buf[idx + len(self.begin) :])
+        keep = _partial_tag_suffix(buf, self.begin)
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def finish(self) -> str:
+        """What was held back at the end."""
+        held, self._held = self._held, ""
+        return "" if self._inside else held
+
+
+def parse_image_prompt(text: str | None) -> str | None:
+    """The prompt inside an image tag or JSON reply; None when absent or empty."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    prompt = value.get("prompt") if isinstance(value, dict) else None
+    return prompt.strip() or None if isinstance(prompt, str) else None
+
+
+class Orchestrator:
+    """Runs /chat turns over the engines, the history store, the prompts and the safety filter."""
+
+    def __init__(self, llm: Callable[[], ChatLLM], images: Callable[[], ChatImages], history: HistoryStore,
+                 prompts: Prompts, safety: PromptFilter, *, history_limit: int, max_tokens: int,
+                 timeout: float) -> None:
+        self._llm, self._images = llm, images
+        self.history, self.prompts, self.safety = history, prompts, safety
+        self.history_limit, self.max_tokens, self.timeout = history_limit, max_tokens, timeout
+
+    async def run(self, req: ChatTurnRequest) -> AsyncIterator[Event]:
+        """Run one turn; yield its events, the last being ``done``."""
+        t0 = time.perf_counter()
+        llm = self._llm()
+        result = ChatTurnResult(req.conversation_id)
+        tags = TagFilter()
+        async for event in self._answer(llm, req, result, tags):
+            yield event
+        result.timings["llm_s"] = round(time.perf_counter() - t0, 4)
+        prompt = None if req.image == "never" else parse_image_prompt(tags.captured)
+        if prompt is None and req.image == "always":
+            prompt = await self._ask_image_prompt(llm, req.message)
+        job = self._start_image(req, prompt, result) if prompt is not None else None
+        if result.image_prompt is not None:
+            yield "image_prompt", {"image_prompt": result.image_prompt}
+        if job is not None:
+            yield "image_queued", {"job_id": job.id, "image_urls": result.image_urls}
+        elif result.image_error:
+            yield "image_error", result.image_error
+        # Stored now, answer in hand: a client that leaves during the image still finds the turn in its history.
+        message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
+            req.message, result.assistant_response, result.reasoning or None, result.image_urls,
+            result.image_prompt))
+        if job is not None and req.wait_for_image:
+            async for event in self._wait_image(job, result):
+                yield event
+            if not result.image_generated:
+                await asyncio.to_thread(self.history.set_image_urls, message_id, [])
+        result.timings["total_s"] = round(time.perf_counter() - t0, 4)
+        yield "done", {"result": result}
+
+    async def _answer(self, llm: ChatLLM, req: ChatTurnRequest, result: ChatTurnResult,
+                      tags: TagFilter) -> AsyncIterator[Event]:
+        """The LLM's reply over the history window; the image tag is kept out of the answer."""
+        earlier = await asyncio.to_thread(self.history.messages, req.user_id, req.conversation_id)
+        max_tokens = req.max_tokens or self.max_tokens
+        messages = fit_to_context(
+            lambda kept: self.prompts.messages(kept, req.message, image_auto=req.image != "never"),
+            window(earlier, self.history_limit), llm.prompt_tokens, llm.context_length - max_tokens)
+        params = GenParams(max_tokens=max_tokens, tag=None if req.image == "never" else IMAGE_TAG)
+        async for kind, payload in self._generate(llm, messages, params, tags):
+            if kind == "done":
+                done: Done = payload["done"]
+                result.usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
+                continue
+            if kind == "reasoning":
+                result.reasoning += payload["text"]
+            else:
+                result.assistant_response += payload["text"]
+            yield kind, payload
+        result.assistant_response, result.reasoning = result.assistant_response.strip(), result.reasoning.strip()
+
+    async def _generate(self, llm: ChatLLM, messages: list[dict[str, str]], params: GenParams,
+                        tags: TagFilter) -> AsyncIterator[Event]:
+        stream = await asyncio.to_thread(llm.submit, messages, params, asyncio.get_running_loop())
+        async for batch in batches(stream, self.timeout):
+            reasoning = "".join(d.reasoning for d in batch if isinstance(d, Delta))
+            content = tags.feed("".join(d.content for d in batch if isinstance(d, Delta)))
+            if reasoning:
+                yield "reasoning", {"text": reasoning}
+            if content:
+                yield "content", {"text": content}
+            for item in batch:
+                if isinstance(item, Done):
+                    tail = tags.finish()
+                    if tail:
+                        yield "content", {"text": tail}
+                    yield "done", {"done": item}
+
+    async def _ask_image_prompt(self, llm: ChatLLM, message: str) -> str:
+        """Image "always": ask for a prompt under a bounded grammar; the user's words if it comes back empty."""
+        params = GenParams(max_tokens=256, regex=IMAGE_PROMPT_REGEX, temperature=0.6)
+        text = ""
+        async for kind, payload in self._generate(llm, self.prompts.image_request(message), params, TagFilter()):
+            if kind == "content":
+                text += payload["text"]
+        return parse_image_prompt(text) or message.strip()
+
+    def _start_image(self, req: ChatTurnRequest, prompt: str, result: ChatTurnResult) -> ImageJob | None:
+        opts = req.image_options
+        params = ImageParams(prompt=prompt, negative_prompt=opts.negative_prompt or "", width=opts.width,
+                             height=opts.height, steps=opts.steps, guidance_scale=opts.guidance_scale, seed=opts.seed)
+        result.image_prompt = {"prompt": prompt, "negative_prompt": params.negative_prompt, "width": params.width,
+                               "height": params.height, "steps": params.steps,
+                               "guidance_scale": params.guidance_scale, "seed": params.seed}
+        verdict = self.safety.check(prompt)
+        if not verdict.allowed:
+            result.image_state = "filtered"
+            result.image_error = {"code": "content_filter",
+                                  "message": f"The image prompt was refused by the content filter ({verdict.term})."}
+            return None
+        try:
+            job = self._images().submit(params)
+        except AipcError as exc:
+            result.image_state = "failed"
+            result.image_error = {"code": exc.code or "image_error", "message": exc.message}
+            return None
+        result.image_state, result.image_job_id = "queued", job.id
+        result.image_urls = [f"/images/{name}.png" for name in job.names]
+        return job
+
+    async def _wait_image(self, job: ImageJob, result: ChatTurnResult) -> AsyncIterator[Event]:
+        t0 = time.perf_counter()
+        waiter = asyncio.ensure_future(job.wait(self.timeout))
+        last = -1
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=PROGRESS_INTERVAL)
+                if job.step != last and not waiter.done():
+                    last = job.step
+                    yield "image_progress", {"job_id": job.id, "step": job.step, "total_steps": job.total_steps,
+                                             "progress": round(job.progress, 4)}
+            waiter.result()
+        except AipcError as exc:
+            result.image_state, result.image_urls = "failed", []
+            result.image_error = {"code": exc.code or "image_error", "message": exc.message}
+            yield "image_error", result.image_error
+            return
+        finally:
+            waiter.cancel()  # a client that left stops waiting; the job itself goes on and its URLs become valid
+        result.image_generated, result.image_state = True, "done"
+        result.image_prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
+        result.timings["image_s"] = round(time.perf_counter() - t0, 4)
+        yield "image_done", {"job_id": job.id, "image_urls": result.image_urls, "seeds": job.seeds}
+

@@ -1,0 +1,229 @@
+"""Every branch of a /chat turn, with scripted fakes for the engines (the real ones are in e2e tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aipc_chat.engines.image import ImageJob, ImageParams
+from aipc_chat.engines.llm import Delta, Done, GenParams, LLMStream, Timing
+from aipc_chat.errors import Busy, EngineFailure
+from aipc_chat.history import HistoryStore, Turn
+from aipc_chat.orchestrator import (
+    IMAGE_PROMPT_REGEX,
+    ChatTurnRequest,
+    ChatTurnResult,
+    Orchestrator,
+    TagFilter,
+    parse_image_prompt,
+)
+from aipc_chat.prompts import Prompts
+from aipc_chat.safety import PromptFilter
+
+
+class FakeLLM:
+    """Replies from a script, in order; records what it was asked."""
+
+    context_length = 4096
+
+    def __init__(self) -> None:
+        self.script: list[tuple[str, str] | Exception] = []
+        self.calls: list[tuple[list[dict[str, str]], GenParams]] = []
+
+    def enqueue(self, *replies: tuple[str, str] | Exception) -> None:
+        self.script.extend(replies)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
+    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+        self.calls.append((messages, params))
+        reply = self.script.pop(0)
+        stream = LLMStream(loop, "fake", 10)
+        if isinstance(reply, Exception):
+            stream.put(reply)
+        else:
+            reasoning, content = reply
+            for i in range(0, len(content), 3):  # in small chunks, as a real stream comes
+                stream.put(Delta(reasoning if i == 0 else "", content[i : i + 3], 1))
+            stream.put(Done("stop", 10, len(content), Timing()))
+        stream.close()
+        return stream
+
+
+class FakeImages:
+    """Finishes (or fails) every job at once."""
+
+    def __init__(self, *, fail: bool = False, busy: bool = False) -> None:
+        self.fail, self.busy = fail, busy
+        self.jobs: list[ImageJob] = []
+        self._names = (f"{i:032x}" for i in itertools.count(1))
+
+    def submit(self, params: ImageParams) -> ImageJob:
+        if self.busy:
+            raise Busy("full")
+        job = ImageJob(params, names=[next(self._names) for _ in range(params.n)])
+        job.seeds = [params.seed or 1]
+        if self.fail:
+            job._end("failed", "boom")
+        else:
+            job.images = list(job.names)
+            job._end("done")
+        self.jobs.append(job)
+        return job
+
+
+@pytest.fixture
+def llm() -> FakeLLM:
+    return FakeLLM()
+
+
+@pytest.fixture
+def images() -> FakeImages:
+    return FakeImages()
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> HistoryStore:
+    return HistoryStore(tmp_path / "h.sqlite3")
+
+
+def make(llm: FakeLLM, images: FakeImages, history: HistoryStore, limit: int = 10) -> Orchestrator:
+    return Orchestrator(lambda: llm, lambda: images, history, Prompts.load(), PromptFilter(["gore"]),
+                        history_limit=limit, max_tokens=512, timeout=30)
+
+
+def turn(orch: Orchestrator, message: str, **kw: Any) -> tuple[ChatTurnResult, list[str]]:
+    async def main() -> tuple[ChatTurnResult, list[str]]:
+        names, result = [], None
+        async for name, payload in orch.run(ChatTurnRequest(user_id="u", message=message, **kw)):
+            names.append(name)
+            if name == "done":
+                result = payload["result"]
+        assert result is not None
+        return result, names
+
+    return asyncio.run(main())
+
+
+TAGGED = 'Here is a fox.\n<image>{"prompt": "a red fox in snow"}</image>'
+
+
+def test_auto_with_an_image_prompt(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    llm.enqueue(("thinking", TAGGED))
+    result, events = turn(make(llm, images, history), "Draw a fox")
+    assert result.assistant_response == "Here is a fox." and result.reasoning == "thinking"
+    assert result.image_generated and result.image_state == "done"
+    assert result.image_prompt is not None and result.image_prompt["prompt"] == "a red fox in snow"
+    assert result.image_urls == [f"/images/{images.jobs[0].names[0]}.png"]
+    assert events[-1] == "done" and events.index("image_queued") < events.index("image_done")
+    assert "<image>" not in "".join(events)
+    params = llm.calls[0][1]
+    assert params.tag is not None and params.tag.regex == IMAGE_PROMPT_REGEX
+    stored = history.messages("u", "default")
+    assert [m.content for m in stored] == ["Draw a fox", "Here is a fox."]
+    assert stored[1].image_urls == result.image_urls and stored[1].reasoning == "thinking"
+
+
+def test_auto_without_an_image_prompt(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    llm.enqueue(("hm", "Just text."))
+    result, events = turn(make(llm, images, history), "Hi")
+    assert (result.assistant_response, result.image_generated, result.image_prompt) == ("Just text.", False, None)
+    assert not images.jobs and "image_queued" not in events
+
+
+def test_always_asks_for_a_prompt_under_a_bounded_grammar(llm: FakeLLM, images: FakeImages,
+                                                        history: HistoryStore) -> None:
+    llm.enqueue(("r", "OpenVINO is a toolkit."), ("", '{"prompt": "a toolkit logo"}'))
+    result, _ = turn(make(llm, images, history), "What is OpenVINO?", image="always")
+    assert result.image_generated and result.image_prompt and result.image_prompt["prompt"] == "a toolkit logo"
+    second = llm.calls[1][1]
+    assert second.regex == IMAGE_PROMPT_REGEX and second.max_tokens is not None and second.max_tokens <= 256
+
+
+def test_always_falls_back_to_the_users_words(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    llm.enqueue(("r", "Sure."), ("", '{"prompt": "   "}'))
+    result, _ = turn(make(llm, images, history), "  a quiet harbour  ", image="always")
+    assert result.image_prompt is not None and result.image_prompt["prompt"] == "a quiet harbour"
+
+
+def test_never_gives_text_only(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    llm.enqueue(("r", TAGGED))
+    result, _ = turn(make(llm, images, history), "Draw a fox", image="never")
+    assert llm.calls[0][1].tag is None
+    assert result.image_prompt is None and not images.jobs and result.assistant_response == "Here is a fox."
+    assert all(m["content"] != Prompts.load().image_auto for m in llm.calls[0][0])
+
+
+def test_filtered_prompt_gives_content_filter_not_an_image(llm: FakeLLM, images: FakeImages,
+                                                           history: HistoryStore) -> None:
+    llm.enqueue(("r", 'Here.\n<image>{"prompt": "lots of GORE"}</image>'))
+    result, events = turn(make(llm, images, history), "Draw something")
+    assert result.image_state == "filtered" and result.image_error is not None
+    assert result.image_error["code"] == "content_filter" and not images.jobs and "image_error" in events
+    assert result.assistant_response == "Here."
+
+
+def test_image_failure_after_a_good_answer(llm: FakeLLM, history: HistoryStore) -> None:
+    llm.enqueue(("r", TAGGED))
+    result, _ = turn(make(llm, FakeImages(fail=True), history), "Draw a fox")
+    assert result.assistant_response == "Here is a fox." and not result.image_generated
+    assert result.image_state == "failed" and result.image_error and result.image_error["code"] == "engine_error"
+    assert result.image_urls == [] and history.messages("u", "default")[1].image_urls == []
+
+
+def test_busy_image_queue_is_reported_with_the_answer(llm: FakeLLM, history: HistoryStore) -> None:
+    llm.enqueue(("r", TAGGED))
+    result, _ = turn(make(llm, FakeImages(busy=True), history), "Draw a fox")
+    assert result.assistant_response and result.image_error and result.image_error["code"] == "server_busy"
+
+
+def test_llm_failure_raises_and_stores_nothing(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    llm.enqueue(EngineFailure("broken"))
+    with pytest.raises(EngineFailure):
+        turn(make(llm, images, history), "Hi")
+    assert history.messages("u", "default") == []
+
+
+def test_no_wait_returns_the_job_and_urls_at_once(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    llm.enqueue(("r", TAGGED))
+    result, events = turn(make(llm, images, history), "Draw a fox", wait_for_image=False)
+    assert result.image_state == "queued" and result.image_job_id == images.jobs[0].id and result.image_urls
+    assert "image_done" not in events
+
+
+def test_history_window_and_no_reasoning_fed_back(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    for i in range(3):
+        history.add_turn("u", "default", Turn(f"question {i}", f"answer {i}", reasoning=f"secret {i}"))
+    llm.enqueue(("r", "ok"))
+    turn(make(llm, images, history, limit=2), "next")
+    sent = [m["content"] for m in llm.calls[0][0] if m["role"] != "system"]
+    assert sent == ["question 1", "answer 1", "question 2", "answer 2", "next"]
+    assert not any("secret" in m["content"] for m in llm.calls[0][0])
+
+
+def test_conversations_are_separate(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
+    history.add_turn("u", "other", Turn("elsewhere", "there"))
+    llm.enqueue(("r", "ok"))
+    turn(make(llm, images, history), "here", conversation_id="mine")
+    assert "elsewhere" not in [m["content"] for m in llm.calls[0][0]]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 200])
+def test_tag_filter_any_chunking(size: int) -> None:
+    text = 'Look <b>.\n<image>{"prompt": "x"}</image> after'
+    f = TagFilter()
+    visible = "".join(f.feed(text[i : i + size]) for i in range(0, len(text), size)) + f.finish()
+    assert visible == "Look <b>.\n after"
+    assert f.captured == '{"prompt": "x"}'
+
+
+def test_parse_image_prompt() -> None:
+    assert parse_image_prompt('{"prompt": " a cat "}') == "a cat"
+    assert parse_image_prompt('{"prompt": ""}') is None
+    assert parse_image_prompt("not json") is None
+    assert parse_image_prompt(None) is None
