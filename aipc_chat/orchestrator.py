@@ -31,7 +31,7 @@ Event = tuple[str, dict[str, Any]]
 # Bounded lengths: the grammar always terminates, even on a model that would ramble (the demo model).
 IMAGE_PROMPT_REGEX = r'\{"prompt": "[^"\\\n]{1,300}"\}'
 IMAGE_TAG = TagConstraint("<image>", IMAGE_PROMPT_REGEX, "</image>")
-PROGRESS_INTERVAL = 0.25
+PROGRESS_INTERVAL = 0.1  # seconds between image progress events while a picture renders
 
 
 class ChatLLM(Protocol):

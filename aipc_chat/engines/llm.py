@@ -127,6 +127,7 @@ class _Request:
     generated: list[int] = field(default_factory=list)
     think_tokens: int = 0
     forced_tokens: int = 0
+    forced: bool = False  # the think block was closed by the engine (once at most)
     text_out: list[str] = field(default_factory=list)
 
 
@@ -236,6 +237,7 @@ class LLMEngine:
         self._pending = 0  # submitted and not finished: admitted requests, running or waiting
         self._pending_lock = threading.Lock()
         self._close_ids: list[int] = []
+        self._eos_id = -1
         self.active = 0  # generating right now
 
     @property
@@ -262,6 +264,7 @@ class LLMEngine:
             )
         self._tokenizer = self._pipe.get_tokenizer()
         self._close_ids = self._encode(THINK_CLOSE_TEXT)
+        self._eos_id = int(self._tokenizer.get_eos_token_id())
         self.load_seconds = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="llm-owner", daemon=True)
         self._thread.start()
@@ -474,6 +477,8 @@ class LLMEngine:
             return self._force_answer(req, running, rid)
         if not done:
             return False
+        if self._ended_inside_think(req, finish):
+            return self._force_answer(req, running, rid)
         if status == ov_genai.GenerationStatus.IGNORED:
             self._finish(req, EngineFailure("The request did not fit the KV cache; lower the prompt or retry."))
             return True
@@ -483,6 +488,13 @@ class LLMEngine:
         self._finish(req, Done("length" if length else "stop", len(req.prompt_ids),
                                len(req.generated) + req.forced_tokens, req.timing))
         return True
+
+    def _ended_inside_think(self, req: _Request, finish: Any) -> bool:
+        """The model stopped (EOS) before closing its think block: it owes an answer."""
+        import openvino_genai as ov_genai
+
+        return (finish == ov_genai.GenerationFinishReason.STOP and req.splitter.in_think and not req.forced
+                and bool(req.generated) and req.generated[-1] == self._eos_id and not req.config.ignore_eos)
 
     def _emit(self, req: _Request, ids: list[int]) -> None:
         if req.timing.first_token is None:
@@ -509,14 +521,17 @@ class LLMEngine:
             req.stream.put(Delta(reasoning, content, 0))
 
     def _force_answer(self, req: _Request, running: dict[int, _Request], rid: int) -> bool:
-        """The reasoning budget is spent: close the think block and continue with the answer."""
+        """The reasoning budget is spent (or the model ended inside it): close the think block, then answer."""
         req.handle.cancel()
         del running[rid]
+        req.forced = True
+        if req.generated and req.generated[-1] == self._eos_id:
+            req.generated.pop()  # the continuation must not hold an end-of-sequence token
         req.forced_tokens += len(self._close_ids)
         req.streamer.write(self._close_ids)
         self._push_text(req, len(self._close_ids))
         remaining = req.max_new_tokens - len(req.generated) - req.forced_tokens
-        log.info("%s: reasoning budget of %d tokens spent; answering", req.stream.request_id, req.budget)
+        log.info("%s: closing the think block after %d tokens; answering", req.stream.request_id, req.think_tokens)
         req.budget = None
         if remaining <= 0:
             self._flush(req)

@@ -13,7 +13,7 @@ def test_readme_config_table_matches_settings() -> None:
     text = README.read_text(encoding="utf-8")
     start = text.index("<!-- config-table")
     block = text[text.index("\n", start) + 1 : text.index("<!-- /config-table -->")].strip()
-    assert block == config_table(), "regenerate: python -c 'from aipc_chat.settings import config_table; ...'"
+    assert block == config_table(), "run: python scripts/update_readme_config.py"
     for name in Settings.model_fields:
         assert f"`AIPC_{name.upper()}`" in block
 

@@ -1,0 +1,15 @@
+"""Regenerate the README's configuration table from aipc_chat/settings.py (tests/unit/test_readme.py checks it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aipc_chat.settings import config_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+if __name__ == "__main__":
+    text = README.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- config-table[^\n]*-->\n).*?(\n<!-- /config-table -->)", re.DOTALL)
+    README.write_text(pattern.sub(lambda m: m.group(1) + config_table() + m.group(2), text), encoding="utf-8")

@@ -1,0 +1,166 @@
+"""POST /chat on a live demo server: text turns, image turns, streaming, history, restarts, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import start_server
+
+pytestmark = pytest.mark.e2e
+FAST_IMAGE = {"steps": 2, "size": "64x64"}
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+def chat(base_url: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{base_url}/chat", json=body, timeout=120)
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    events, name = [], "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+            name = "message"
+    return events
+
+
+def test_text_only_turn(base_url: str) -> None:
+    r = chat(base_url, user_id=new_user(), message="What is OpenVINO?", image="never")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["assistant_response"] and body["reasoning"]
+    assert "<think>" not in body["assistant_response"] and "</think>" not in body["assistant_response"]
+    assert (body["image_generated"], body["image_urls"], body["image_prompt"]) == (False, [], None)
+
+
+def test_always_turn_returns_fetchable_pngs(base_url: str) -> None:
+    r = chat(base_url, user_id=new_user(), message="A lighthouse at dusk", image="always", image_options=FAST_IMAGE)
+    body = r.json()
+    assert r.status_code == 200 and body["image_generated"] is True and body["image_state"] == "done"
+    assert body["image_prompt"]["prompt"] and body["image_job_id"]
+    assert len(body["image_urls"]) == 1
+    png = httpx.get(body["image_urls"][0])
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    job = httpx.get(f"{base_url}/v1/images/jobs/{body['image_job_id']}").json()
+    assert job["state"] == "done" and job["images"] == body["image_urls"]
+
+
+def test_no_wait_returns_at_once_and_the_url_becomes_valid(base_url: str) -> None:
+    r = chat(base_url, user_id=new_user(), message="Draw a fox", image="always", wait_for_image=False,
+             image_options={"steps": 30, "size": "256x256"})
+    body = r.json()
+    assert body["image_state"] == "queued" and body["image_urls"]
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{base_url}/v1/images/jobs/{body['image_job_id']}").json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert httpx.get(body["image_urls"][0]).status_code == 200
+
+
+def test_streaming_turn_events_in_order(base_url: str) -> None:
+    body = {"user_id": new_user(), "message": "Draw a cat on a sofa", "image": "always", "stream": True,
+            "image_options": {"steps": 40, "size": "512x512"}}
+    with httpx.stream("POST", f"{base_url}/chat", json=body, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    names = [n for n, _ in events]
+    assert names[-1] == "done"
+    assert "reasoning" in names and "content" in names
+    order = ["image_prompt", "image_queued", "image_progress", "image_done", "done"]
+    positions = [names.index(n) for n in order]
+    assert positions == sorted(positions)
+    assert max(i for i, n in enumerate(names) if n in ("reasoning", "content")) < names.index("image_prompt")
+    final = events[-1][1]
+    assert final["assistant_response"] == "".join(d["text"] for n, d in events if n == "content").strip()
+    assert final["reasoning"] == "".join(d["text"] for n, d in events if n == "reasoning").strip()
+    progress = [d["step"] for n, d in events if n == "image_progress"]
+    assert progress == sorted(progress) and all(0 <= p <= 40 for p in progress)
+    assert final["image_urls"] == dict(events)["image_done"]["image_urls"]
+
+
+def test_history_is_per_user_and_deletable(base_url: str) -> None:
+    alice, bob = new_user(), new_user()
+    chat(base_url, user_id=alice, message="Hello!", image="never")
+    chat(base_url, user_id=alice, message="What is an NPU?", image="never")
+    chat(base_url, user_id=alice, message="Hi", image="never", conversation_id="side")
+    chat(base_url, user_id=bob, message="Who are you?", image="never")
+    h = httpx.get(f"{base_url}/chat/{alice}/history").json()["messages"]
+    assert [m["role"] for m in h] == ["user", "assistant"] * 2
+    assert [m["content"] for m in h if m["role"] == "user"] == ["Hello!", "What is an NPU?"]
+    assert all("<think>" not in m["content"] for m in h)
+    convs = httpx.get(f"{base_url}/chat/{alice}/conversations").json()["conversations"]
+    assert {c["conversation_id"] for c in convs} == {"default", "side"}
+    side = httpx.get(f"{base_url}/chat/{alice}/history", params={"conversation_id": "side"}).json()["messages"]
+    assert [m["content"] for m in side if m["role"] == "user"] == ["Hi"]
+    r = httpx.delete(f"{base_url}/chat/{alice}/history", params={"conversation_id": "default"})
+    assert r.json()["deleted_messages"] == 4
+    assert httpx.get(f"{base_url}/chat/{alice}/history").json()["messages"] == []
+    side = httpx.get(f"{base_url}/chat/{alice}/history", params={"conversation_id": "side"}).json()["messages"]
+    assert len(side) == 2
+    assert len(httpx.get(f"{base_url}/chat/{bob}/history").json()["messages"]) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": "hi"},
+        {"user_id": "u"},
+        {"user_id": "u", "message": ""},
+        {"user_id": "u", "message": "   "},
+        {"user_id": "../etc", "message": "hi"},
+        {"user_id": "u" * 200, "message": "hi"},
+        {"user_id": "u", "message": "x" * 20000},
+        {"user_id": "u", "message": "hi", "image": "sometimes"},
+        {"user_id": "u", "message": "hi", "image_options": {"size": "big"}},
+        {"user_id": "u", "message": "hi", "image_options": {"steps": 0}},
+        {"user_id": "u", "message": "hi", "unknown_field": 1},
+    ],
+)
+def test_bad_chat_requests_are_400(base_url: str, body: dict[str, Any]) -> None:
+    r = httpx.post(f"{base_url}/chat", json=body)
+    assert r.status_code == 400
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_bad_image_size_for_the_model_is_reported_not_500(base_url: str) -> None:
+    r = chat(base_url, user_id=new_user(), message="Draw a fox", image="always",
+             image_options={"steps": 2, "size": "100x100"})
+    assert r.status_code == 200
+    assert r.json()["image_generated"] is False and r.json()["image_error"]["code"] == "invalid_value"
+
+
+def test_bad_history_user_id_is_400(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/chat/bad%20id/history").status_code == 400
+
+
+def test_history_survives_a_restart(demo_models: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_server(demo_models.parent, data, tmp_path / "s1.log")
+    try:
+        body = chat(server.base_url, user_id="keeper", message="Draw a boat", image="always",
+                    image_options=FAST_IMAGE).json()
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    assert "Application shutdown complete" in server.log()
+    server = start_server(demo_models.parent, data, tmp_path / "s2.log")
+    try:
+        history = httpx.get(f"{server.base_url}/chat/keeper/history").json()["messages"]
+        assert [m["content"] for m in history] == ["Draw a boat", body["assistant_response"]]
+        url = history[1]["image_urls"][0]
+        assert url.endswith(body["image_urls"][0].rsplit("/", 1)[-1])
+        assert httpx.get(url).status_code == 200
+    finally:
+        server.stop()
