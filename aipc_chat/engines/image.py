@@ -182,6 +182,7 @@ class ImageEngine:
         self._pipe = OVStableDiffusionPipeline.from_pretrained(
             str(self.model_dir), device=self.device, ov_config=image_ov_config(self.settings),
             compile=self.static_size is None)
+        self._pipe.set_progress_bar_config(disable=True)  # progress goes to jobs and the log, not a tqdm bar
         if self.static_size is not None:  # NPU compiles static shapes only
             width, height = self.static_size
             self._pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)

@@ -128,6 +128,7 @@ class _Request:
     think_tokens: int = 0
     forced_tokens: int = 0
     forced: bool = False  # the think block was closed by the engine (once at most)
+    unsent_tokens: int = 0
     text_out: list[str] = field(default_factory=list)
 
 
@@ -510,8 +511,10 @@ class LLMEngine:
         text = "".join(req.text_out)
         req.text_out.clear()
         reasoning, content = req.splitter.feed(text) if text else ("", "")
-        if reasoning or content or tokens:
-            req.stream.put(Delta(reasoning, content, tokens))
+        req.unsent_tokens += tokens
+        if reasoning or content:  # tokens whose text is held back (partial words, tags) ride with the next text
+            req.stream.put(Delta(reasoning, content, req.unsent_tokens))
+            req.unsent_tokens = 0
 
     def _flush(self, req: _Request) -> None:
         req.streamer.end()
