@@ -3,7 +3,8 @@
     AipcError                       500 server_error (generic message, details only in the log)
     ├── InvalidRequest              400 invalid_request_error
     │   ├── ContextLengthExceeded   400 code=context_length_exceeded
-    │   └── UnsupportedParameter    400 code=unsupported_parameter
+    │   ├── UnsupportedParameter    400 code=unsupported_parameter
+    │   └── ContentFiltered         400 code=content_filter
     ├── NotFound                    404 not_found_error
     │   └── ModelNotFound           404 code=model_not_found
     ├── Busy                        503 code=server_busy (Retry-After)
@@ -56,6 +57,12 @@ class UnsupportedParameter(InvalidRequest):
     """A field we understand but do not support (instead of silently ignoring it)."""
 
     code = "unsupported_parameter"
+
+
+class ContentFiltered(InvalidRequest):
+    """A safety check refused the content (an image prompt, or the image itself)."""
+
+    code = "content_filter"
 
 
 class NotFound(AipcError):

@@ -19,13 +19,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aipc_chat.engines.store import ImageStore, infotext
-from aipc_chat.errors import Busy, Cancelled, EngineFailure, InvalidRequest, NotReady, RequestTimeout
+from aipc_chat.errors import (
+    Busy,
+    Cancelled,
+    ContentFiltered,
+    EngineFailure,
+    InvalidRequest,
+    NotReady,
+    RequestTimeout,
+)
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 SEED_MAX = 2**32 - 1
+FILTERED = "content_filter"
 # AUTOMATIC1111's sampler names and the diffusers schedulers behind them.
 SCHEDULERS: dict[str, str] = {
     "PLMS": "PNDMScheduler",
@@ -126,6 +135,8 @@ class ImageJob:
         """Raise the error of a failed or cancelled job."""
         if self.state == "cancelled":
             raise Cancelled("The image generation was cancelled.")
+        if self.state == "failed" and self.error and self.error.startswith(FILTERED):
+            raise ContentFiltered("The image was withheld by the model's safety checker.")
         if self.state == "failed":
             raise EngineFailure(f"The image generation failed: {self.error}")
 
@@ -276,6 +287,8 @@ class ImageEngine:
                 self._generate(job)
             except _Interrupted:
                 job._end("cancelled")
+            except _Flagged:
+                job._end("failed", f"{FILTERED}: the safety checker flagged the image")
             except Exception as exc:
                 log.exception("image job %s failed", job.id)
                 job._end("failed", f"{type(exc).__name__}: {exc}")
@@ -308,6 +321,9 @@ class ImageEngine:
                 num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
                 generator=torch.Generator(device="cpu").manual_seed(seed), callback_on_step_end=on_step,
             )
+            flagged = getattr(result, "nsfw_content_detected", None)  # set when the model folder ships a checker
+            if flagged and flagged[0]:
+                raise _Flagged
             image = result.images[0]
             text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
             job.infotexts.append(text)
@@ -336,3 +352,7 @@ class ImageEngine:
 
 class _Interrupted(Exception):
     """The running job was cancelled mid-way."""
+
+
+class _Flagged(Exception):
+    """The pipeline's own safety checker flagged the image."""
