@@ -26,7 +26,12 @@ def _settings(overrides: dict[str, Any]) -> Settings:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from aipc_chat.api.security import RequestIdFilter
+
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -44,8 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from aipc_chat.api.app import create_app
 
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("Binding %s: the API is reachable from other machines.", settings.host)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        log.warning("Binding %s without AIPC_API_KEY: anyone on the network can use this server. Add the names "
+                    "clients use to AIPC_ALLOWED_HOSTS.", settings.host)
     uvicorn.run(create_app(settings, runtime), host=settings.host, port=settings.port,
                 log_level=settings.log_level, timeout_graceful_shutdown=30)
     return 0

@@ -7,7 +7,7 @@
     │   └── ContentFiltered         400 code=content_filter
     ├── NotFound                    404 not_found_error
     │   └── ModelNotFound           404 code=model_not_found
-    ├── Busy                        503 code=server_busy (Retry-After)
+    ├── Busy                        503 code=server_busy, or 429 rate_limit_exceeded (Retry-After)
     ├── NotReady                    503 code=model_not_ready
     ├── RequestTimeout              504 code=timeout
     ├── Cancelled                   499 (client went away; never sent to a live client)
@@ -90,6 +90,8 @@ class Busy(AipcError):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
+        if status == 429:
+            self.type = self.code = "rate_limit_exceeded"
 
 
 class NotReady(AipcError):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aipc_chat.engines.image import ImageEngine
-from aipc_chat.engines.llm import LLMEngine
+from aipc_chat.engines.image import ImageEngine, ImageJob
+from aipc_chat.engines.llm import Done, LLMEngine
 from aipc_chat.errors import NotReady
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
@@ -55,6 +56,8 @@ class Runtime:
         }
         self._loader: threading.Thread | None = None
         self._closed = threading.Event()
+        self.llm_observers: list[Callable[[Done], None]] = []
+        self.image_observers: list[Callable[[ImageJob], None]] = []
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
         self.orchestrator = Orchestrator(
             self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
@@ -92,6 +95,10 @@ class Runtime:
                 max_size = min(self.settings.image_max_size, 512) if choice.source == "demo" else None
                 engine = ImageEngine(self.settings, choice.path, choice.name, status.device,
                                      max_size=max_size or self.settings.image_max_size)
+            if isinstance(engine, LLMEngine):
+                engine.observers = self.llm_observers
+            else:
+                engine.observers = self.image_observers
             engine.load()
         except Exception as exc:
             log.exception("loading the %s model failed", kind)
@@ -131,6 +138,13 @@ class Runtime:
         if self.image is None:
             raise NotReady(_not_ready_message(self.status["image"]))
         return self.image
+
+    def interrupt_all(self) -> None:
+        """Cancel every request and job in flight (shutdown): their streams end with a Cancelled error."""
+        if self.llm is not None:
+            self.llm.cancel_all()
+        if self.image is not None:
+            self.image.cancel_all()
 
     def close(self) -> None:
         """Stop the engines (in-flight work is cancelled)."""

@@ -42,6 +42,28 @@ class Settings(BaseSettings):
         description="Seconds one request may take (queueing included) before it is cancelled.",
     )
 
+    api_key: SecretStr | None = Field(
+        None, validation_alias=_env("api_key"),
+        description="When set, every API route needs `Authorization: Bearer KEY` (or Basic with KEY as password).",
+    )
+    allowed_hosts: str = Field(
+        "", validation_alias=_env("allowed_hosts"),
+        description="Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] (DNS-rebinding "
+                    "defence); `*` accepts any.",
+    )
+    allowed_origins: str = Field(
+        "", validation_alias=_env("allowed_origins"),
+        description="Comma-separated browser origins allowed besides http(s)://localhost / 127.0.0.1 / [::1].",
+    )
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, validation_alias=_env("max_body_bytes"),
+        description="Largest request body accepted; larger ones get 413.",
+    )
+    chat_rate_per_minute: int = Field(
+        60, ge=1, validation_alias=_env("chat_rate_per_minute"),
+        description="POST /chat turns one user_id may start per minute (burst of a third of it); then 429.",
+    )
+
     # --- which models ----------
     demo: bool = Field(
         False, validation_alias=_env("demo", "USE_MOCKS"),
@@ -203,6 +225,16 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def extra_hosts(self) -> list[str]:
+        """The configured extra Host names."""
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def extra_origins(self) -> list[str]:
+        """The configured extra browser origins."""
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
 
     @property
     def compile_cache_dir(self) -> Path:

@@ -8,10 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from aipc_chat import __version__
+from aipc_chat.api import metrics as metrics_routes
 from aipc_chat.api.errors import install_error_handlers
+from aipc_chat.api.metrics import Metrics, MetricsMiddleware
+from aipc_chat.api.ratelimit import RateLimiter
 from aipc_chat.api.routes import chat, health, images, openai_chat, sdapi
+from aipc_chat.api.security import LOCAL_ORIGIN, GuardMiddleware
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 
@@ -32,7 +37,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                   description="Local chat + image server for Intel AI PCs.")
     app.state.settings = settings
     app.state.runtime = rt
+    app.state.chat_limiter = RateLimiter(settings.chat_rate_per_minute)
+    app.state.metrics = metrics = Metrics(rt)
     install_error_handlers(app)
-    for module in (health, chat, openai_chat, images, sdapi):
+    for module in (health, chat, openai_chat, images, sdapi, metrics_routes):
         app.include_router(module.router)
+    # Last added runs first: metrics see every request, the guard refuses before CORS or a route runs.
+    app.add_middleware(CORSMiddleware, allow_origin_regex=LOCAL_ORIGIN.pattern, allow_origins=settings.extra_origins,
+                       allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id", "retry-after"])
+    app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
 
 from aipc_chat.errors import AipcError
@@ -14,21 +16,32 @@ from aipc_chat.errors import AipcError
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 5
+SHUTDOWN_GRACE_SECONDS = 10  # well inside uvicorn's 30 s graceful shutdown
 
 
 SSEItem = dict[str, Any] | str | tuple[str, dict[str, Any]]
 
 
 def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None] = lambda: None,
-                 named_errors: bool = False) -> EventSourceResponse:
-    """Stream JSON events (``(name, data)`` tuples become named events); an error raised mid-stream becomes a
-    final error event (named ``error`` when ``named_errors``); ``on_close`` always runs."""
+                 on_shutdown: Callable[[], None] = lambda: None, named_errors: bool = False) -> EventSourceResponse:
+    """Stream JSON events (``(name, data)`` tuples become named events).
+
+    An error raised mid-stream becomes a final error event (named ``error`` when ``named_errors``); ``on_close``
+    always runs. When the server shuts down, ``on_shutdown`` cancels the work behind the stream, whose
+    ``Cancelled`` error then ends it cleanly with a last event, within the grace period.
+    """
+    shutdown = anyio.Event()
+
+    async def watch_shutdown() -> None:
+        await shutdown.wait()
+        on_shutdown()
 
     def error_event(body: dict[str, Any]) -> dict[str, str]:
         event = {"data": json.dumps(body)}
         return {"event": "error", **event} if named_errors else event
 
     async def publish() -> AsyncIterator[dict[str, str]]:
+        watcher = asyncio.ensure_future(watch_shutdown())
         try:
             async for item in events:
                 if isinstance(item, tuple):
@@ -42,7 +55,9 @@ def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None]
             yield error_event({"error": {"message": "Internal server error.", "type": "server_error",
                                          "param": None, "code": "internal_error"}})
         finally:
+            watcher.cancel()
             on_close()  # runs on disconnect too: sse-starlette cancels this generator
 
-    return EventSourceResponse(publish(), ping=KEEPALIVE_SECONDS, sep="\n",
+    return EventSourceResponse(publish(), ping=KEEPALIVE_SECONDS, sep="\n", shutdown_event=shutdown,
+                               shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -14,6 +14,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -184,6 +185,7 @@ class ImageEngine:
         self._schedulers: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self.current: ImageJob | None = None
+        self.observers: list[Callable[[ImageJob], None]] = []  # called on the owner thread as each job ends
 
     def load(self) -> None:
         """Load and compile the pipeline (blocking) and start the owner thread."""
@@ -260,6 +262,12 @@ class ImageEngine:
         """A job by id (recent jobs only)."""
         return self._jobs.get(job_id)
 
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job."""
+        for job in list(self._jobs.values()):
+            if job.finished is None:
+                job.cancel()
+
     def interrupt(self) -> None:
         """Cancel the running job (AUTOMATIC1111's /interrupt)."""
         job = self.current
@@ -296,6 +304,14 @@ class ImageEngine:
                 job._end("done")
             finally:
                 self.current = None
+                self._notify(job)
+
+    def _notify(self, job: ImageJob) -> None:
+        for observe in self.observers:
+            try:
+                observe(job)
+            except Exception:
+                log.exception("an image observer failed")
 
     def _generate(self, job: ImageJob) -> None:
         import torch

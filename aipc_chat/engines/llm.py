@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,11 +241,23 @@ class LLMEngine:
         self._close_ids: list[int] = []
         self._eos_id = -1
         self.active = 0  # generating right now
+        self.observers: list[Callable[[Done], None]] = []  # called on the owner thread for each finished request
+        self._live: set[LLMStream] = set()
 
     @property
     def capacity(self) -> int:
         """Requests admitted at once: generating plus waiting."""
         return self.settings.max_num_seqs + self.settings.llm_queue_size
+
+    def cancel_all(self) -> None:
+        """Cancel every request in flight (the owner thread drops them at its next step)."""
+        for stream in list(self._live):
+            stream.cancel()
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted and not yet generating."""
+        return max(0, self._pending - self.active)
 
     @property
     def serial(self) -> bool:
@@ -325,6 +338,7 @@ class LLMEngine:
             if self._pending >= self.capacity:
                 raise Busy(f"The LLM queue is full ({self.capacity} requests); retry shortly.", retry_after=2)
             self._pending += 1
+        self._live.add(stream)
         budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
         opened = prompt.rstrip().endswith(THINK_OPEN)
         self._inbox.put(_Request(
@@ -374,10 +388,16 @@ class LLMEngine:
         req.timing.finished = time.perf_counter()
         with self._pending_lock:
             self._pending -= 1
+        self._live.discard(req.stream)
         req.stream.put(result)
         req.stream.close()
         if isinstance(result, Done):
             _log_timing(req.stream.request_id, result)
+            for observe in self.observers:
+                try:
+                    observe(result)
+                except Exception:
+                    log.exception("an LLM observer failed")
 
     def _run_batched(self) -> None:
         waiting: deque[_Request] = deque()
@@ -434,12 +454,12 @@ class LLMEngine:
     def _drop_cancelled(self, waiting: deque[_Request], running: dict[int, _Request]) -> None:
         for req in [r for r in waiting if r.stream.cancelled]:
             waiting.remove(req)
-            self._finish(req, Cancelled("cancelled"))
+            self._finish(req, Cancelled("The request was cancelled."))
         for rid, req in list(running.items()):
             if req.stream.cancelled:
                 req.handle.cancel()
                 del running[rid]
-                self._finish(req, Cancelled("cancelled"))
+                self._finish(req, Cancelled("The request was cancelled."))
                 if not running:
                     self._release()
 
@@ -548,7 +568,7 @@ class LLMEngine:
         """NPU: one request at a time through LLMPipeline.generate with a cancelling streamer."""
         while (req := self._inbox.get()) is not None:
             if req.stream.cancelled:
-                self._finish(req, Cancelled("cancelled"))
+                self._finish(req, Cancelled("The request was cancelled."))
             else:
                 self._serve_one(req)
         while True:  # drain what is left after the stop signal
@@ -581,7 +601,7 @@ class LLMEngine:
             self._finish(req, EngineFailure(f"Generation failed: {type(exc).__name__}"))
             return
         if req.stream.cancelled:
-            self._finish(req, Cancelled("cancelled"))
+            self._finish(req, Cancelled("The request was cancelled."))
             return
         reasoning, content = req.splitter.finish()
         if reasoning or content:

@@ -28,6 +28,7 @@ class ThreadToAsync(Generic[T]):
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
         self._closed = False
+        self._carry: object | None = None  # an end or error that came right after a batch
 
     @property
     def cancelled(self) -> bool:
@@ -55,20 +56,22 @@ class ThreadToAsync(Generic[T]):
             log.debug("dropped an item for a closed event loop")
 
     async def get_batch(self) -> list[T] | None:
-        """Wait for the next item, then take every other item already waiting; None at the end."""
+        """Wait for the next item, then take every other item already waiting; None at the end.
+
+        An exception (or the end) that follows ready items is kept for the next call, so order is never lost.
+        """
         items: list[T] = []
-        item = await self._queue.get()
+        item = self._carry if self._carry is not None else await self._queue.get()
+        self._carry = None
         while True:
-            if item is _END:
-                if items:  # deliver what came before the end first
-                    self._queue.put_nowait(_END)
-                    return items
-                return None
             if isinstance(item, BaseException):
                 if items:
-                    self._queue.put_nowait(item)
+                    self._carry = item
                     return items
                 raise item
+            if item is _END:
+                self._carry = _END  # after a batch, or to stay at the end for any further call
+                return items or None
             items.append(item)  # type: ignore[arg-type]
             try:
                 item = self._queue.get_nowait()

@@ -28,11 +28,12 @@ def _absolute(request: Request) -> Any:
 @router.post("/chat", response_model=None)
 async def chat(body: ChatRequest, request: Request, runtime: RuntimeDep) -> Any:
     """One turn: the answer (reasoning apart) and, when a picture helps, an image the assistant prompted."""
+    request.app.state.chat_limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
     events = runtime.orchestrator.run(body.to_turn())
     url = _absolute(request)
     if body.stream:
-        return sse_response(_named(events, url), named_errors=True)
+        return sse_response(_named(events, url), named_errors=True, on_shutdown=runtime.interrupt_all)
     result: ChatTurnResult | None = None
     async for kind, payload in events:
         if kind == "done":

@@ -52,7 +52,7 @@ async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep, set
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_chunks(stream, engine.model_name, include_usage, settings.request_timeout),
-                            on_close=stream.cancel)
+                            on_close=stream.cancel, on_shutdown=runtime.interrupt_all)
     return await _complete(stream, engine.model_name, settings.request_timeout)
 
 

@@ -1,0 +1,167 @@
+"""Localhost safety as pure ASGI middleware: Host check (DNS rebinding), Origin check, API key, body size, request id.
+
+One JSON error shape throughout; the checks run before any route, streaming included.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aipc_chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
+OPEN_PATHS = ("/health", "/ready", "/images/", "/web/")
+REQUEST_ID = contextvars.ContextVar("request_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdFilter(logging.Filter):
+    """Put the current request id on every log record (``%(request_id)s``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+async def _reply(send: Send, status: int, message: str, type_: str, code: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def host_allowed(host_header: str | None, extra: list[str]) -> bool:
+    """Whether a Host header names this machine (or a configured name)."""
+    if "*" in extra:
+        return True
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
+    return name in LOCAL_HOSTS or name in extra
+
+
+def origin_allowed(origin: str, extra: list[str]) -> bool:
+    """Whether a browser Origin may call the API."""
+    return bool(LOCAL_ORIGIN.match(origin)) or origin.rstrip("/") in extra or "*" in extra
+
+
+def key_matches(authorization: str | None, key: str) -> bool:
+    """``Bearer KEY``, or ``Basic`` whose password is KEY (what A1111 clients such as Open WebUI send)."""
+    if not authorization:
+        return False
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return hmac.compare_digest(value.strip().encode(), key.encode())
+    if scheme.lower() == "basic":
+        try:
+            _, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(password.encode(), key.encode())
+    return False
+
+
+class GuardMiddleware:
+    """Request id, Host and Origin checks, API key and body-size limit, in that order."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.hosts = settings.extra_hosts
+        self.origins = settings.extra_origins
+        self.key = settings.api_key.get_secret_value() if settings.api_key else None
+        self.max_body = settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        rid = incoming if incoming and _SAFE_ID.match(incoming) else secrets.token_hex(6)
+        token = REQUEST_ID.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not host_allowed(_header(scope, b"host"), self.hosts):
+            log.warning("refused Host %r", _header(scope, b"host"))
+            await _reply(send, 403, "This server only answers requests addressed to localhost (set "
+                         "AIPC_ALLOWED_HOSTS to add names).", "permission_error", "forbidden_host")
+            return
+        origin = _header(scope, b"origin")
+        if origin is not None and origin != "null" and not origin_allowed(origin, self.origins):
+            await _reply(send, 403, f"Origin {origin} may not call this server (set AIPC_ALLOWED_ORIGINS).",
+                         "permission_error", "forbidden_origin")
+            return
+        path = scope.get("path", "")
+        if (self.key and scope.get("method") != "OPTIONS" and path != "/" and not path.startswith(OPEN_PATHS)
+                and not key_matches(_header(scope, b"authorization"), self.key)):
+            await _reply(send, 401, "A valid API key is required (Authorization: Bearer KEY).",
+                         "authentication_error", "invalid_api_key", [(b"www-authenticate", b"Bearer")])
+            return
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.",
+                         "invalid_request_error", "request_too_large")
+            return
+        await self.app(scope, _limited(receive, self.max_body), send)
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Count a chunked body too: past the limit the request ends as a 413 (raised as an error the app maps)."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return wrapped
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A streamed request body passed the size limit (an HTTP error, so body parsing passes it on as 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than {limit} bytes.")

@@ -1,0 +1,230 @@
+"""Localhost safety, limits and backpressure, metrics, shutdown and crash safety, on live servers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import LiveServer, start_server
+
+pytestmark = pytest.mark.e2e
+KEY = "s3cret-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def strict_server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """An API key, a tiny LLM queue and a low chat rate, to reach every refusal quickly."""
+    root = tmp_path_factory.mktemp("strict")
+    server = start_server(demo_models.parent, root / "data", root / "server.log", env={
+        "AIPC_API_KEY": KEY, "AIPC_MAX_NUM_SEQS": "2", "AIPC_LLM_QUEUE_SIZE": "2", "AIPC_CHAT_RATE_PER_MINUTE": "3"})
+    yield server
+    server.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def metric(base_url: str, name: str, headers: dict[str, str] | None = None) -> float:
+    text = httpx.get(f"{base_url}/metrics", headers=headers).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_foreign_host_is_refused(base_url: str) -> None:
+    r = httpx.get(f"{base_url}/v1/models", headers={"host": "attacker.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_host"
+    for host in ("localhost:1234", "127.0.0.1", "[::1]:8000"):
+        assert httpx.get(f"{base_url}/health", headers={"host": host}).status_code == 200
+
+
+def test_cors_localhost_origin_granted_foreign_refused(base_url: str) -> None:
+    local = "http://localhost:5173"
+    r = httpx.options(f"{base_url}/v1/chat/completions", headers={
+        "origin": local, "access-control-request-method": "POST", "access-control-request-headers": "content-type"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == local
+    r = httpx.get(f"{base_url}/v1/models", headers={"origin": local})
+    assert r.headers["access-control-allow-origin"] == local
+    r = httpx.get(f"{base_url}/v1/models", headers={"origin": "https://evil.example"})
+    assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
+    r = httpx.options(f"{base_url}/v1/chat/completions", headers={
+        "origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_huge_body_is_413(base_url: str) -> None:
+    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "a" * (8 * 1024 * 1024)}]})
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body streams in
+        for _ in range(9):
+            yield b"a" * (1024 * 1024)
+
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_request_id_is_returned(base_url: str) -> None:
+    assert len(httpx.get(f"{base_url}/health").headers["x-request-id"]) >= 8
+    assert httpx.get(f"{base_url}/health", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+
+
+def test_api_key_enforced(strict_server: LiveServer) -> None:
+    url = strict_server.base_url
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers=AUTH).status_code == 200
+    basic = base64.b64encode(f"user:{KEY}".encode()).decode()
+    assert httpx.get(f"{url}/sdapi/v1/options", headers={"authorization": f"Basic {basic}"}).status_code == 200
+    assert httpx.post(f"{url}/chat", json={"user_id": "u", "message": "hi"}).status_code == 401
+    assert httpx.get(f"{url}/health").status_code == 200 and httpx.get(f"{url}/ready").status_code == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    assert client.models.list().data
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_image_urls_work_without_the_key(strict_server: LiveServer) -> None:
+    url = strict_server.base_url
+    r = httpx.post(f"{url}/v1/images/generations", headers=AUTH, timeout=60,
+                   json={"prompt": "x", "size": "64x64", "num_inference_steps": 1})
+    image = r.json()["data"][0]["url"]
+    assert httpx.get(image).status_code == 200  # an <img> tag sends no header: the URL is the capability
+
+
+def test_chat_rate_limit_is_429_with_retry_after(strict_server: LiveServer) -> None:
+    codes = []
+    for _ in range(5):
+        r = httpx.post(f"{strict_server.base_url}/chat", headers=AUTH, timeout=60,
+                       json={"user_id": "eager", "message": "Hello!", "image": "never"})
+        codes.append(r.status_code)
+    assert codes[0] == 200 and 429 in codes
+    r = httpx.post(f"{strict_server.base_url}/chat", headers=AUTH, timeout=60,
+                   json={"user_id": "eager", "message": "Hello!", "image": "never"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    r = httpx.post(f"{strict_server.base_url}/chat", headers=AUTH, timeout=60,
+                   json={"user_id": "someone-else", "message": "Hello!", "image": "never"})
+    assert r.status_code == 200
+
+
+async def _storm(url: str, n: int, headers: dict[str, str]) -> list[tuple[int, str | None, bool]]:
+    async with httpx.AsyncClient(timeout=120, headers=headers) as client:
+        async def one(i: int) -> tuple[int, str | None, bool]:
+            body = {"messages": [{"role": "user", "content": f"storm {i}"}], "max_tokens": 64, "ignore_eos": True,
+                    "stream": True}
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                text = (await r.aread()).decode()
+                return r.status_code, r.headers.get("retry-after"), text.rstrip().endswith("data: [DONE]")
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_48_concurrent_streams_complete_or_are_refused_cleanly(base_url: str, strict_server: LiveServer) -> None:
+    for url, headers in ((base_url, {}), (strict_server.base_url, AUTH)):
+        results = asyncio.run(_storm(url, 48, headers))
+        for status, retry_after, finished in results:
+            assert status == 200 and finished or status in (429, 503) and retry_after is not None
+        assert httpx.get(f"{url}/ready").status_code == 200
+    # the default server admits at least 8 streams at once; the strict one (2 + 2) refuses the rest
+    assert all(s == 200 for s, _, _ in asyncio.run(_storm(base_url, 8, {})))
+    assert any(s == 503 for s, _, _ in results)
+
+
+def test_dropped_stream_leaves_the_active_gauge_at_once(base_url: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 4000, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()  # kept open: breaking out of a for loop over it would close the connection already
+        for _ in range(5):
+            next(lines)
+        assert metric(base_url, "aipc_llm_active_requests") == 1
+    deadline = time.monotonic() + 1.0
+    while metric(base_url, "aipc_llm_active_requests") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metric(base_url, "aipc_llm_active_requests") == 0
+
+
+def test_metrics_are_exposed(base_url: str) -> None:
+    httpx.post(f"{base_url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                        "max_tokens": 5})
+    httpx.post(f"{base_url}/v1/images/generations", json={"prompt": "x", "size": "64x64", "num_inference_steps": 1},
+               timeout=60)
+    text = httpx.get(f"{base_url}/metrics").text
+    for name in ("aipc_requests_total", "aipc_request_duration_seconds_bucket", "aipc_llm_ttft_seconds_bucket",
+                 "aipc_llm_tokens_per_second_bucket", "aipc_llm_generated_tokens_total",
+                 "aipc_image_job_seconds_bucket",
+                 "aipc_image_steps_total", "aipc_llm_queue_depth", "aipc_image_queue_depth",
+                 "aipc_model_load_seconds", "aipc_llm_active_requests", "aipc_image_active_jobs"):
+        assert name in text, name
+    assert 'route="/v1/chat/completions"' in text
+    assert all(line.startswith(("aipc_", "#")) for line in text.splitlines() if line)
+
+
+def test_sigterm_during_generation_exits_cleanly(demo_models: Path, tmp_path: Path) -> None:
+    server = start_server(demo_models.parent, tmp_path / "data", tmp_path / "s.log")
+    body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 4000, "ignore_eos": True,
+            "stream": True}
+    seen: list[str] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+                seen.extend(r.iter_lines())
+        except httpx.HTTPError as exc:
+            seen.append(f"error: {exc!r}")
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    wait_for(lambda: metric(server.base_url, "aipc_llm_active_requests") >= 1)
+    t0 = time.monotonic()
+    code = server.stop(signal.SIGTERM, timeout=35)
+    assert time.monotonic() - t0 < 30
+    assert code in (0, -signal.SIGTERM)
+    reader.join(10)
+    assert seen and not any(s.startswith("error") for s in seen)
+    log = server.log()
+    assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def test_sigkill_mid_turn_keeps_earlier_history(demo_models: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_server(demo_models.parent, data, tmp_path / "s1.log")
+    for text in ("Hello!", "What is an NPU?"):
+        httpx.post(f"{server.base_url}/chat", json={"user_id": "crash", "message": text, "image": "never"},
+                   timeout=60).raise_for_status()
+    def doomed_turn() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the server is killed under it
+            httpx.post(f"{server.base_url}/chat", timeout=60, json={
+                "user_id": "crash", "message": "Draw a ship", "image": "always",
+                "image_options": {"steps": 100, "size": "512x512"}})
+
+    pending = threading.Thread(target=doomed_turn)
+    pending.start()
+    wait_for(lambda: metric(server.base_url, "aipc_image_active_jobs") >= 1)
+    server.stop(signal.SIGKILL)
+    pending.join(10)
+    server = start_server(demo_models.parent, data, tmp_path / "s2.log")
+    try:
+        users = [m["content"] for m in httpx.get(f"{server.base_url}/chat/crash/history").json()["messages"]
+                 if m["role"] == "user"]
+        assert users[:2] == ["Hello!", "What is an NPU?"]
+    finally:
+        server.stop()
