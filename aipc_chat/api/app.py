@@ -15,7 +15,7 @@ from aipc_chat.api import metrics as metrics_routes
 from aipc_chat.api.errors import install_error_handlers
 from aipc_chat.api.metrics import Metrics, MetricsMiddleware
 from aipc_chat.api.ratelimit import RateLimiter
-from aipc_chat.api.routes import chat, health, images, openai_chat, sdapi
+from aipc_chat.api.routes import chat, health, images, openai_chat, sdapi, web
 from aipc_chat.api.security import LOCAL_ORIGIN, GuardMiddleware
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
@@ -40,7 +40,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.chat_limiter = RateLimiter(settings.chat_rate_per_minute)
     app.state.metrics = metrics = Metrics(rt)
     install_error_handlers(app)
-    for module in (health, chat, openai_chat, images, sdapi, metrics_routes):
+    for module in (health, chat, openai_chat, images, sdapi, metrics_routes, web):
         app.include_router(module.router)
     # Last added runs first: metrics see every request, the guard refuses before CORS or a route runs.
     app.add_middleware(CORSMiddleware, allow_origin_regex=LOCAL_ORIGIN.pattern, allow_origins=settings.extra_origins,

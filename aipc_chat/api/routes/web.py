@@ -1,0 +1,29 @@
+"""The built-in chat page: ``GET /`` and its static files under ``/web/`` (no CDN, works offline)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from aipc_chat.errors import NotFound
+
+router = APIRouter(tags=["web"])
+WEB_DIR = Path(str(resources.files("aipc_chat") / "web"))
+STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    """The chat page."""
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/web/{name}", include_in_schema=False)
+async def static_file(name: str) -> FileResponse:
+    """The page's own scripts and styles (a fixed list: nothing else on disk is reachable)."""
+    if name not in STATIC or not (WEB_DIR / name).is_file():
+        raise NotFound("No such file.")
+    return FileResponse(WEB_DIR / name, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
