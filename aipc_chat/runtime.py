@@ -15,6 +15,7 @@ from aipc_chat.errors import NotReady
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
 from aipc_chat.prompts import Prompts
+from aipc_chat.provision.devices import available_devices, resolve_device
 from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
 from aipc_chat.safety import PromptFilter
 from aipc_chat.settings import Settings
@@ -65,8 +66,10 @@ class Runtime:
             max_tokens=min(settings.chat_max_tokens, settings.max_tokens_limit), timeout=settings.request_timeout)
 
     def check(self) -> None:
-        """Fail fast (ModelSetupError) when a local model folder is missing."""
-        for status in self.status.values():
+        """Fail fast (ModelSetupError) when a device is absent or a local model folder is missing."""
+        devices = available_devices()
+        for kind, status in self.status.items():
+            status.device = resolve_device(status.device, devices, kind)
             check_present(status.choice)
 
     def start_loading(self) -> None:
@@ -87,6 +90,7 @@ class Runtime:
         choice = status.choice
         t0 = time.perf_counter()
         try:
+            status.device = resolve_device(status.device, available_devices(), kind)
             check_present(choice)
             assert choice.path is not None, "remote engines are not built yet"
             if kind == "llm":

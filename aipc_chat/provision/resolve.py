@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 from aipc_chat.errors import ModelSetupError
-from aipc_chat.settings import Settings
+from aipc_chat.settings import DEFAULT_LLM_REPO, Settings
 
 Kind = Literal["llm", "image"]
 Source = Literal["remote", "path", "demo", "repo"]
 
+NPU_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-cw-ov"
 DEMO_NAMES: dict[Kind, str] = {"llm": "aipc-demo-deepseek-r1", "image": "aipc-demo-sd15"}
 # A folder is a usable model when these files are in it.
 REQUIRED_FILES: dict[Kind, tuple[str, ...]] = {
@@ -57,6 +58,8 @@ def choose_model(settings: Settings, kind: Kind) -> ModelChoice:
     if settings.demo:
         return ModelChoice(kind, "demo", name=DEMO_NAMES[kind], path=settings.demo_models_dir / kind)
     repo = settings.llm_repo if kind == "llm" else settings.image_repo
+    if kind == "llm" and settings.llm_device == "NPU" and repo == DEFAULT_LLM_REPO:
+        repo = NPU_LLM_REPO  # channel-wise INT4 is what the NPU runs well
     revision = settings.llm_revision if kind == "llm" else settings.image_revision
     return ModelChoice(
         kind, "repo", name=repo.rsplit("/", 1)[-1], path=repo_dir(settings.models_dir, repo, revision),

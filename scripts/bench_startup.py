@@ -1,0 +1,59 @@
+"""Cold vs warm start: time to /ready 200 and the models' load times, without and with the OpenVINO compile cache.
+
+    python scripts/bench_startup.py --rounds 3 --out bench-results/startup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.e2e.conftest import start_server  # noqa: E402
+
+
+def one_start(models: Path, cache: Path, work: Path) -> dict[str, float]:
+    t0 = time.perf_counter()
+    server = start_server(models, work / "data", work / "server.log", env={"AIPC_CACHE_DIR": str(cache)})
+    ready = time.perf_counter() - t0
+    try:
+        body = httpx.get(f"{server.base_url}/ready").json()["models"]
+    finally:
+        server.stop()
+    return {"ready_s": ready, "llm_load_s": body["llm"]["load_seconds"], "image_load_s": body["image"]["load_seconds"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models-dir", default=str(REPO / "models"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "startup.json"))
+    args = parser.parse_args()
+    cold, warm = [], []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            cache = work / "cache"
+            cold.append(one_start(Path(args.models_dir), cache, work))  # empty cache: compiles and fills it
+            warm.append(one_start(Path(args.models_dir), cache, work))  # the same cache: loads compiled blobs
+            shutil.rmtree(cache, ignore_errors=True)
+    summary = {k: {"cold": statistics.median(r[k] for r in cold), "warm": statistics.median(r[k] for r in warm)}
+               for k in ("ready_s", "llm_load_s", "image_load_s")}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "cold": cold, "warm": warm}, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
