@@ -11,7 +11,9 @@
     ├── NotReady                    503 code=model_not_ready
     ├── RequestTimeout              504 code=timeout
     ├── Cancelled                   499 (client went away; never sent to a live client)
-    └── EngineFailure               500 code=engine_error
+    ├── EngineFailure               500 code=engine_error
+    ├── UpstreamError               502 code=upstream_error (a remote engine failed)
+    └── UpstreamUnavailable         503 code=upstream_unavailable (a remote engine is unreachable)
     ModelSetupError                 (start-up and CLI only: a missing or unusable model, with what to run)
 
 Engines raise these; they never know about HTTP.
@@ -124,6 +126,22 @@ class EngineFailure(AipcError):
     status = 500
     type = "server_error"
     code = "engine_error"
+
+
+class UpstreamError(AipcError):
+    """A remote engine answered with a failure (or something unreadable)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(AipcError):
+    """A remote engine cannot be reached."""
+
+    status = 503
+    type = "upstream_error"
+    code = "upstream_unavailable"
 
 
 class ModelSetupError(Exception):

@@ -11,6 +11,7 @@ from typing import Literal
 
 from aipc_chat.engines.image import ImageEngine, ImageJob
 from aipc_chat.engines.llm import Done, LLMEngine
+from aipc_chat.engines.remote import RemoteImages, RemoteLLM, remote_ready
 from aipc_chat.errors import NotReady
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
@@ -49,7 +50,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.llm: LLMEngine | None = None
+        self.llm: LLMEngine | RemoteLLM | None = None
         self.image: ImageEngine | None = None
         self.status: dict[Kind, ModelStatus] = {
             "llm": ModelStatus(choose_model(settings, "llm"), settings.llm_device),
@@ -69,8 +70,9 @@ class Runtime:
         """Fail fast (ModelSetupError) when a device is absent or a local model folder is missing."""
         devices = available_devices()
         for kind, status in self.status.items():
-            status.device = resolve_device(status.device, devices, kind)
-            check_present(status.choice)
+            if status.choice.source != "remote":
+                status.device = resolve_device(status.device, devices, kind)
+                check_present(status.choice)
 
     def start_loading(self) -> None:
         """Load both models on a background thread so /health and /ready answer meanwhile."""
@@ -87,37 +89,48 @@ class Runtime:
     def _load_one(self, kind: Kind) -> None:
         status = self.status[kind]
         status.state = "loading"
-        choice = status.choice
         t0 = time.perf_counter()
         try:
-            status.device = resolve_device(status.device, available_devices(), kind)
-            check_present(choice)
-            assert choice.path is not None, "remote engines are not built yet"
-            if kind == "llm":
-                engine: LLMEngine | ImageEngine = LLMEngine(self.settings, choice.path, choice.name, status.device)
-            else:
-                max_size = min(self.settings.image_max_size, 512) if choice.source == "demo" else None
-                engine = ImageEngine(self.settings, choice.path, choice.name, status.device,
-                                     max_size=max_size or self.settings.image_max_size)
-            if isinstance(engine, LLMEngine):
-                engine.observers = self.llm_observers
-            else:
-                engine.observers = self.image_observers
+            engine = self._make_engine(kind, status)
+            engine.observers = self.llm_observers if kind == "llm" else self.image_observers
             engine.load()
         except Exception as exc:
             log.exception("loading the %s model failed", kind)
             status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
             return
-        if isinstance(engine, LLMEngine):
-            self.llm = engine
-        else:
+        if isinstance(engine, ImageEngine):
             self.image = engine
+        else:
+            self.llm = engine
         status.load_seconds = round(time.perf_counter() - t0, 3)
         status.state = "ready"
+
+    def _make_engine(self, kind: Kind, status: ModelStatus) -> LLMEngine | RemoteLLM | ImageEngine:
+        choice, s = status.choice, self.settings
+        if choice.source == "remote":
+            assert choice.endpoint is not None
+            status.device = "remote"
+            if kind == "llm":
+                key = s.llm_endpoint_api_key.get_secret_value() if s.llm_endpoint_api_key else None
+                return RemoteLLM(s, choice.endpoint, key, s.llm_endpoint_model)
+            key = s.image_endpoint_api_key.get_secret_value() if s.image_endpoint_api_key else None
+            return RemoteImages(s, choice.endpoint, key)
+        status.device = resolve_device(status.device, available_devices(), kind)
+        check_present(choice)
+        assert choice.path is not None
+        if kind == "llm":
+            return LLMEngine(s, choice.path, choice.name, status.device)
+        max_size = min(s.image_max_size, 512) if choice.source == "demo" else s.image_max_size
+        return ImageEngine(s, choice.path, choice.name, status.device, max_size=max_size)
 
     def describe(self) -> dict[str, dict[str, object]]:
         """Per kind: the model, its state and, once loaded, what it is doing now."""
         out: dict[str, dict[str, object]] = {kind: status.as_dict() for kind, status in self.status.items()}
+        for kind, engine in (("llm", self.llm), ("image", self.image)):
+            if isinstance(engine, RemoteLLM | RemoteImages):  # a remote is ready only while it answers
+                problem = remote_ready(engine)
+                out[kind].update(model=engine.model_name, endpoint=engine.base_url,
+                                 state="unreachable" if problem else "ready", error=problem)
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
             out["llm"]["context_length"] = self.llm.context_length
@@ -131,7 +144,7 @@ class Runtime:
         """True when every model is loaded."""
         return all(s.state == "ready" for s in self.status.values())
 
-    def require_llm(self) -> LLMEngine:
+    def require_llm(self) -> LLMEngine | RemoteLLM:
         """The LLM engine, or NotReady."""
         if self.llm is None:
             raise NotReady(_not_ready_message(self.status["llm"]))

@@ -121,6 +121,19 @@ class Settings(BaseSettings):
         description="Remote AUTOMATIC1111 server root; no local image model is loaded.",
     )
 
+    llm_endpoint_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("llm_endpoint_api_key", "DEEPSEEK_API_KEY"),
+        description="Bearer key for the remote LLM endpoint.",
+    )
+    llm_endpoint_model: str | None = Field(
+        None, validation_alias=_env("llm_endpoint_model"),
+        description="Model id at the remote LLM endpoint; default: the first its /models lists.",
+    )
+    image_endpoint_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("image_endpoint_api_key", "STABLE_DIFFUSION_API_KEY"),
+        description="Bearer key for the remote AUTOMATIC1111 server.",
+    )
+
     # --- devices ----------
     llm_device: str = Field(
         "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("llm_device"),

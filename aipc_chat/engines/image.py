@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from aipc_chat.engines.store import ImageStore, infotext
 from aipc_chat.errors import (
+    AipcError,
     Busy,
     Cancelled,
     ContentFiltered,
@@ -76,6 +77,7 @@ class ImageJob:
     images: list[str] = field(default_factory=list)  # the names stored so far
     infotexts: list[str] = field(default_factory=list)
     error: str | None = None
+    failure: AipcError | None = None  # what to raise for a failed job, when the engine knows (else a 500)
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -138,6 +140,8 @@ class ImageJob:
             raise Cancelled("The image generation was cancelled.")
         if self.state == "failed" and self.error and self.error.startswith(FILTERED):
             raise ContentFiltered("The image was withheld by the model's safety checker.")
+        if self.state == "failed" and self.failure is not None:
+            raise self.failure
         if self.state == "failed":
             raise EngineFailure(f"The image generation failed: {self.error}")
 
@@ -297,6 +301,10 @@ class ImageEngine:
                 job._end("cancelled")
             except _Flagged:
                 job._end("failed", f"{FILTERED}: the safety checker flagged the image")
+            except AipcError as exc:
+                log.warning("image job %s failed: %s", job.id, exc.message)
+                job.failure = exc
+                job._end("failed", exc.message)
             except Exception as exc:
                 log.exception("image job %s failed", job.id)
                 job._end("failed", f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -23,8 +24,6 @@ async def health() -> dict[str, str]:
 @router.get("/ready")
 async def ready(runtime: Annotated[Runtime, Depends(get_runtime)]) -> JSONResponse:
     """200 when every model is loaded; 503 with what is still loading (or failed) otherwise."""
-    body = {
-        "ready": runtime.ready,
-        "models": runtime.describe(),
-    }
-    return JSONResponse(body, status_code=200 if runtime.ready else 503)
+    models = await asyncio.to_thread(runtime.describe)  # remote engines are asked over the network
+    ready = all(m["state"] == "ready" for m in models.values())
+    return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)

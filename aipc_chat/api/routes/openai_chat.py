@@ -13,6 +13,7 @@ from aipc_chat.api.deps import get_runtime, get_settings
 from aipc_chat.api.schemas.openai import ChatCompletionRequest
 from aipc_chat.api.sse import sse_response
 from aipc_chat.engines.llm import Delta, Done, LLMEngine, LLMStream
+from aipc_chat.engines.remote import RemoteLLM
 from aipc_chat.engines.stream import batches
 from aipc_chat.errors import ModelNotFound
 from aipc_chat.runtime import Runtime
@@ -29,12 +30,14 @@ async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     created = int(time.time())
     data = []
     for kind, status in runtime.status.items():
-        data.append({"id": status.choice.name, "object": "model", "created": created, "owned_by": "aipc-chat",
+        engine = runtime.llm if kind == "llm" else runtime.image
+        name = engine.model_name if engine is not None and engine.model_name else status.choice.name
+        data.append({"id": name, "object": "model", "created": created, "owned_by": "aipc-chat",
                      "type": "llm" if kind == "llm" else "image", "device": status.device, "state": status.state})
     return {"object": "list", "data": data}
 
 
-def _check_model(requested: str | None, engine: LLMEngine) -> None:
+def _check_model(requested: str | None, engine: LLMEngine | RemoteLLM) -> None:
     if requested is not None and requested != engine.model_name:
         raise ModelNotFound(f"The model '{requested}' does not exist here; this server serves "
                             f"'{engine.model_name}'.", param="model")

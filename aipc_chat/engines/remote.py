@@ -1,0 +1,365 @@
+"""Remote engines: an LLM behind any OpenAI-compatible ``/v1/chat/completions`` (OVMS ``/v3``, vLLM, another
+aipc-chat) and Stable Diffusion behind an AUTOMATIC1111 ``/sdapi/v1/txt2img`` server.
+
+They offer the local engines' interface, so ``/chat``, the OpenAI and A1111 routes and the page work unchanged.
+Upstream failures become 502 / 503 / 504; connect errors are retried, nothing else is; cancelling a request closes
+its upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aipc_chat.engines.image import ImageEngine, ImageJob, _Interrupted
+from aipc_chat.engines.llm import Delta, Done, GenParams, LLMStream, Timing, constrains_whole_reply
+from aipc_chat.engines.store import infotext
+from aipc_chat.errors import (
+    AipcError,
+    Busy,
+    Cancelled,
+    InvalidRequest,
+    RequestTimeout,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from aipc_chat.reasoning import ReasoningSplitter
+from aipc_chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONNECT_RETRIES = 3
+REMOTE_CONTEXT = 32768
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _upstream_error(exc: Exception, what: str) -> AipcError:
+    """Translate an httpx failure at the boundary (one place)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestTimeout(f"The remote {what} did not answer in time.")
+    if isinstance(exc, httpx.TransportError):
+        return UpstreamUnavailable(f"The remote {what} is unreachable ({type(exc).__name__}).")
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        try:
+            message = exc.response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.response.text[:300]
+        if 400 <= status < 500 and status not in (401, 403, 429):
+            return InvalidRequest(f"The remote {what} refused the request: {message}")
+        if status in (429, 503):
+            return Busy(f"The remote {what} is busy: {message}", retry_after=2)
+        return UpstreamError(f"The remote {what} failed ({status}): {message}")
+    return UpstreamError(f"The remote {what} failed: {type(exc).__name__}")
+
+
+def _with_retries(call: Callable[[], httpx.Response]) -> httpx.Response:
+    """Retry connect errors only (a request that reached the server is never sent twice)."""
+    for attempt in range(CONNECT_RETRIES):
+        try:
+            return call()
+        except httpx.ConnectError:
+            if attempt == CONNECT_RETRIES - 1:
+                raise
+            time.sleep(0.3 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class RemoteLLM:
+    """An OpenAI-compatible chat endpoint as an LLM engine."""
+
+    def __init__(self, settings: Settings, base_url: str, api_key: str | None, model: str | None) -> None:
+        self.settings = settings
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.model_name = model or ""
+        self.device = "remote"
+        self.context_length = settings.context_length or REMOTE_CONTEXT
+        self.load_seconds: float | None = None
+        self.active = 0
+        self.waiting = 0
+        self.observers: list[Callable[[Done], None]] = []
+        self._live: dict[LLMStream, asyncio.Future[None]] = {}
+        self._timeout = httpx.Timeout(settings.request_timeout, connect=5.0)
+
+    def load(self) -> None:
+        """Find the model id (the first the remote lists, unless configured); a remote that is down now is
+        looked up again later (/ready reports it unreachable meanwhile)."""
+        t0 = time.perf_counter()
+        try:
+            self.discover()
+        except AipcError as exc:
+            log.warning("remote LLM at %s: %s", self.base_url, exc.message)
+        self.load_seconds = time.perf_counter() - t0
+
+    def discover(self) -> None:
+        """Ask the remote for its models; take the first id unless one is configured."""
+        models = self.list_models()
+        if not self.model_name:
+            if not models:
+                raise UpstreamError("The remote LLM lists no models.")
+            self.model_name = str(models[0])
+
+    def list_models(self) -> list[str]:
+        """The remote's model ids (also the health check)."""
+        try:
+            r = _with_retries(lambda: httpx.get(f"{self.base_url}/models", headers=_headers(self.api_key),
+                                                timeout=5.0))
+            r.raise_for_status()
+            return [m["id"] for m in r.json()["data"]]
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise _upstream_error(exc, "LLM") if isinstance(exc, httpx.HTTPError) else UpstreamError(
+                "The remote LLM's /models answer is not OpenAI-shaped.") from exc
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """An estimate (the tokenizer is remote): about four characters a token."""
+        return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages)
+
+    def cancel_all(self) -> None:
+        """Cancel every request in flight."""
+        for stream in list(self._live):
+            stream.cancel()
+
+    def close(self) -> None:
+        """Cancel what is in flight."""
+        self.cancel_all()
+
+    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+        """Start the upstream request on ``loop``; any thread may call this."""
+        if params.max_tokens is not None and params.max_tokens > self.settings.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens is {params.max_tokens}; this server allows at most "
+                                 f"{self.settings.max_tokens_limit}.", param="max_tokens")
+        if not self.model_name:
+            self.discover()
+        stream = _RemoteStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", 0)
+        future = asyncio.run_coroutine_threadsafe(self._run(stream, messages, params), loop)
+        stream.future = future
+        return stream
+
+    def _body(self, messages: list[dict[str, str]], params: GenParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_name, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
+            "temperature": params.temperature, "top_p": params.top_p,
+        }
+        optional = {"max_tokens": params.max_tokens, "seed": params.seed, "stop": list(params.stop) or None,
+                    "top_k": params.top_k, "presence_penalty": params.presence_penalty or None,
+                    "frequency_penalty": params.frequency_penalty or None,
+                    "repetition_penalty": None if params.repetition_penalty == 1.0 else params.repetition_penalty,
+                    "ignore_eos": params.ignore_eos or None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if params.json_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "reply", "schema": json.loads(params.json_schema)}}
+        elif constrains_whole_reply(params):  # a regex or grammar: ask for the JSON object the prompt asks for
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def _run(self, stream: _RemoteStream, messages: list[dict[str, str]], params: GenParams) -> None:
+        timing = Timing()
+        self.active += 1
+        self._live[stream] = asyncio.current_task()  # type: ignore[assignment]
+        done: Done | None = None
+        try:
+            done = await self._stream_upstream(stream, messages, params, timing)
+            stream.put(done)
+        except asyncio.CancelledError:
+            stream.put(Cancelled("The request was cancelled."))
+        except httpx.HTTPError as exc:
+            stream.put(_upstream_error(exc, "LLM"))
+        except AipcError as exc:
+            stream.put(exc)
+        finally:
+            self.active -= 1
+            self._live.pop(stream, None)
+            stream.close()
+        if done is not None:
+            for observe in self.observers:
+                observe(done)
+
+    async def _stream_upstream(self, stream: _RemoteStream, messages: list[dict[str, str]], params: GenParams,
+                               timing: Timing) -> Done:
+        splitter = ReasoningSplitter(in_think=False)
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        finish = "stop"
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            for attempt in range(CONNECT_RETRIES):
+                try:
+                    async with client.stream("POST", f"{self.base_url}/chat/completions",
+                                             json=self._body(messages, params), headers=_headers(self.api_key)) as r:
+                        if r.status_code >= 400:
+                            await r.aread()
+                            r.raise_for_status()
+                        timing.started = time.perf_counter()
+                        async for chunk in _sse_json(r):
+                            if chunk.get("usage"):
+                                usage = chunk["usage"]
+                            for choice in chunk.get("choices") or []:
+                                finish = choice.get("finish_reason") or finish
+                                self._deliver(stream, splitter, choice.get("delta") or {}, timing)
+                    break
+                except httpx.ConnectError:
+                    if attempt == CONNECT_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.3 * (attempt + 1))
+        reasoning, content = splitter.finish()
+        if reasoning or content:
+            stream.put(Delta(reasoning, content, 0))
+        timing.finished = time.perf_counter()
+        return Done("length" if finish == "length" else "stop", int(usage.get("prompt_tokens", 0)),
+                    int(usage.get("completion_tokens", 0)), timing)
+
+    @staticmethod
+    def _deliver(stream: LLMStream, splitter: ReasoningSplitter, delta: dict[str, Any], timing: Timing) -> None:
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        inline_reasoning, content = splitter.feed(delta.get("content") or "")  # a <think> the remote left inline
+        reasoning += inline_reasoning
+        if reasoning or content:
+            if timing.first_token is None:
+                timing.first_token = time.perf_counter()
+            stream.put(Delta(reasoning, content, 1))
+
+
+class _RemoteStream(LLMStream):
+    """Cancelling it cancels the task that holds the upstream request, which closes that request."""
+
+    future: Any = None
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.future is not None:
+            self.future.cancel()
+
+
+async def _sse_json(response: httpx.Response) -> Any:
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            if data:
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise UpstreamError(f"The remote LLM failed mid-stream: {chunk['error'].get('message')}")
+                yield chunk
+
+
+class RemoteImages(ImageEngine):
+    """An AUTOMATIC1111 server as the image engine: the same jobs, queue, progress and storage as the local one."""
+
+    def __init__(self, settings: Settings, base_url: str, api_key: str | None) -> None:
+        super().__init__(settings, Path("remote"), "", "remote", max_size=settings.image_max_size)
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+
+    def load(self) -> None:
+        """Take the remote's checkpoint name if it answers now; start the owner thread."""
+        t0 = time.perf_counter()
+        try:
+            self.model_name = self.health()
+        except AipcError as exc:
+            log.warning("remote image server at %s: %s", self.base_url, exc.message)
+            self.model_name = "remote"
+        self.sampler = self.default_sampler = "Euler a"
+        self.load_seconds = time.perf_counter() - t0
+        self._thread = threading.Thread(target=self._run, name="remote-image-owner", daemon=True)
+        self._thread.start()
+
+    def health(self) -> str:
+        """The remote's current checkpoint (raises an upstream error when it does not answer)."""
+        try:
+            r = _with_retries(lambda: httpx.get(f"{self.base_url}/sdapi/v1/sd-models",
+                                                headers=_headers(self.api_key), timeout=5.0))
+            r.raise_for_status()
+            models = r.json()
+            return str(models[0]["model_name"]) if models else "remote"
+        except httpx.HTTPError as exc:
+            raise _upstream_error(exc, "image server") from exc
+
+    def _use_sampler(self, name: str) -> None:
+        self.sampler = name  # the remote switches per request
+
+    def _generate(self, job: ImageJob) -> None:
+        from PIL import Image
+
+        p = job.params
+        seed = p.seed if p.seed is not None and p.seed >= 0 else int.from_bytes(uuid.uuid4().bytes[:4], "big")
+        job.seeds = [seed + i for i in range(p.n)]
+        for index, image_seed in enumerate(job.seeds):
+            body = {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": image_seed, "steps": p.steps,
+                    "cfg_scale": p.guidance_scale, "width": p.width, "height": p.height, "batch_size": 1,
+                    "sampler_name": p.sampler or self.default_sampler}
+            watcher = _ProgressWatcher(self, job, index * p.steps)
+            watcher.start()
+            try:
+                r = httpx.post(f"{self.base_url}/sdapi/v1/txt2img", json=body, headers=_headers(self.api_key),
+                               timeout=httpx.Timeout(self.settings.request_timeout, connect=5.0))
+                r.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise _upstream_error(exc, "image server") from exc
+            finally:
+                watcher.stop()
+            if job.cancelled:
+                raise _Interrupted
+            images = r.json().get("images") or []
+            if not images:
+                raise _Interrupted  # an interrupted A1111 job answers 200 with no image
+            image = Image.open(io.BytesIO(base64.b64decode(images[0])))
+            image.load()
+            text = infotext(p, seed=image_seed, sampler=p.sampler or self.default_sampler, model=self.model_name)
+            job.infotexts.append(text)
+            job.images.append(self.store.save(image, text, name=job.names[index]))
+            job.step = (index + 1) * p.steps
+
+
+class _ProgressWatcher(threading.Thread):
+    """Polls the remote's /progress while a txt2img call runs; interrupts it when the job is cancelled."""
+
+    def __init__(self, engine: RemoteImages, job: ImageJob, done_before: int) -> None:
+        super().__init__(daemon=True, name="remote-image-progress")
+        self.engine, self.job, self.done_before = engine, job, done_before
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(2)
+
+    def run(self) -> None:
+        url = self.engine.base_url
+        headers = _headers(self.engine.api_key)
+        interrupted = False
+        while not self._stop_event.wait(0.25):
+            try:
+                if self.job.cancelled and not interrupted:
+                    httpx.post(f"{url}/sdapi/v1/interrupt", headers=headers, timeout=5.0)
+                    interrupted = True
+                state = httpx.get(f"{url}/sdapi/v1/progress", headers=headers, timeout=5.0).json().get("state", {})
+                step = int(state.get("sampling_step") or 0)
+                self.job.step = max(self.job.step, self.done_before + step)
+            except (httpx.HTTPError, ValueError):
+                continue
+
+
+def remote_ready(engine: RemoteLLM | RemoteImages) -> str | None:
+    """None while the remote answers; else why not (for /ready)."""
+    try:
+        if isinstance(engine, RemoteLLM):
+            engine.discover()
+        else:
+            engine.health()
+    except AipcError as exc:
+        return exc.message
+    return None
