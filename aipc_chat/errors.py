@@ -15,6 +15,11 @@
     ├── UpstreamError               502 code=upstream_error (a remote engine failed)
     └── UpstreamUnavailable         503 code=upstream_unavailable (a remote engine is unreachable)
     ModelSetupError                 (start-up and CLI only: a missing or unusable model, with what to run)
+    ├── HubUnreachable              offline, HF_HUB_OFFLINE=1, hub down: what is missing and what to run
+    ├── HubAccessDenied             gated or private repository: missing, refused or invalid token
+    ├── HubRepoNotFound             no such repository, revision or file
+    ├── DownloadCorrupted           a downloaded file's size or sha256 differs from the hub's (it was deleted)
+    └── ConversionFailed            optimum-intel could not convert a model
 
 Engines raise these; they never know about HTTP.
 """
@@ -146,3 +151,23 @@ class UpstreamUnavailable(AipcError):
 
 class ModelSetupError(Exception):
     """A model is missing or unusable at start-up; the message says what to run."""
+
+
+class HubUnreachable(ModelSetupError):
+    """The hub cannot be reached (offline, HF_HUB_OFFLINE=1, network or hub failure) and the model is not here."""
+
+
+class HubAccessDenied(ModelSetupError):
+    """The repository is gated or private and the token is missing, refused or invalid."""
+
+
+class HubRepoNotFound(ModelSetupError):
+    """The repository, revision or file does not exist on the hub (or is private)."""
+
+
+class DownloadCorrupted(ModelSetupError):
+    """A downloaded file does not match the size or hash the hub reports; it was deleted."""
+
+
+class ConversionFailed(ModelSetupError):
+    """Converting a Hugging Face model to OpenVINO failed."""

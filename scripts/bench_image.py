@@ -1,15 +1,15 @@
-"""Image latency: the raw optimum-intel pipeline in this process vs the aipc-chat server over HTTP.
+"""Image benchmark: the raw optimum-intel pipeline in this process vs the aipc-chat server over HTTP.
 
-Same model, size, steps and seeds, interleaved runs; medians and the server/raw ratio.
+Same model, size, steps and seeds, interleaved runs; per-image and per-step latency (p50/p90), the server/raw
+ratio, load time and peak RSS; optionally diffusers on PyTorch from a diffusers folder (``--torch-dir``) as the
+user's alternative. Writes ``<out>.json``, ``<out>.md`` and a PNG plot.
 
-    python scripts/bench_image.py --size 256 --steps 20 --runs 5 --out bench-results/image.json
+    python scripts/bench_image.py --model demo --size 512 --steps 20 --runs 5 --out bench-results/image
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,60 +19,125 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scripts.bench_llm import machine  # noqa: E402
+from scripts.bench_common import (  # noqa: E402
+    PeakRSS,
+    machine,
+    machine_line,
+    plot_distributions,
+    summary,
+    table,
+    timestamp,
+    write_outputs,
+)
 from tests.e2e.conftest import start_server  # noqa: E402
+
+PROMPT = "a lighthouse at dusk, detailed, soft light"
 
 
 def raw_run(pipe: Any, size: int, steps: int, seed: int) -> float:
     import torch
 
     t0 = time.perf_counter()
-    pipe(prompt="a lighthouse at dusk", width=size, height=size, num_inference_steps=steps, guidance_scale=7.5,
+    pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.5,
          generator=torch.Generator(device="cpu").manual_seed(seed))
     return time.perf_counter() - t0
 
 
 def server_run(base_url: str, size: int, steps: int, seed: int) -> float:
-    body = {"prompt": "a lighthouse at dusk", "size": f"{size}x{size}", "num_inference_steps": steps, "seed": seed,
+    body = {"prompt": PROMPT, "size": f"{size}x{size}", "num_inference_steps": steps, "seed": seed,
             "response_format": "url"}
     t0 = time.perf_counter()
-    r = httpx.post(f"{base_url}/v1/images/generations", json=body, timeout=600)
+    r = httpx.post(f"{base_url}/v1/images/generations", json=body, timeout=3600)
     r.raise_for_status()
     return time.perf_counter() - t0
 
 
+def torch_runs(torch_dir: Path, size: int, steps: int, runs: int) -> list[float]:
+    """diffusers on PyTorch (CPU), the way a user without OpenVINO would run the same pipeline."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(torch_dir), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for seed in range(runs):
+        t0 = time.perf_counter()
+        pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps,
+             generator=torch.Generator().manual_seed(seed))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo", help="demo, bench, or a model folder")
     parser.add_argument("--models-dir", default=str(REPO / "models"))
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", default=str(REPO / "bench-results" / "image.json"))
+    parser.add_argument("--torch-dir", help="a diffusers folder of the same pipeline, to time PyTorch too")
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "image"))
     args = parser.parse_args()
     from optimum.intel import OVStableDiffusionPipeline
 
     models = Path(args.models_dir)
+    model_dir = {"demo": models / "demo" / "image", "bench": models / "bench" / "image"}.get(args.model,
+                                                                                              Path(args.model))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    server = start_server(models, out.parent / "bench-data", out.parent / "bench-image-server.log")
+    env = {"AIPC_IMAGE_PATH": str(model_dir)}
+    if (model_dir.parent / "llm").is_dir():
+        env["AIPC_LLM_PATH"] = str(model_dir.parent / "llm")
+    server = start_server(models, out.parent / "bench-data", out.with_suffix(".server.log"), env=env,
+                          ready_timeout=900)
     try:
-        pipe = OVStableDiffusionPipeline.from_pretrained(str(models / "demo" / "image"), device="CPU")
-        raw, srv = [], []
-        for i in range(args.runs + 1):  # the first round is warm-up
-            r = raw_run(pipe, args.size, args.steps, seed=i)
-            s = server_run(server.base_url, args.size, args.steps, seed=i)
-            if i:
-                raw.append(r)
-                srv.append(s)
+        with PeakRSS(server.proc.pid) as server_rss:
+            load = httpx.get(f"{server.base_url}/ready").json()["models"]["image"]["load_seconds"]
+            t0 = time.perf_counter()
+            pipe = OVStableDiffusionPipeline.from_pretrained(str(model_dir), device="CPU")
+            pipe.set_progress_bar_config(disable=True)
+            raw_load = time.perf_counter() - t0
+            raw, srv = [], []
+            for i in range(args.runs + 1):  # the first round is warm-up
+                r = raw_run(pipe, args.size, args.steps, seed=i)
+                s = server_run(server.base_url, args.size, args.steps, seed=i)
+                if i:
+                    raw.append(r)
+                    srv.append(s)
     finally:
         server.stop()
-    result = {"machine": machine(), "size": args.size, "steps": args.steps, "runs": args.runs,
-              "raw_s": statistics.median(raw), "server_s": statistics.median(srv), "raw_runs": raw,
-              "server_runs": srv}
-    result["ratio"] = result["server_s"] / result["raw_s"]
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("size", "steps", "raw_s", "server_s", "ratio")}, indent=2))
+    torch_s = torch_runs(Path(args.torch_dir), args.size, args.steps, args.runs) if args.torch_dir else []
+    result: dict[str, Any] = {
+        "when": timestamp(), "machine": machine(), "model": str(model_dir), "size": args.size, "steps": args.steps,
+        "runs": args.runs, "raw_s": summary(raw), "server_s": summary(srv), "torch_s": summary(torch_s),
+        "raw_step_ms": summary([x / args.steps * 1e3 for x in raw]),
+        "server_step_ms": summary([x / args.steps * 1e3 for x in srv]),
+        "load_s": {"raw": raw_load, "server": load}, "peak_rss_mib_server": server_rss.peak / 2**20,
+        "raw_runs": raw, "server_runs": srv, "torch_runs": torch_s,
+    }
+    result["ratio"] = result["server_s"]["p50"] / result["raw_s"]["p50"]
+    if torch_s:
+        result["openvino_speedup_vs_torch"] = result["torch_s"]["p50"] / result["raw_s"]["p50"]
+    plot_distributions(out.with_suffix(".latency.png"), f"Image latency, {args.size}x{args.size}, {args.steps} steps",
+                       "s", {k: v for k, v in (("raw optimum-intel", raw), ("server", srv), ("PyTorch", torch_s)) if v})
+    write_outputs(result, out, markdown(result))
+    print(markdown(result))  # noqa: T201
     return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The run as Markdown."""
+    rows = [["raw optimum-intel (OpenVINO)", r["raw_s"]["p50"], r["raw_s"]["p90"], r["raw_step_ms"]["p50"]],
+            ["aipc-chat server", r["server_s"]["p50"], r["server_s"]["p90"], r["server_step_ms"]["p50"]]]
+    if r["torch_runs"]:
+        rows.append(["diffusers on PyTorch", r["torch_s"]["p50"], r["torch_s"]["p90"],
+                     r["torch_s"]["p50"] / r["steps"] * 1e3])
+    extra = f"; OpenVINO is {r['openvino_speedup_vs_torch']:.2f}x PyTorch" if r["torch_runs"] else ""
+    return (f"# Image benchmark ({r['when']})\n\n{machine_line(r['machine'])}; model `{r['model']}`; "
+            f"{r['size']}x{r['size']}, {r['steps']} steps, {r['runs']} interleaved runs.\n\n"
+            + table(["path", "per image p50 s", "p90 s", "per step p50 ms"], rows)
+            + f"\n\nserver/raw **{r['ratio']:.3f}**{extra}; load raw {r['load_s']['raw']:.2f} s, server "
+              f"{r['load_s']['server']} s; server peak RSS {r['peak_rss_mib_server']:.0f} MiB.\n")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
-"""LLM throughput and TTFT: the raw openvino-genai pipeline in this process vs the aipc-chat server over HTTP/SSE.
+"""LLM benchmark: the raw openvino-genai pipelines in this process vs the aipc-chat server over HTTP/SSE.
 
-Same model, same templated prompt, same output length (``ignore_eos``), greedy, interleaved runs; medians and the
-server/raw ratio. The prompts vary per run so prefix caching does not flatter TTFT.
+Same model, same templated prompts, same output length (``ignore_eos``), greedy, interleaved runs. Reports TTFT,
+TPOT, ITL and end-to-end latency (mean, p50, p90, p99), output tokens/s and the server/raw ratios; a concurrency
+sweep (aggregate tokens/s, per-stream TPOT) against raw continuous batching; multi-turn TTFT with prefix caching;
+load time and peak RSS. Writes ``<out>.json``, ``<out>.md`` and PNG plots.
 
-    python scripts/bench_llm.py --demo --runs 7 --max-tokens 128 --out bench-results/llm.json
+    python scripts/bench_llm.py --model demo --runs 7 --max-tokens 128 --out bench-results/llm
+    python scripts/bench_llm.py --model bench --runs 5 --prompt-tokens 128 --max-tokens 64 --out bench-results/llm-full
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
-import platform
-import statistics
+import random
 import sys
 import time
 from pathlib import Path
@@ -22,23 +24,54 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.e2e.conftest import LiveServer, start_server  # noqa: E402  (the same server start the tests use)
+from scripts.bench_common import (  # noqa: E402
+    PeakRSS,
+    machine,
+    machine_line,
+    plot_distributions,
+    plot_lines,
+    summary,
+    table,
+    timestamp,
+    write_outputs,
+)
+from tests.e2e.conftest import LiveServer, start_server  # noqa: E402
+
+WORDS = ("laptop battery screen keyboard model token cache memory image prompt answer reason light river mountain "
+         "city music garden window planet science history ocean forest").split()
 
 
-def prompt_messages(i: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"Request {i}: tell me about laptops, question {i * 7 % 13}."}]
+def make_messages(tokenizer: Any, i: int, prompt_tokens: int) -> list[dict[str, str]]:
+    """A user message of about ``prompt_tokens`` template tokens, different for every ``i`` (no prefix reuse)."""
+    rng = random.Random(i)
+    words = [f"Request {i}:"]
+    while True:
+        messages = [{"role": "user", "content": " ".join(words)}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        if len(tokenizer.encode(prompt, add_special_tokens=False).input_ids.data[0]) >= prompt_tokens:
+            return messages
+        words.extend(rng.choice(WORDS) for _ in range(8))
 
 
-def raw_run(pipe: Any, tokenizer: Any, prompt: str, max_tokens: int) -> dict[str, float]:
-    """One generation through LLMPipeline.generate, timed by a token streamer."""
+def timed_tokens(stamps: list[float], t0: float, end: float, n: int) -> dict[str, Any]:
+    """TTFT, TPOT (excluding the first token), ITLs and E2E from token (or chunk) arrival times."""
+    ttft = stamps[0] - t0
+    decode = end - stamps[0]
+    return {"ttft_s": ttft, "tpot_s": decode / (n - 1) if n > 1 else float("nan"), "e2e_s": end - t0,
+            "itl_s": [b - a for a, b in zip(stamps, stamps[1:], strict=False)], "tokens": n,
+            "tok_s": (n - 1) / decode if decode > 0 else float("nan")}
+
+
+def raw_run(pipe: Any, tokenizer: Any, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """One LLMPipeline.generate, a timestamp per token from a streamer."""
     import openvino_genai as ov_genai
 
-    config = ov_genai.GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+    config = ov_genai.GenerationConfig(max_new_tokens=max_tokens, do_sample=False, ignore_eos=True)
     config.apply_chat_template = False
     inputs = tokenizer.encode(prompt, add_special_tokens=False)
     stamps: list[float] = []
 
-    class Counter(ov_genai.StreamerBase):  # type: ignore[misc]
+    class Stamp(ov_genai.StreamerBase):  # type: ignore[misc]
         def write(self, token: Any) -> ov_genai.StreamingStatus:
             stamps.append(time.perf_counter())
             return ov_genai.StreamingStatus.RUNNING
@@ -47,119 +80,202 @@ def raw_run(pipe: Any, tokenizer: Any, prompt: str, max_tokens: int) -> dict[str
             pass
 
     t0 = time.perf_counter()
-    pipe.generate(inputs, config, Counter())
-    end = time.perf_counter()
-    n = len(stamps)
-    return {"ttft_ms": (stamps[0] - t0) * 1e3, "tokens": n, "tok_s": (n - 1) / (end - stamps[0]),
-            "e2e_s": end - t0}
+    pipe.generate(inputs, config, Stamp())
+    return timed_tokens(stamps, t0, time.perf_counter(), len(stamps))
 
 
-def raw_cb_run(pipe: Any, tokenizer: Any, prompt: str, max_tokens: int) -> dict[str, float]:
-    """One request driven through ContinuousBatchingPipeline.add_request/step by hand (the engine's library path)."""
+def raw_cb_batch(pipe: Any, tokenizer: Any, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+    """Requests added together to a ContinuousBatchingPipeline and stepped by hand (the engine's library path)."""
     import openvino_genai as ov_genai
 
     config = ov_genai.GenerationConfig(max_new_tokens=max_tokens, ignore_eos=True, do_sample=False)
-    ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids
     t0 = time.perf_counter()
-    handle = pipe.add_request(int(t0 * 1e6) % 2**31, ids, config)
-    first = None
-    n = 0
+    handles = [pipe.add_request(int(t0 * 1e3) % 2**30 + k, tokenizer.encode(p, add_special_tokens=False).input_ids,
+                                config) for k, p in enumerate(prompts)]
+    stamps: list[list[float]] = [[] for _ in prompts]
+    ends = [0.0] * len(prompts)
     while pipe.has_non_finished_requests():
         pipe.step()
-        while handle.can_read():
-            for out in handle.read().values():
-                n += len(out.generated_ids)
-                if first is None and n:
-                    first = time.perf_counter()
-    end = time.perf_counter()
-    assert first is not None
-    return {"ttft_ms": (first - t0) * 1e3, "tokens": n, "tok_s": (n - 1) / (end - first), "e2e_s": end - t0}
+        now = time.perf_counter()
+        for k, handle in enumerate(handles):
+            while handle.can_read():
+                for out in handle.read().values():
+                    stamps[k].extend([now] * len(out.generated_ids))
+                    ends[k] = now
+    return [timed_tokens(s, t0, e, len(s)) for s, e in zip(stamps, ends, strict=True)]
 
 
-def server_run(base_url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, float]:
-    """One streamed request; TTFT is the first chunk that carries text."""
+async def server_stream(client: httpx.AsyncClient, url: str, model: str, messages: list[dict[str, str]],
+                        max_tokens: int) -> dict[str, Any]:
+    """One streamed chat completion; a timestamp per SSE chunk that carries text."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
-    first = None
+    stamps: list[float] = []
     tokens = 0
     t0 = time.perf_counter()
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=600) as r:
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
-            if first is None and (delta.get("content") or delta.get("reasoning_content")):
-                first = time.perf_counter()
-    end = time.perf_counter()
-    assert first is not None
-    return {"ttft_ms": (first - t0) * 1e3, "tokens": tokens, "tok_s": (tokens - 1) / (end - first), "e2e_s": end - t0}
+            if delta.get("content") or delta.get("reasoning_content"):
+                stamps.append(time.perf_counter())
+    return timed_tokens(stamps, t0, time.perf_counter(), tokens)
 
 
-def median(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+async def server_batch(url: str, model: str, batch: list[list[dict[str, str]]], max_tokens: int
+                       ) -> list[dict[str, Any]]:
+    """Concurrent streams, started together."""
+    async with httpx.AsyncClient(timeout=1200) as client:
+        return list(await asyncio.gather(*(server_stream(client, url, model, m, max_tokens) for m in batch)))
 
 
-def machine() -> dict[str, Any]:
-    import openvino as ov
+def stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-metric summaries over runs (ITLs pooled)."""
+    return {"ttft_ms": summary([r["ttft_s"] * 1e3 for r in runs]),
+            "tpot_ms": summary([r["tpot_s"] * 1e3 for r in runs]),
+            "itl_ms": summary([x * 1e3 for r in runs for x in r["itl_s"]]),
+            "e2e_s": summary([r["e2e_s"] for r in runs]), "tok_s": summary([r["tok_s"] for r in runs])}
 
-    cpu = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
-    return {"cpu": cpu, "cores": os.cpu_count(), "openvino": ov.get_version(), "python": platform.python_version(),
-            "platform": platform.platform()}
+
+def sweep(args: argparse.Namespace, cb: Any, tok: Any, server: LiveServer, model: str) -> list[dict[str, Any]]:
+    """Aggregate tokens/s and per-stream TPOT at each concurrency, raw continuous batching vs server."""
+    rows = []
+    for c in args.concurrency:
+        batch = [make_messages(tok, 1000 * c + k, args.prompt_tokens) for k in range(c)]
+        prompts = [tok.apply_chat_template(m, add_generation_prompt=True) for m in batch]
+        t0 = time.perf_counter()
+        raw = raw_cb_batch(cb, tok, prompts, args.max_tokens)
+        raw_wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        srv = asyncio.run(server_batch(server.base_url, model, batch, args.max_tokens))
+        srv_wall = time.perf_counter() - t0
+        rows.append({"concurrency": c,
+                     "raw_cb_tok_s": sum(r["tokens"] for r in raw) / raw_wall,
+                     "server_tok_s": sum(r["tokens"] for r in srv) / srv_wall,
+                     "raw_cb_tpot_ms": summary([r["tpot_s"] * 1e3 for r in raw])["p50"],
+                     "server_tpot_ms": summary([r["tpot_s"] * 1e3 for r in srv])["p50"]})
+        rows[-1]["ratio"] = rows[-1]["server_tok_s"] / rows[-1]["raw_cb_tok_s"]
+        print(f"concurrency {c}: {rows[-1]}", flush=True)  # noqa: T201
+    return rows
+
+
+def multi_turn(args: argparse.Namespace, tok: Any, server: LiveServer, model: str) -> dict[str, float]:
+    """TTFT of a follow-up turn in a long conversation (prefix cached) vs a cold prompt of the same length."""
+    history = make_messages(tok, 777, args.history_tokens)
+    history += [{"role": "assistant", "content": "Noted."}]
+
+    async def ttft(messages: list[dict[str, str]]) -> float:
+        async with httpx.AsyncClient(timeout=1200) as client:
+            return float((await server_stream(client, server.base_url, model, messages, 4))["ttft_s"])
+
+    asyncio.run(ttft(history[:1]))  # the first turn fills the prefix cache
+    warm = asyncio.run(ttft([*history, {"role": "user", "content": "And one more question about it?"}]))
+    cold_msgs = make_messages(tok, 778, args.history_tokens + 12)
+    cold = asyncio.run(ttft(cold_msgs))
+    return {"followup_ttft_ms": warm * 1e3, "cold_same_length_ttft_ms": cold * 1e3}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--demo", action="store_true", help="use the demo models (the default)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo", help="demo, bench, or a model folder")
     parser.add_argument("--models-dir", default=str(REPO / "models"))
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--out", default=str(REPO / "bench-results" / "llm.json"))
+    parser.add_argument("--history-tokens", type=int, default=1024)
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "llm"))
     args = parser.parse_args()
 
     import openvino_genai as ov_genai
 
     models = Path(args.models_dir)
-    model_dir = models / "demo" / "llm"
+    model_dir = {"demo": models / "demo" / "llm", "bench": models / "bench" / "llm"}.get(args.model, Path(args.model))
+    image_dir = model_dir.parent / "image"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    server: LiveServer = start_server(models, out.parent / "bench-data", out.parent / "bench-server.log")
+    env = {"AIPC_LLM_PATH": str(model_dir), "AIPC_PREFIX_CACHING": "1"}
+    if image_dir.is_dir():
+        env["AIPC_IMAGE_PATH"] = str(image_dir)
+    server = start_server(models, out.parent / "bench-data", out.with_suffix(".server.log"), env=env,
+                          ready_timeout=900)
     try:
-        model = httpx.get(f"{server.base_url}/v1/models").json()["data"][0]["id"]
-        pipe = ov_genai.LLMPipeline(str(model_dir), "CPU")
-        cb = ov_genai.ContinuousBatchingPipeline(str(model_dir), ov_genai.SchedulerConfig(), "CPU", {})
-        tok = pipe.get_tokenizer()
-        raw, raw_cb, srv = [], [], []
-        for i in range(args.runs + 1):  # the first round is warm-up
-            messages = prompt_messages(i)
-            prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
-            r = raw_run(pipe, tok, prompt, args.max_tokens)
-            c = raw_cb_run(cb, tok, prompt, args.max_tokens)
-            s = server_run(server.base_url, model, messages, args.max_tokens)
-            if i:
-                raw.append(r)
-                raw_cb.append(c)
-                srv.append(s)
+        with PeakRSS(server.proc.pid) as server_rss, PeakRSS() as own_rss:
+            ready = httpx.get(f"{server.base_url}/ready").json()["models"]
+            model = httpx.get(f"{server.base_url}/v1/models").json()["data"][0]["id"]
+            t0 = time.perf_counter()
+            pipe = ov_genai.LLMPipeline(str(model_dir), "CPU")
+            raw_load = time.perf_counter() - t0
+            tok = pipe.get_tokenizer()
+            cb = ov_genai.ContinuousBatchingPipeline(str(model_dir), ov_genai.SchedulerConfig(), "CPU", {})
+            raw, raw_cb, srv = [], [], []
+            for i in range(args.runs + 1):  # the first round is warm-up
+                messages = make_messages(tok, i, args.prompt_tokens)
+                prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
+                r = raw_run(pipe, tok, prompt, args.max_tokens)
+                c = raw_cb_batch(cb, tok, [prompt], args.max_tokens)[0]
+                s = asyncio.run(server_batch(server.base_url, model, [messages], args.max_tokens))[0]
+                if i:
+                    raw.append(r)
+                    raw_cb.append(c)
+                    srv.append(s)
+            sweep_rows = sweep(args, cb, tok, server, model)
+            turns = multi_turn(args, tok, server, model)
     finally:
         server.stop()
-    result = {
-        "machine": machine(), "model": str(model_dir), "runs": args.runs, "max_tokens": args.max_tokens,
-        "raw": {"tok_s": median(raw, "tok_s"), "ttft_ms": median(raw, "ttft_ms")},
-        "raw_cb": {"tok_s": median(raw_cb, "tok_s"), "ttft_ms": median(raw_cb, "ttft_ms")},
-        "server": {"tok_s": median(srv, "tok_s"), "ttft_ms": median(srv, "ttft_ms")},
-        "raw_runs": raw, "raw_cb_runs": raw_cb, "server_runs": srv,
+    result: dict[str, Any] = {
+        "when": timestamp(), "machine": machine(), "model": str(model_dir), "runs": args.runs,
+        "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+        "raw": stats(raw), "raw_cb": stats(raw_cb), "server": stats(srv), "sweep": sweep_rows,
+        "multi_turn": turns, "load_s": {"raw_llm_pipeline": raw_load, "server_llm": ready["llm"]["load_seconds"],
+                                         "server_image": ready["image"]["load_seconds"]},
+        "peak_rss_mib": {"server_both_models": server_rss.peak / 2**20, "bench_process": own_rss.peak / 2**20},
     }
-    result["ratio_tok_s"] = result["server"]["tok_s"] / result["raw"]["tok_s"]
-    result["ttft_overhead_ms"] = result["server"]["ttft_ms"] - result["raw"]["ttft_ms"]
-    out.write_text(json.dumps(result, indent=2))
-    result["ratio_tok_s_vs_cb"] = result["server"]["tok_s"] / result["raw_cb"]["tok_s"]
-    out.write_text(json.dumps(result, indent=2))
-    keys = ("raw", "raw_cb", "server", "ratio_tok_s", "ratio_tok_s_vs_cb", "ttft_overhead_ms")
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    result["ratio_tok_s"] = result["server"]["tok_s"]["p50"] / result["raw"]["tok_s"]["p50"]
+    result["ratio_tok_s_vs_raw_cb"] = result["server"]["tok_s"]["p50"] / result["raw_cb"]["tok_s"]["p50"]
+    result["ttft_overhead_ms"] = result["server"]["ttft_ms"]["p50"] - result["raw"]["ttft_ms"]["p50"]
+    plot_lines(out.with_suffix(".sweep.png"), "Aggregate output tokens/s", "concurrent streams", "tokens/s",
+               {"raw continuous batching": ([r["concurrency"] for r in sweep_rows],
+                                            [r["raw_cb_tok_s"] for r in sweep_rows]),
+                "aipc-chat server": ([r["concurrency"] for r in sweep_rows],
+                                     [r["server_tok_s"] for r in sweep_rows])})
+    plot_distributions(out.with_suffix(".ttft.png"), "Time to first token", "ms",
+                       {"raw LLMPipeline": [r["ttft_s"] * 1e3 for r in raw],
+                        "raw CB": [r["ttft_s"] * 1e3 for r in raw_cb],
+                        "server": [r["ttft_s"] * 1e3 for r in srv]})
+    write_outputs(result, out, markdown(result))
+    print(markdown(result))  # noqa: T201
     return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The run as Markdown tables."""
+    rows = []
+    paths = (("raw LLMPipeline", "raw"), ("raw ContinuousBatching", "raw_cb"), ("server (HTTP/SSE)", "server"))
+    for name, key in paths:
+        s = r[key]
+        rows.append([name, s["tok_s"]["p50"], s["ttft_ms"]["p50"], s["ttft_ms"]["p90"], s["tpot_ms"]["p50"],
+                     s["tpot_ms"]["p99"], s["itl_ms"]["p50"], s["itl_ms"]["p99"], s["e2e_s"]["p50"]])
+    single = table(["path", "tok/s p50", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms", "TPOT p99 ms", "ITL p50 ms",
+                    "ITL p99 ms", "E2E p50 s"], rows)
+    sweep_t = table(["streams", "raw CB tok/s", "server tok/s", "server/raw", "raw TPOT ms", "server TPOT ms"],
+                    [[s["concurrency"], s["raw_cb_tok_s"], s["server_tok_s"], s["ratio"], s["raw_cb_tpot_ms"],
+                      s["server_tpot_ms"]] for s in r["sweep"]])
+    return (f"# LLM benchmark ({r['when']})\n\n{machine_line(r['machine'])}; model `{r['model']}`; "
+            f"{r['prompt_tokens']} prompt tokens, {r['max_tokens']} output tokens, {r['runs']} interleaved runs.\n\n"
+            f"{single}\n\nserver/raw LLMPipeline token rate **{r['ratio_tok_s']:.3f}**, vs raw continuous batching "
+            f"**{r['ratio_tok_s_vs_raw_cb']:.3f}**; TTFT overhead **{r['ttft_overhead_ms']:.1f} ms**.\n\n"
+            f"## Concurrency\n\n{sweep_t}\n\n## Multi-turn (prefix caching)\n\nfollow-up turn TTFT "
+            f"{r['multi_turn']['followup_ttft_ms']:.1f} ms vs a cold prompt of the same length "
+            f"{r['multi_turn']['cold_same_length_ttft_ms']:.1f} ms.\n\n## Load and memory\n\n"
+            f"raw LLMPipeline load {r['load_s']['raw_llm_pipeline']:.2f} s; server LLM load "
+            f"{r['load_s']['server_llm']} s, image load {r['load_s']['server_image']} s; peak RSS of the server with "
+            f"both models {r['peak_rss_mib']['server_both_models']:.0f} MiB.\n")
 
 
 if __name__ == "__main__":

@@ -218,12 +218,22 @@ function scrollToBottom() {
   els.messages.scrollTop = els.messages.scrollHeight;
 }
 
-// Follow the stream only if the reader is already at the bottom: do not yank them away from older messages.
-function keepScrolled(change) {
-  const stick = nearBottom();
-  change();
-  if (stick) scrollToBottom();
-}
+// Follow new content while the reader is at the bottom; a reader who scrolled up to older messages stays there.
+// A ResizeObserver catches every growth (streamed text, an image loading, the header wrapping), not only ours.
+const follow = {
+  stick: true,
+  observer: new ResizeObserver(() => {
+    if (follow.stick) scrollToBottom();
+  }),
+  watch(el) {
+    this.observer.observe(el);
+  },
+  reset() {
+    this.observer.disconnect();
+    this.observer.observe(els.messages);
+    this.stick = true;
+  },
+};
 
 function updateEmptyHint() {
   els.emptyHint.hidden = els.messages.childElementCount > 0;
@@ -231,6 +241,7 @@ function updateEmptyHint() {
 
 function clearMessages() {
   els.messages.replaceChildren();
+  follow.reset();
   updateEmptyHint();
 }
 
@@ -247,7 +258,8 @@ function addUserMessage(text, created) {
   const article = els.tplUser.content.firstElementChild.cloneNode(true);
   article.querySelector(".msg-text").textContent = text;
   stampTime(article, created);
-  keepScrolled(() => els.messages.append(article));
+  els.messages.append(article);
+  follow.watch(article);
   updateEmptyHint();
   return article;
 }
@@ -306,7 +318,8 @@ class AssistantView {
   }
 
   attach() {
-    keepScrolled(() => els.messages.append(this.el));
+    els.messages.append(this.el);
+    follow.watch(this.el);
     updateEmptyHint();
     return this;
   }
@@ -318,14 +331,12 @@ class AssistantView {
   }
 
   addReasoning(text) {
-    keepScrolled(() => {
-      this.reasoning.hidden = false;
-      this.reasoningText.append(text);
-    });
+    this.reasoning.hidden = false;
+    this.reasoningText.append(text);
   }
 
   addContent(text) {
-    keepScrolled(() => this.answer.append(text));
+    this.answer.append(text);
   }
 
   finishAnswer() {
@@ -341,25 +352,21 @@ class AssistantView {
   setImagePrompt(prompt) {
     if (!prompt) return;
     this.prompt = prompt;
-    keepScrolled(() => {
-      this.imageBlock.hidden = false;
-      this.imagePrompt.replaceChildren();
-      const label = document.createElement("strong");
-      label.textContent = "Image prompt: ";
-      const params = document.createElement("span");
-      params.className = "muted image-params";
-      params.textContent = ` (${describeImagePrompt(prompt)})`;
-      this.imagePrompt.append(label, prompt.prompt || "", params);
-    });
+    this.imageBlock.hidden = false;
+    this.imagePrompt.replaceChildren();
+    const label = document.createElement("strong");
+    label.textContent = "Image prompt: ";
+    const params = document.createElement("span");
+    params.className = "muted image-params";
+    params.textContent = ` (${describeImagePrompt(prompt)})`;
+    this.imagePrompt.append(label, prompt.prompt || "", params);
   }
 
   showProgress(step, total, fraction) {
-    keepScrolled(() => {
-      this.imageBlock.hidden = false;
-      this.progressBox.hidden = false;
-      this.progress.value = Math.round((fraction || 0) * 100);
-      this.progressText.textContent = total ? `Rendering: step ${step} of ${total}` : "Waiting for the image…";
-    });
+    this.imageBlock.hidden = false;
+    this.progressBox.hidden = false;
+    this.progress.value = Math.round((fraction || 0) * 100);
+    this.progressText.textContent = total ? `Rendering: step ${step} of ${total}` : "Waiting for the image…";
   }
 
   hideProgress() {
@@ -370,10 +377,8 @@ class AssistantView {
     if (!urls || urls.length === 0 || this.imageList.childElementCount > 0) return;
     if (prompt) this.setImagePrompt(prompt);
     this.hideProgress();
-    keepScrolled(() => {
-      this.imageBlock.hidden = false;
-      for (const url of urls) this.imageList.append(imageLink(url, prompt || this.prompt));
-    });
+    this.imageBlock.hidden = false;
+    for (const url of urls) this.imageList.append(imageLink(url, prompt || this.prompt));
   }
 
   showNotice(text, kind) {
@@ -867,6 +872,10 @@ function wire() {
 }
 
 function init() {
+  els.messages.addEventListener("scroll", () => {
+    follow.stick = nearBottom();
+  });
+  follow.reset();
   state.userId = ensureUserId();
   state.conversationId = load(STORE.conversationId, "default");
   if (!/^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$/.test(state.conversationId)) state.conversationId = "default";
