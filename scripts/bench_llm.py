@@ -37,8 +37,10 @@ from scripts.bench_common import (  # noqa: E402
 )
 from tests.e2e.conftest import LiveServer, start_server  # noqa: E402
 
-WORDS = ("laptop battery screen keyboard model token cache memory image prompt answer reason light river mountain "
-         "city music garden window planet science history ocean forest").split()
+WORDS = [
+    "laptop", "battery", "screen", "keyboard", "model", "token", "cache", "memory", "image", "prompt", "answer",
+    "reason", "light", "river", "mountain", "city", "music", "garden", "window", "planet", "science", "history",
+]
 
 
 def make_messages(tokenizer: Any, i: int, prompt_tokens: int) -> list[dict[str, str]]:

@@ -223,167 +223,171 @@ class _Reply(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def _make_handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to ``hub``, acting as the hub or the CDN."""
+class _Handler(BaseHTTPRequestHandler):
+    """Answers as the hub or as the CDN (``role``) for one ``FakeHub``."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    hub: FakeHub
+    role: str
+    protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr logging
-            return
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr logging
+        return
 
-        def do_HEAD(self) -> None:  # noqa: N802
-            self._dispatch("HEAD")
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
 
-        def do_GET(self) -> None:  # noqa: N802
-            self._dispatch("GET")
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
-            self._dispatch("POST")
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
 
-        # ---------------------------------------------------------------------------------- routing
+    # ---------------------------------------------------------------------------------- routing
 
-        def _dispatch(self, method: str) -> None:
-            url = urlsplit(self.path)
-            path = unquote(url.path)
-            query = parse_qs(url.query)
-            try:
-                if server == "cdn":
-                    self._cdn_get(method, path)
-                elif path.startswith("/api/models/"):
-                    self._api(method, path.removeprefix("/api/models/"), query)
-                elif "/resolve/" in path:
-                    self._resolve(method, path)
-                else:
-                    raise _Reply(404, "Not Found")
-            except _Reply as reply:
-                self._error(method, path, reply)
-
-        def _api(self, method: str, rest: str, query: dict[str, list[str]]) -> None:
-            parts = rest.split("/")
-            repo = self._repo("/".join(parts[:2]), content=False)
-            tail = parts[2:]
-            if method == "GET" and (not tail or (len(tail) == 2 and tail[0] == "revision")):
-                self._check_revision(repo, tail[1] if tail else "main")
-                blobs = query.get("blobs", ["false"])[0].lower() == "true"
-                self._json(method, "/api/models/" + rest, _model_info(repo, blobs))
-            elif method == "GET" and len(tail) >= 2 and tail[0] == "tree":
-                self._check_revision(repo, tail[1])
-                recursive = query.get("recursive", ["false"])[0].lower() == "true"
-                self._json(method, "/api/models/" + rest, _tree(repo, "/".join(tail[2:]), recursive))
-            elif method == "POST" and len(tail) == 2 and tail[0] == "paths-info":
-                self._check_revision(repo, tail[1])
-                length = int(self.headers.get("Content-Length") or 0)
-                form = parse_qs(self.rfile.read(length).decode())
-                wanted = set(form.get("paths", []))
-                self._json(method, "/api/models/" + rest, [e for e in _tree(repo, "", True) if e["path"] in wanted])
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        query = parse_qs(url.query)
+        try:
+            if self.role == "cdn":
+                self._cdn_get(method, path)
+            elif path.startswith("/api/models/"):
+                self._api(method, path.removeprefix("/api/models/"), query)
+            elif "/resolve/" in path:
+                self._resolve(method, path)
             else:
                 raise _Reply(404, "Not Found")
+        except _Reply as reply:
+            self._error(method, path, reply)
 
-        def _resolve(self, method: str, path: str) -> None:
-            repo_id, _, rest = path.lstrip("/").partition("/resolve/")
-            revision, _, file_path = rest.partition("/")
-            repo = self._repo(repo_id, content=True)
-            self._check_revision(repo, revision)
-            entry = repo.files.get(file_path)
-            if entry is None:
-                raise _Reply(404, "Entry not found", "EntryNotFound")
-            headers = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
-            if entry.lfs:
-                location = f"{hub.cdn}/lfs/{entry.sha256}?file={quote(entry.path)}&X-Amz-Signature=fake"
-                headers |= {"Location": location, "X-Linked-Etag": f'"{entry.sha256}"',
-                            "X-Linked-Size": str(entry.size), "ETag": f'"{entry.oid}"'}
-                self._send(method, 302, headers, b"", entry.path)
+    def _api(self, method: str, rest: str, query: dict[str, list[str]]) -> None:
+        parts = rest.split("/")
+        repo = self._repo("/".join(parts[:2]), content=False)
+        tail = parts[2:]
+        if method == "GET" and (not tail or (len(tail) == 2 and tail[0] == "revision")):
+            self._check_revision(repo, tail[1] if tail else "main")
+            blobs = query.get("blobs", ["false"])[0].lower() == "true"
+            self._json(method, "/api/models/" + rest, _model_info(repo, blobs))
+        elif method == "GET" and len(tail) >= 2 and tail[0] == "tree":
+            self._check_revision(repo, tail[1])
+            recursive = query.get("recursive", ["false"])[0].lower() == "true"
+            self._json(method, "/api/models/" + rest, _tree(repo, "/".join(tail[2:]), recursive))
+        elif method == "POST" and len(tail) == 2 and tail[0] == "paths-info":
+            self._check_revision(repo, tail[1])
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode())
+            wanted = set(form.get("paths", []))
+            self._json(method, "/api/models/" + rest, [e for e in _tree(repo, "", True) if e["path"] in wanted])
+        else:
+            raise _Reply(404, "Not Found")
+
+    def _resolve(self, method: str, path: str) -> None:
+        repo_id, _, rest = path.lstrip("/").partition("/resolve/")
+        revision, _, file_path = rest.partition("/")
+        repo = self._repo(repo_id, content=True)
+        self._check_revision(repo, revision)
+        entry = repo.files.get(file_path)
+        if entry is None:
+            raise _Reply(404, "Entry not found", "EntryNotFound")
+        headers = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
+        if entry.lfs:
+            location = f"{self.hub.cdn}/lfs/{entry.sha256}?file={quote(entry.path)}&X-Amz-Signature=fake"
+            headers |= {"Location": location, "X-Linked-Etag": f'"{entry.sha256}"',
+                        "X-Linked-Size": str(entry.size), "ETag": f'"{entry.oid}"'}
+            self._send(method, 302, headers, b"", entry.path)
+            return
+        headers["ETag"] = f'"{entry.oid}"'
+        self._body(method, entry, headers)
+
+    def _cdn_get(self, method: str, path: str) -> None:
+        if not path.startswith("/lfs/"):
+            raise _Reply(404, "Not Found")
+        entry = self.hub.find_blob(path.removeprefix("/lfs/"))
+        if entry is None:
+            raise _Reply(404, "NoSuchKey")
+        self._body(method, entry, {"ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes"})
+
+    # --------------------------------------------------------------------------------- checks
+
+    def _token(self) -> str | None:
+        auth = self.headers.get("Authorization")
+        if not auth:
+            return None
+        token = auth.removeprefix("Bearer ").strip()
+        if token not in self.hub.tokens:
+            raise _Reply(401, INVALID_TOKEN)
+        return token
+
+    def _repo(self, repo_id: str, *, content: bool) -> FakeRepo:
+        token = self._token()
+        repo = self.hub.repos.get(repo_id)
+        if repo is None or (repo.private and token not in repo.readers):
+            raise _Reply(401 if token is None else 404, "Repository not found", "RepoNotFound")
+        if repo.gated and content and token not in repo.readers:
+            if token is None:
+                raise _Reply(401, f"Access to model {repo_id} is restricted. You must have access to it and be "
+                                  "authenticated to access it. Please log in.", "GatedRepo")
+            raise _Reply(403, f"Access to model {repo_id} is restricted and you are not in the authorized list. "
+                              f"Visit https://huggingface.co/{repo_id} to ask for access.", "GatedRepo")
+        return repo
+
+    def _check_revision(self, repo: FakeRepo, revision: str) -> None:
+        if revision not in ("main", repo.commit):
+            raise _Reply(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+
+    # -------------------------------------------------------------------------------- replies
+
+    def _body(self, method: str, entry: RepoFileEntry, headers: dict[str, str]) -> None:
+        """Send a file body (whole, or from a ``Range: bytes=N-`` start), honouring a pending cut."""
+        data = self.hub.body_of(entry)
+        wanted = self.headers.get("Range")
+        start = 0
+        status = 200
+        if wanted:
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+            if start >= entry.size:
+                headers["Content-Range"] = f"bytes */{entry.size}"
+                self._send(method, 416, headers, b"", entry.path, wanted)
                 return
-            headers["ETag"] = f'"{entry.oid}"'
-            self._body(method, entry, headers)
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{entry.size - 1}/{entry.size}"
+        cut = self.hub.take_cut(entry.path) if method == "GET" else None
+        self._send(method, status, headers, data[start:], entry.path, wanted, cut=cut)
 
-        def _cdn_get(self, method: str, path: str) -> None:
-            if not path.startswith("/lfs/"):
-                raise _Reply(404, "Not Found")
-            entry = hub.find_blob(path.removeprefix("/lfs/"))
-            if entry is None:
-                raise _Reply(404, "NoSuchKey")
-            self._body(method, entry, {"ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes"})
+    def _json(self, method: str, path: str, payload: Any) -> None:
+        self._send(method, 200, {"Content-Type": "application/json; charset=utf-8"},
+                   json.dumps(payload).encode(), path)
 
-        # --------------------------------------------------------------------------------- checks
+    def _error(self, method: str, path: str, reply: _Reply) -> None:
+        headers = {"Content-Type": "application/json; charset=utf-8", "X-Error-Message": reply.message}
+        if reply.code:
+            headers["X-Error-Code"] = reply.code
+        self._send(method, reply.status, headers, json.dumps({"error": reply.message}).encode(), path)
 
-        def _token(self) -> str | None:
-            auth = self.headers.get("Authorization")
-            if not auth:
-                return None
-            token = auth.removeprefix("Bearer ").strip()
-            if token not in hub.tokens:
-                raise _Reply(401, INVALID_TOKEN)
-            return token
+    def _send(self, method: str, status: int, headers: dict[str, str], body: bytes, logged_path: str,
+              wanted: str | None = None, *, cut: int | None = None) -> None:
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        sent = 0
+        if method != "HEAD":
+            limit = len(body) if cut is None else min(cut, len(body))
+            for start in range(0, limit, _CHUNK):
+                piece = body[start : min(start + _CHUNK, limit)]
+                self.wfile.write(piece)
+                sent += len(piece)
+            self.wfile.flush()
+            if cut is not None:
+                time.sleep(0.05)  # let the client read what was sent before the connection drops
+                self.close_connection = True
+        self.hub.record(Served(self.role, method, logged_path, status, wanted,
+                          self.headers.get("Authorization") is not None, sent))
 
-        def _repo(self, repo_id: str, *, content: bool) -> FakeRepo:
-            token = self._token()
-            repo = hub.repos.get(repo_id)
-            if repo is None or (repo.private and token not in repo.readers):
-                raise _Reply(401 if token is None else 404, "Repository not found", "RepoNotFound")
-            if repo.gated and content and token not in repo.readers:
-                if token is None:
-                    raise _Reply(401, f"Access to model {repo_id} is restricted. You must have access to it and be "
-                                      "authenticated to access it. Please log in.", "GatedRepo")
-                raise _Reply(403, f"Access to model {repo_id} is restricted and you are not in the authorized list. "
-                                  f"Visit https://huggingface.co/{repo_id} to ask for access.", "GatedRepo")
-            return repo
 
-        def _check_revision(self, repo: FakeRepo, revision: str) -> None:
-            if revision not in ("main", repo.commit):
-                raise _Reply(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-
-        # -------------------------------------------------------------------------------- replies
-
-        def _body(self, method: str, entry: RepoFileEntry, headers: dict[str, str]) -> None:
-            """Send a file body (whole, or from a ``Range: bytes=N-`` start), honouring a pending cut."""
-            data = hub.body_of(entry)
-            wanted = self.headers.get("Range")
-            start = 0
-            status = 200
-            if wanted:
-                start = int(wanted.removeprefix("bytes=").split("-")[0])
-                if start >= entry.size:
-                    headers["Content-Range"] = f"bytes */{entry.size}"
-                    self._send(method, 416, headers, b"", entry.path, wanted)
-                    return
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{entry.size - 1}/{entry.size}"
-            cut = hub.take_cut(entry.path) if method == "GET" else None
-            self._send(method, status, headers, data[start:], entry.path, wanted, cut=cut)
-
-        def _json(self, method: str, path: str, payload: Any) -> None:
-            self._send(method, 200, {"Content-Type": "application/json; charset=utf-8"},
-                       json.dumps(payload).encode(), path)
-
-        def _error(self, method: str, path: str, reply: _Reply) -> None:
-            headers = {"Content-Type": "application/json; charset=utf-8", "X-Error-Message": reply.message}
-            if reply.code:
-                headers["X-Error-Code"] = reply.code
-            self._send(method, reply.status, headers, json.dumps({"error": reply.message}).encode(), path)
-
-        def _send(self, method: str, status: int, headers: dict[str, str], body: bytes, logged_path: str,
-                  wanted: str | None = None, *, cut: int | None = None) -> None:
-            self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(body))}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            sent = 0
-            if method != "HEAD":
-                limit = len(body) if cut is None else min(cut, len(body))
-                for start in range(0, limit, _CHUNK):
-                    piece = body[start : min(start + _CHUNK, limit)]
-                    self.wfile.write(piece)
-                    sent += len(piece)
-                self.wfile.flush()
-                if cut is not None:
-                    time.sleep(0.05)  # let the client read what was sent before the connection drops
-                    self.close_connection = True
-            hub.record(Served(server, method, logged_path, status, wanted,
-                              self.headers.get("Authorization") is not None, sent))
-
-    return Handler
+def _make_handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
+    """A handler class bound to ``hub``, acting as the hub or the CDN."""
+    return type(f"_{role.title()}Handler", (_Handler,), {"hub": hub, "role": role})
 
 
 def _model_info(repo: FakeRepo, blobs: bool) -> dict[str, Any]:
