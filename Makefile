@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo demo-models test check bench clean
+.PHONY: install run demo demo-models test browser-deps check bench bench-full clean
 
 install: $(STAMP)
 
@@ -23,12 +23,32 @@ demo-models: install
 demo: demo-models
 	$(BIN)/aipc-chat serve --demo
 
-test: demo-models
+test: demo-models browser-deps
 	$(BIN)/python -m pytest
+
+# The page's tests drive Debian's Chromium (playwright's own browser download is not used). Installed when we may;
+# elsewhere the browser tests skip and say why.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: install it (apt-get install chromium) to run tests/browser"; fi; }
 
 check: install
 	$(BIN)/ruff check aipc_chat tests scripts
 	$(BIN)/mypy
+
+# Benchmarks write JSON, Markdown and PNG plots into bench-results/ (see docs/benchmarks.md).
+bench: demo-models
+	$(BIN)/python scripts/bench_llm.py --model demo --runs 5 --out bench-results/llm
+	$(BIN)/python scripts/bench_image.py --model demo --size 512 --steps 20 --runs 3 --out bench-results/image
+	$(BIN)/python scripts/bench_startup.py --rounds 2 --out bench-results/startup.json
+
+bench-full: install
+	$(BIN)/aipc-chat bench-models
+	$(BIN)/python scripts/bench_llm.py --model bench --runs 5 --prompt-tokens 128 --max-tokens 64 \
+		--history-tokens 1024 --out bench-results/llm-full
+	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 20 --runs 3 --out bench-results/image-full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

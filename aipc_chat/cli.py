@@ -7,9 +7,11 @@ the subcommand that needs them, so ``aipc-chat --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -52,8 +54,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         log.warning("Binding %s without AIPC_API_KEY: anyone on the network can use this server. Add the names "
                     "clients use to AIPC_ALLOWED_HOSTS.", settings.host)
-    uvicorn.run(create_app(settings, runtime), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), host=settings.host, port=settings.port,
+                                           log_level=settings.log_level, timeout_graceful_shutdown=30))
+    runtime.on_fatal = lambda _: setattr(server, "should_exit", True)
+    server.run()
+    if runtime.fatal:
+        raise ModelSetupError(runtime.fatal)
     return 0
 
 
@@ -77,6 +83,78 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch the configured hub models into the models dir (resumes, verifies, writes a manifest)."""
+    from aipc_chat.provision.hub import download_model
+    from aipc_chat.provision.resolve import choose_model
+
+    settings = _settings({"models_dir": args.models_dir})
+    _setup_logging(settings.log_level)
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    kinds = ("llm", "image") if args.kind == "all" else (args.kind,)
+    for kind in kinds:
+        choice = choose_model(settings, kind)  # type: ignore[arg-type]
+        if choice.source != "repo":
+            print(f"{kind}: {choice.source} model {choice.name}, nothing to download")  # noqa: T201
+            continue
+        repo, revision, folder = choice.hub_target()
+        download_model(repo, revision, folder, kind=choice.kind, token=token)
+        print(f"{kind}: {repo}@{revision} ready in {folder}")  # noqa: T201
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models present: source, name, kind, size, verified."""
+    from aipc_chat.provision.hub import list_models, verify_manifest
+
+    settings = _settings({"models_dir": args.models_dir})
+    rows = list_models(settings.models_dir)
+    if args.full:
+        for row in rows:
+            if row["source"] != "demo":
+                row["problems"] = verify_manifest(Path(row["path"]), full=True)
+                row["verified"] = not row["problems"]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))  # noqa: T201
+        return 0
+    print(f"{'source':<10} {'kind':<6} {'size MB':>9}  {'verified':<9} name")  # noqa: T201
+    for row in rows:
+        problem = f"  ({row['problems'][0]})" if row.get("problems") else ""
+        print(f"{row['source']:<10} {row['kind'] or '?':<6} {row['size_bytes'] / 1e6:>9.1f}  "  # noqa: T201
+              f"{'yes' if row['verified'] else 'no':<9} {row['name']}{problem}")
+    if not rows:
+        print(f"No models in {settings.models_dir}. Run `aipc-chat download` or `aipc-chat demo-models`.")  # noqa: T201
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a Hugging Face model (hub id or folder) to OpenVINO IR in <models>/converted."""
+    from aipc_chat.provision.convert import convert_model
+
+    settings = _settings({"models_dir": args.models_dir})
+    _setup_logging(settings.log_level)
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    out = convert_model(args.model, args.kind, settings.models_dir, weight_format=args.weight_format, name=args.name,
+                        group_size=args.group_size, ratio=args.ratio, sym=args.sym, token=token,
+                        revision=args.revision, overwrite=args.force, self_test=not args.no_self_test)
+    print(f"Converted into {out}\nServe it with AIPC_{args.kind.upper()}_PATH={out}")  # noqa: T201
+    return 0
+
+
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    """Build the shape-alike benchmark models (real architectures, random weights) into <models>/bench."""
+    from aipc_chat.provision.bench_models import build_bench_image, build_bench_llm
+
+    settings = _settings({"models_dir": args.models_dir})
+    _setup_logging(settings.log_level)
+    if args.only in (None, "llm"):
+        build_bench_llm(settings.models_dir / "bench" / "llm", force=args.force)
+    if args.only in (None, "image"):
+        build_bench_image(settings.models_dir / "bench" / "image", force=args.force)
+    print(f"Benchmark models ready in {settings.models_dir / 'bench'}")  # noqa: T201
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="aipc-chat", description="Local chat + image server for Intel AI PCs.")
@@ -95,6 +173,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--only", choices=["llm", "image"], help="build only one of them")
     demo.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
     demo.set_defaults(func=cmd_demo_models)
+
+    download = sub.add_parser("download", help="fetch the configured hub models (AIPC_LLM_REPO, AIPC_IMAGE_REPO)")
+    download.add_argument("--kind", choices=["llm", "image", "all"], default="all")
+    download.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    download.set_defaults(func=cmd_download)
+
+    models = sub.add_parser("models", help="list the models present, their size and whether they verify")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.add_argument("--full", action="store_true", help="re-hash every file against its manifest")
+    models.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    models.set_defaults(func=cmd_models)
+
+    convert = sub.add_parser("convert", help="convert a Hugging Face model to OpenVINO IR (INT4 LLM, FP16/INT8 SD)")
+    convert.add_argument("model", help="hub id or local folder of a transformers / diffusers model")
+    convert.add_argument("--kind", choices=["llm", "image"], required=True)
+    convert.add_argument("--weight-format", choices=["int4", "int8", "fp16", "fp32"],
+                         help="default: int4 for an LLM, fp16 for an image pipeline")
+    convert.add_argument("--name", help="folder name under <models>/converted")
+    convert.add_argument("--group-size", type=int, help="INT4 group size (default 128, or what divides the layers)")
+    convert.add_argument("--ratio", type=float, default=1.0, help="share of layers in INT4 (rest INT8)")
+    convert.add_argument("--sym", action="store_true", help="symmetric INT4 (the NPU prefers channel-wise sym)")
+    convert.add_argument("--revision", help="hub revision of MODEL")
+    convert.add_argument("--force", action="store_true", help="replace an earlier conversion")
+    convert.add_argument("--no-self-test", action="store_true", help="skip the quick generation check")
+    convert.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    convert.set_defaults(func=cmd_convert)
+
+    bench = sub.add_parser("bench-models", help="build the shape-alike benchmark models (1.5B LLM, SD 1.5)")
+    bench.add_argument("--force", action="store_true", help="rebuild even if present")
+    bench.add_argument("--only", choices=["llm", "image"], help="build only one of them")
+    bench.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    bench.set_defaults(func=cmd_bench_models)
     return parser
 
 

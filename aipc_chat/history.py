@@ -125,10 +125,11 @@ class HistoryStore:
             self._db.execute("COMMIT")
         return int(cursor.lastrowid or 0)
 
-    def set_image_urls(self, message_id: int, urls: list[str]) -> None:
-        """Replace an answer's image URLs (an image that failed after the turn was stored)."""
+    def set_images(self, message_id: int, urls: list[str], image_prompt: dict[str, Any] | None) -> None:
+        """Record how an answer's image ended (its URLs, none if it failed or was stopped; the seed it used)."""
         with self._lock:
-            self._db.execute("UPDATE messages SET image_urls = ? WHERE id = ?", (json.dumps(urls), message_id))
+            self._db.execute("UPDATE messages SET image_urls = ?, image_prompt = ? WHERE id = ?",
+                             (json.dumps(urls), json.dumps(image_prompt), message_id))
 
     def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""

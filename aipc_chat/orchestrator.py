@@ -169,21 +169,27 @@ class Orchestrator:
         if prompt is None and req.image == "always":
             prompt = await self._ask_image_prompt(llm, req.message)
         job = self._start_image(req, prompt, result) if prompt is not None else None
-        if result.image_prompt is not None:
-            yield "image_prompt", {"image_prompt": result.image_prompt}
-        if job is not None:
-            yield "image_queued", {"job_id": job.id, "image_urls": result.image_urls}
-        elif result.image_error:
-            yield "image_error", result.image_error
-        # Stored now, answer in hand: a client that leaves during the image still finds the turn in its history.
+        # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
             req.message, result.assistant_response, result.reasoning or None, result.image_urls,
             result.image_prompt))
-        if job is not None and req.wait_for_image:
-            async for event in self._wait_image(job, result):
-                yield event
-            if not result.image_generated:
-                await asyncio.to_thread(self.history.set_image_urls, message_id, [])
+        finished = job is None or not req.wait_for_image
+        try:
+            if result.image_prompt is not None:
+                yield "image_prompt", {"image_prompt": result.image_prompt}
+            if job is not None:
+                yield "image_queued", {"job_id": job.id, "image_urls": result.image_urls}
+            elif result.image_error:
+                yield "image_error", result.image_error
+            if job is not None and req.wait_for_image:
+                async for event in self._wait_image(job, result):
+                    yield event
+                finished = True
+                await asyncio.to_thread(self.history.set_images, message_id, result.image_urls, result.image_prompt)
+        finally:
+            if not finished and job is not None:  # the client left (Stop, disconnect): stop its picture too
+                job.cancel()
+                self.history.set_images(message_id, [], result.image_prompt)
         result.timings["total_s"] = round(time.perf_counter() - t0, 4)
         yield "done", {"result": result}
 
@@ -275,7 +281,7 @@ class Orchestrator:
             yield "image_error", result.image_error
             return
         finally:
-            waiter.cancel()  # a client that left stops waiting; the job itself goes on and its URLs become valid
+            waiter.cancel()
         result.image_generated, result.image_state = True, "done"
         result.image_prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
         result.timings["image_s"] = round(time.perf_counter() - t0, 4)

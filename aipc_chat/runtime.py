@@ -12,18 +12,19 @@ from typing import Literal
 from aipc_chat.engines.image import ImageEngine, ImageJob
 from aipc_chat.engines.llm import Done, LLMEngine
 from aipc_chat.engines.remote import RemoteImages, RemoteLLM, remote_ready
-from aipc_chat.errors import NotReady
+from aipc_chat.errors import ModelSetupError, NotReady
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
 from aipc_chat.prompts import Prompts
 from aipc_chat.provision.devices import available_devices, resolve_device
+from aipc_chat.provision.hub import download_model, probe_repo, verify_manifest
 from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
 from aipc_chat.safety import PromptFilter
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
-State = Literal["pending", "loading", "ready", "failed"]
+State = Literal["pending", "downloading", "loading", "ready", "failed"]
 
 
 @dataclass
@@ -35,13 +36,14 @@ class ModelStatus:
     state: State = "pending"
     error: str | None = None
     load_seconds: float | None = None
+    download: dict[str, int] | None = None  # bytes done / total while a missing model downloads
     started: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form."""
         return {
             "model": self.choice.name, "source": self.choice.source, "device": self.device,
-            "state": self.state, "error": self.error, "load_seconds": self.load_seconds,
+            "state": self.state, "error": self.error, "load_seconds": self.load_seconds, "download": self.download,
         }
 
 
@@ -58,6 +60,8 @@ class Runtime:
         }
         self._loader: threading.Thread | None = None
         self._closed = threading.Event()
+        self.on_fatal: Callable[[str], None] | None = None  # the CLI stops the server when a model cannot be had
+        self.fatal: str | None = None
         self.llm_observers: list[Callable[[Done], None]] = []
         self.image_observers: list[Callable[[ImageJob], None]] = []
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
@@ -67,12 +71,43 @@ class Runtime:
             max_tokens=min(settings.chat_max_tokens, settings.max_tokens_limit), timeout=settings.request_timeout)
 
     def check(self) -> None:
-        """Fail fast (ModelSetupError) when a device is absent or a local model folder is missing."""
+        """Fail fast (ModelSetupError) when a device is absent, or a model is missing and cannot be downloaded."""
         devices = available_devices()
         for kind, status in self.status.items():
-            if status.choice.source != "remote":
-                status.device = resolve_device(status.device, devices, kind)
-                check_present(status.choice)
+            choice = status.choice
+            if choice.source == "remote":
+                continue
+            status.device = resolve_device(status.device, devices, kind)
+            if choice.source != "repo" or not self._needs_download(choice):
+                check_present(choice)
+            elif not self.settings.auto_download_models:
+                check_present(choice)
+                raise ModelSetupError(f"The {kind} model {choice.repo} is incomplete in {choice.path}: run "
+                                      "`aipc-chat download` (AUTO_DOWNLOAD_MODELS is off).")
+            else:
+                repo, revision, folder = choice.hub_target()
+                probe_repo(repo, revision, folder, kind=kind, token=self._token())
+
+    @staticmethod
+    def _needs_download(choice: ModelChoice) -> bool:
+        """A hub model is complete when its manifest (written last) checks out."""
+        return choice.path is None or bool(verify_manifest(choice.path))
+
+    def _token(self) -> str | None:
+        return self.settings.hf_token.get_secret_value() if self.settings.hf_token else None
+
+    def _download(self, kind: Kind, status: ModelStatus) -> None:
+        """Fetch a missing hub model (progress in /ready); a failure stops the server with the reason."""
+        repo, revision, folder = status.choice.hub_target()
+        status.state, status.download = "downloading", {"done": 0, "total": 0}
+
+        def progress(done: int, total: int) -> None:
+            status.download = {"done": done, "total": total}
+            if self._closed.is_set():
+                raise ModelSetupError("The server is shutting down.")
+
+        log.info("downloading the %s model %s@%s into %s", kind, repo, revision, folder)
+        download_model(repo, revision, folder, kind=kind, token=self._token(), progress=progress)
 
     def start_loading(self) -> None:
         """Load both models on a background thread so /health and /ready answer meanwhile."""
@@ -94,6 +129,13 @@ class Runtime:
             engine = self._make_engine(kind, status)
             engine.observers = self.llm_observers if kind == "llm" else self.image_observers
             engine.load()
+        except ModelSetupError as exc:
+            log.error("%s", exc)
+            status.state, status.error = "failed", str(exc)
+            self.fatal = str(exc)
+            if self.on_fatal is not None:
+                self.on_fatal(str(exc))
+            return
         except Exception as exc:
             log.exception("loading the %s model failed", kind)
             status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -107,6 +149,9 @@ class Runtime:
 
     def _make_engine(self, kind: Kind, status: ModelStatus) -> LLMEngine | RemoteLLM | ImageEngine:
         choice, s = status.choice, self.settings
+        if choice.source == "repo" and s.auto_download_models and self._needs_download(choice):
+            self._download(kind, status)
+            status.state = "loading"
         if choice.source == "remote":
             assert choice.endpoint is not None
             status.device = "remote"

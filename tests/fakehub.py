@@ -32,7 +32,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,7 +45,7 @@ _CHUNK = 64 * 1024
 
 def git_blob_sha1(data: bytes) -> str:
     """The git object id of a blob: sha1 of ``blob <size>\\0`` + content."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's id, not security
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 @dataclass
@@ -98,10 +97,11 @@ class FakeRepo:
     gated: bool = False
     private: bool = False
     readers: set[str] = field(default_factory=set)  # tokens allowed in (accepted the licence / members)
+    file_metadata: bool = True  # False: model_info lists bare names even with blobs=true (a client must use the tree)
 
     @property
     def commit(self) -> str:
-        digest = hashlib.sha1(self.repo_id.encode())  # noqa: S324
+        digest = hashlib.sha1(self.repo_id.encode(), usedforsecurity=False)
         for path in sorted(self.files):
             digest.update(f"{path}\0{self.files[path].oid}\n".encode())
         return digest.hexdigest()
@@ -130,9 +130,10 @@ class FakeHub:
         self._cuts: dict[str, int] = {}
         self._corrupt: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._hub = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self, "hub"))
-        self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self, "cdn"))
-        self._threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self._hub, self._cdn)]
+        self._hub = _Server(("127.0.0.1", 0), _make_handler(self, "hub"))
+        self._cdn = _Server(("127.0.0.1", 0), _make_handler(self, "cdn"))
+        self._threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
+                         for s in (self._hub, self._cdn)]
         for thread in self._threads:
             thread.start()
 
@@ -148,7 +149,7 @@ class FakeHub:
 
     def add_repo(self, repo_id: str, folder: Path | None = None, *, extra: dict[str, bytes] | None = None,
                  gated: bool = False, private: bool = False, readers: set[str] | None = None,
-                 lfs_over: int = 10 * 1024 * 1024) -> FakeRepo:
+                 file_metadata: bool = True, lfs_over: int = 10 * 1024 * 1024) -> FakeRepo:
         """Serve ``folder`` (plus ``extra`` files) as ``repo_id``; big files and weight suffixes go to LFS."""
         contents: dict[str, bytes] = {}
         if folder is not None:
@@ -157,7 +158,8 @@ class FakeHub:
                     contents[file.relative_to(folder).as_posix()] = file.read_bytes()
         contents |= extra or {}
         files = {p: RepoFileEntry(p, d, p.endswith(LFS_SUFFIXES) or len(d) > lfs_over) for p, d in contents.items()}
-        repo = FakeRepo(repo_id, files, gated=gated, private=private, readers=set(readers or ()))
+        repo = FakeRepo(repo_id, files, gated=gated, private=private, readers=set(readers or ()),
+                        file_metadata=file_metadata)
         self.tokens |= repo.readers
         self.repos[repo_id] = repo
         return repo
@@ -170,9 +172,18 @@ class FakeHub:
         """Serve ``path`` with the byte at ``offset`` flipped (size and advertised hashes unchanged)."""
         self._corrupt[path] = offset
 
+    def heal(self, path: str) -> None:
+        """Serve ``path`` intact again."""
+        self._corrupt.pop(path, None)
+
     def downloads(self, path: str) -> list[Served]:
         """The body-carrying GETs of a repo file, in order."""
         return [s for s in self.log if s.method == "GET" and s.path == path and s.status in (200, 206)]
+
+    def fetched(self, since: int = 0) -> list[str]:
+        """Repo files whose bodies were sent since ``log[since]``, in order."""
+        return [s.path for s in self.log[since:]
+                if s.method == "GET" and s.status in (200, 206) and not s.path.startswith("/api/")]
 
     def bytes_served(self, path: str) -> int:
         """Body bytes sent for ``path`` so far."""
@@ -213,6 +224,13 @@ class FakeHub:
                 if entry.lfs and entry.sha256 == sha256:
                     return entry
         return None
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a client hangs up mid-body."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return
 
 
 class _Reply(Exception):
@@ -394,7 +412,7 @@ def _model_info(repo: FakeRepo, blobs: bool) -> dict[str, Any]:
     """The JSON of ``GET /api/models/{repo}[/revision/{rev}]``."""
     owner = repo.repo_id.split("/")[0]
     return {
-        "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],  # noqa: S324
+        "_id": hashlib.md5(repo.repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
         "id": repo.repo_id,
         "modelId": repo.repo_id,
         "author": owner,
@@ -408,7 +426,7 @@ def _model_info(repo: FakeRepo, blobs: bool) -> dict[str, Any]:
         "likes": 0,
         "tags": ["openvino"],
         "library_name": "openvino",
-        "siblings": [repo.files[p].sibling(blobs) for p in sorted(repo.files)],
+        "siblings": [repo.files[p].sibling(blobs and repo.file_metadata) for p in sorted(repo.files)],
         "usedStorage": sum(e.size for e in repo.files.values()),
     }
 
@@ -429,8 +447,3 @@ def _tree(repo: FakeRepo, under: str, recursive: bool) -> list[dict[str, Any]]:
         if recursive or len(parts) == 1:
             entries[path] = repo.files[path].tree_entry()
     return list(entries.values())
-
-
-def iter_paths(hub: FakeHub, repo_id: str) -> Iterator[str]:
-    """The file paths of a served repository."""
-    yield from sorted(hub.repos[repo_id].files)

@@ -2,9 +2,10 @@
 
 ``download_model`` lists the repository at a revision (one ``model_info`` call: commit sha, sizes, LFS sha256 and git
 blob ids), keeps only the files the pipelines need, and fetches each one over plain HTTP with huggingface_hub's own
-``get_hf_file_metadata`` (HEAD: redirect, auth) and ``http_get`` (Range resume, retries on dropped connections).
-Bytes land in ``<dest>/.aipc-partial/`` and survive an interruption: huggingface_hub 1.21 deletes its own partial
-files when a download fails, so the next attempt here asks for the rest with ``Range`` instead. Each file is checked
+``get_hf_file_metadata`` (HEAD: CDN redirect, no token sent there) and ``http_get`` (Range, retries on dropped
+connections). Plain HTTP, never hf_xet, so that bytes can land in ``<dest>/.aipc-partial/`` and survive an
+interruption: huggingface_hub 1.21 deletes its own partial files when a download fails, so the next attempt here
+asks for the rest with ``Range`` instead (in steps of its 10 MiB write chunk). Each file is checked
 against the hub's sha256 (LFS) or git blob sha1 (small files) before it is moved into place, and
 ``aipc_manifest.json`` (repo, revision, commit, files with size and sha256) is written last: a folder with a
 manifest is complete, and ``verify_manifest`` re-checks it cheaply at start-up.
@@ -39,8 +40,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.file_download import http_get
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import WeakFileLock, build_hf_headers
-from huggingface_hub.utils import tqdm as hf_tqdm
+from huggingface_hub.utils._fixes import WeakFileLock
+from huggingface_hub.utils._headers import build_hf_headers
+from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 
 from aipc_chat import __version__
 from aipc_chat.errors import (
@@ -58,6 +60,8 @@ __all__ = [
     "ProgressCallback",
     "RemoteFile",
     "download_model",
+    "explain_hub_failure",
+    "file_entries",
     "list_models",
     "read_manifest",
     "verify_manifest",
@@ -141,10 +145,13 @@ def download_model(
     """
     dest = Path(dest)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    where = _Where(repo, revision, dest, kind, endpoint, token)
+    where = _Where(repo, revision, dest, kind, endpoint, token or None)
+    old = read_manifest(dest)
     if _offline():
         return _use_local_copy(where, "HF_HUB_OFFLINE=1 is set")
-    dest.mkdir(parents=True, exist_ok=True)
+    if old is not None and old.get("commit") == revision and not verify_manifest(dest):
+        return dest  # a pinned commit never changes: no need to ask the hub
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with WeakFileLock(dest.parent / f".{dest.name}.lock"):
         try:
             commit, files = _remote_files(where)
@@ -155,21 +162,39 @@ def download_model(
                 return _use_local_copy(where, _reason(exc))
             raise _hub_error(exc, where) from exc
         _check_required(where, files)
-        old = read_manifest(dest)
+        total = sum(f.size for f in files)
         if _up_to_date(dest, old, commit, files):
             logger.info("%s@%s (%s) is already in %s", repo, revision, commit[:12], dest)
-            total = sum(f.size for f in files)
-            if progress is not None:
-                progress(total, total)
-            return dest
-        (dest / MANIFEST_NAME).unlink(missing_ok=True)  # the folder is not verified until the new manifest lands
-        _remove_stale(dest, old, files)
-        entries = _fetch_all(where, commit, files, old, progress)
-        write_manifest(dest, entries, source="hub", kind=kind, repo=repo, revision=revision, commit=commit,
-                       endpoint=endpoint)
-        shutil.rmtree(dest / PARTIAL_DIR, ignore_errors=True)
-    logger.info("downloaded %s@%s (%s) into %s", repo, revision, commit[:12], dest)
+        else:
+            dest.mkdir(exist_ok=True)
+            _remove_stale(dest, old, files)
+            entries = _fetch_all(where, commit, files, old, progress)
+            write_manifest(dest, entries, source="hub", kind=kind, repo=repo, revision=revision, commit=commit,
+                           endpoint=endpoint)
+            shutil.rmtree(dest / PARTIAL_DIR, ignore_errors=True)
+            logger.info("downloaded %s@%s (%s) into %s", repo, revision, commit[:12], dest)
+    if progress is not None:
+        progress(total, total)
     return dest
+
+
+def probe_repo(repo: str, revision: str, dest: Path, *, kind: Kind, token: str | None,
+               endpoint: str | None = None) -> None:
+    """Fail fast, before serving, when a missing model cannot be downloaded (offline, unreachable, gated, unknown,
+    or not an OpenVINO repository): one metadata request, no file transfer."""
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    where = _Where(repo, revision, Path(dest), kind, endpoint, token or None)
+    if _offline():
+        raise _unreachable(where, "HF_HUB_OFFLINE=1 is set")
+    try:
+        _, files = _remote_files(where)
+    except _UNREACHABLE as exc:
+        raise _unreachable(where, _reason(exc)) from exc
+    except HfHubHTTPError as exc:
+        if _status(exc) >= 500 or _status(exc) == 429:
+            raise _unreachable(where, _reason(exc)) from exc
+        raise _hub_error(exc, where) from exc
+    _check_required(where, files)
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -219,6 +244,35 @@ def verify_manifest(dest: Path, *, full: bool = False) -> list[str]:
     if kind in REQUIRED_FILES:
         problems += [f"{name}: required but not in the manifest" for name in REQUIRED_FILES[kind] if name not in files]
     return problems
+
+
+def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
+    """Manifest entries (size, sha256) for every file under ``folder`` but the manifest and partial downloads."""
+    folder = Path(folder)
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and rel.as_posix() != MANIFEST_NAME and PARTIAL_DIR not in rel.parts:
+            entries[rel.as_posix()] = {"size": path.stat().st_size, "sha256": _hash_file(path)[0]}
+    return entries
+
+
+def explain_hub_failure(exc: BaseException, repo: str, *, revision: str, kind: Kind, token: str | None,
+                        dest: Path) -> ModelSetupError | None:
+    """For a conversion from a hub id: the hub error behind ``exc`` (or its causes) as one of ours, else None."""
+    where = _Where(repo, revision, Path(dest), kind, constants.ENDPOINT, token)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, HfHubHTTPError) and _status(seen) < 500 and _status(seen) != 429:
+            return _hub_error(seen, where)
+        if isinstance(seen, _UNREACHABLE + (HfHubHTTPError,)):
+            return HubUnreachable(
+                f"Converting {repo} needs the Hugging Face hub at {where.endpoint}, which cannot be reached "
+                f"({_reason(seen)}). On a connected machine fetch it (`hf download {repo} --local-dir DIR`), then run "
+                f"`aipc-chat convert DIR --kind {kind}`; or download a converted model with `aipc-chat download`."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def list_models(models_dir: Path) -> list[dict[str, Any]]:
@@ -307,8 +361,14 @@ def _remove_stale(dest: Path, old: dict[str, Any] | None, files: list[RemoteFile
     keep = {f.path for f in files}
     for rel in old["files"]:
         if rel not in keep:
+            _invalidate(dest)
             with suppress(OSError, ModelSetupError):
                 _local_path(dest, rel).unlink(missing_ok=True)
+
+
+def _invalidate(dest: Path) -> None:
+    """Drop the manifest before the first file changes: the folder is unverified until the new one lands."""
+    (dest / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- fetching
@@ -322,7 +382,8 @@ class _Progress:
         self.done = done
         self.callback = callback
         # disable=None: a bar on a terminal, silence in logs; HF_HUB_DISABLE_PROGRESS_BARS turns it off too.
-        self.bar = hf_tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=desc, disable=None)
+        self.bar: Any = cast(Any, hf_tqdm)(total=total, initial=done, unit="B", unit_scale=True, desc=desc,
+                                           disable=None)
         self.report()
 
     def add(self, n: int) -> None:
@@ -363,12 +424,21 @@ def _fetch_all(where: _Where, commit: str, files: list[RemoteFile], old: dict[st
     done += sum(_partial_size(where.dest, f) for f in files if present[f.path] is None)
     bar = _Progress(sum(f.size for f in files), done, f"Downloading {where.repo}", progress)
     entries: dict[str, dict[str, Any]] = {}
+    corrupted: list[DownloadCorrupted] = []
     try:
         for f in files:
-            sha256 = present[f.path] or _fetch_one(where, commit, f, bar)
+            try:
+                sha256 = present[f.path] or _fetch_one(where, commit, f, bar)
+            except DownloadCorrupted as exc:  # fetch the rest: a rerun then only needs the bad files
+                corrupted.append(exc)
+                continue
             entries[f.path] = {"size": f.size, "sha256": sha256, "oid": f.expected_oid, "lfs": f.sha256 is not None}
     finally:
         bar.bar.close()
+    if len(corrupted) == 1:
+        raise corrupted[0]
+    if corrupted:
+        raise DownloadCorrupted(" ".join(str(exc) for exc in corrupted)) from corrupted[0]
     return entries
 
 
@@ -402,12 +472,12 @@ def _partial_size(dest: Path, f: RemoteFile) -> int:
 def _fetch_one(where: _Where, commit: str, f: RemoteFile, bar: _Progress) -> str:
     """Download ``f`` (resuming its partial file), verify it and move it into place; return its sha256."""
     part = _partial_path(where.dest, f)
-    part.parent.mkdir(parents=True, exist_ok=True)
     if part.is_file() and part.stat().st_size > f.size:
         part.unlink()
     url = hf_hub_url(where.repo, f.path, revision=commit, endpoint=where.endpoint)
     try:
         meta = get_hf_file_metadata(url, token=where.token, endpoint=where.endpoint)
+        part.parent.mkdir(parents=True, exist_ok=True)
         headers = build_hf_headers(token=where.token, library_name="aipc-chat", library_version=__version__)
         target_url = url
         if meta.xet_file_data is None and meta.location != url:
@@ -453,6 +523,7 @@ def _verify_and_place(where: _Where, f: RemoteFile, part: Path) -> str:
         logger.warning("the hub gave no hash for %s; checked its size only", f.path)
     target = _local_path(where.dest, f.path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _invalidate(where.dest)
     os.replace(part, target)
     return sha256
 

@@ -33,6 +33,12 @@ class ModelChoice:
     repo: str | None = None
     revision: str | None = None
 
+    def hub_target(self) -> tuple[str, str, Path]:
+        """(repository, revision, folder) of a hub model."""
+        if self.repo is None or self.revision is None or self.path is None:
+            raise ValueError(f"the {self.kind} model is not a hub repository")
+        return self.repo, self.revision, self.path
+
     def missing_files(self) -> list[str]:
         """Required files absent from a local model folder (empty for remote models)."""
         if self.path is None:

@@ -24,7 +24,7 @@ const els = {
   imageSteps: $("image-steps"), imageSize: $("image-size"), imageSeed: $("image-seed"),
   send: $("send"), stop: $("stop"),
   gallery: $("gallery"), galleryStatus: $("gallery-status"), galleryRefresh: $("gallery-refresh"),
-  keyDialog: $("key-dialog"), keyInput: $("api-key"), keyReason: $("key-reason"),
+  keyDialog: $("key-dialog"), keyInput: $("api-key"), keyReason: $("key-reason"), keyCancel: $("key-cancel"),
   tplUser: $("tpl-user"), tplAssistant: $("tpl-assistant"),
 };
 
@@ -74,24 +74,29 @@ function ensureUserId() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// HTTP: every request carries the API key once one is known; a 401 asks for it and retries once.
+// HTTP: every request carries the API key once one is known; a 401 asks for it (once for all requests waiting)
+// and retries, until the user cancels the dialog.
 
-function withAuth(headers = {}) {
-  const key = load(STORE.apiKey, "");
-  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+function withAuth(headers, key) {
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : { ...headers };
 }
 
 async function api(path, options = {}, { interactive = false } = {}) {
-  const res = await fetch(path, { ...options, headers: withAuth(options.headers) });
-  if (res.status !== 401) return res;
-  const hadKey = Boolean(load(STORE.apiKey, ""));
-  if (hadKey) save(STORE.apiKey, null); // the stored key is wrong: forget it
+  for (;;) {
+    const key = load(STORE.apiKey, "");
+    const res = await fetch(path, { ...options, headers: withAuth(options.headers, key) });
+    if (res.status !== 401 || !(await retryAfter401(key, interactive))) return res;
+  }
+}
+
+// After a 401 for a request sent with `sentKey`: whether there is now a key worth retrying with.
+async function retryAfter401(sentKey, interactive) {
+  if (load(STORE.apiKey, "") !== sentKey) return true; // a new key was entered meanwhile: try that one
+  if (sentKey) save(STORE.apiKey, null); // the stored key is wrong: forget it
   // Background requests stop asking once the user said no; sending a message asks again.
-  if (state.keyDeclined && !interactive) return res;
-  const reason = hadKey ? "The saved API key was refused. Enter the right one." :
-    "This server asks for an API key. It is kept in this browser only.";
-  if (!(await askForKey(reason))) return res;
-  return fetch(path, { ...options, headers: withAuth(options.headers) });
+  if (state.keyDeclined && !interactive) return false;
+  return askForKey(sentKey ? "The API key was refused. Enter the right one." :
+    "This server asks for an API key. It is kept in this browser only.");
 }
 
 // A readable sentence for a failed response: the server's {"error": {...}} message, plus Retry-After advice.
@@ -100,7 +105,7 @@ async function errorText(res) {
   try {
     const body = await res.json();
     const err = body && body.error;
-    if (err && err.message) message = err.param ? `${err.message} (${err.param})` : err.message;
+    if (err && err.message) message = err.message;
     else if (typeof body.detail === "string") message = body.detail;
   } catch {
     // Not JSON: keep the status line.
@@ -273,7 +278,11 @@ function describeImagePrompt(p) {
   return parts.join(" · ");
 }
 
-// An image that opens full size in a new tab. Images can be pruned from disk: say so instead of a broken icon.
+// An image that opens full size in a new tab. A stored URL can fail for a while (the page was reloaded while the
+// picture was still rendering) or for good (stopped, or pruned from disk): retry a little, then say so.
+const IMAGE_RETRIES = 2;
+const IMAGE_RETRY_MS = 3000;
+
 function imageLink(url, prompt) {
   const link = document.createElement("a");
   link.href = url;
@@ -289,12 +298,18 @@ function imageLink(url, prompt) {
     img.width = prompt.width; // reserves the space before the file arrives (CSS scales it down)
     img.height = prompt.height;
   }
+  let failures = 0;
   img.addEventListener("error", () => {
+    failures += 1;
+    if (failures <= IMAGE_RETRIES) {
+      setTimeout(() => { img.src = `${url}?retry=${failures}`; }, IMAGE_RETRY_MS);
+      return;
+    }
     const missing = document.createElement("p");
     missing.className = "muted image-missing";
-    missing.textContent = "This image is no longer available.";
+    missing.textContent = "This image is not available (stopped, or removed from disk).";
     link.replaceWith(missing);
-  }, { once: true });
+  });
   link.append(img);
   return link;
 }
@@ -342,11 +357,11 @@ class AssistantView {
   finishAnswer() {
     if (this.finished) return; // image_prompt, done and a stop may each end the answer
     this.finished = true;
-    this.reasoningText.textContent = this.reasoningText.textContent.trim();
+    const reasoning = this.reasoningText.textContent.trim();
+    if (reasoning !== this.reasoningText.textContent) this.reasoningText.textContent = reasoning;
     const text = this.answer.textContent.trim();
-    this.answer.textContent = text;
-    this.answer.classList.toggle("empty", text === "");
-    if (text === "") this.answer.textContent = "(no answer text)";
+    if (text !== this.answer.textContent) this.answer.textContent = text; // one text node, as stored in history
+    this.answer.classList.toggle("empty", text === ""); // CSS says "(no answer text)": the DOM keeps the answer
   }
 
   setImagePrompt(prompt) {
@@ -548,6 +563,7 @@ async function send() {
   let outcome = "error";
   try {
     outcome = await streamTurn(turn, chatRequest(message));
+    if (turn.stopping && outcome === "done") outcome = "stopped"; // the stream wound down after a cancelled image
     if (outcome === "error" && !turn.done && !els.message.value) els.message.value = message; // easy to retry
   } catch (err) {
     if (err.name === "AbortError") {
@@ -604,8 +620,14 @@ function setText(el, text) {
 
 function modelLine(label, m) {
   if (!m) return `${label}: none`;
-  const load = typeof m.load_seconds === "number" ? `, loaded in ${m.load_seconds.toFixed(1)} s` : "";
-  return `${label}: ${m.model} on ${m.device} (${m.state}${load})`;
+  // "ready" is already said once by the Ready badge; other states (loading, failed) matter per model.
+  return `${label}: ${m.model} · ${m.device}${m.state === "ready" ? "" : ` · ${m.state}`}`;
+}
+
+function modelTitle(label, m) {
+  if (!m) return label;
+  if (m.error) return `${label}: ${m.error}`;
+  return typeof m.load_seconds === "number" ? `${label}, loaded in ${m.load_seconds.toFixed(1)} s` : label;
 }
 
 function renderReady(body) {
@@ -619,8 +641,8 @@ function renderReady(body) {
   setText(els.ready, label);
   setText(els.llm, modelLine("LLM", models.llm));
   setText(els.image, modelLine("Image", models.image));
-  els.llm.title = (models.llm && models.llm.error) || "Language model";
-  els.image.title = (models.image && models.image.error) || "Image model";
+  els.llm.title = modelTitle("Language model", models.llm);
+  els.image.title = modelTitle("Image model", models.image);
   return readiness;
 }
 
@@ -646,7 +668,7 @@ function showSpeed(done, ttftMs) {
   }
   if (ttftMs !== null) parts.push(`TTFT ${ttftMs} ms`);
   if (typeof timings.image_s === "number") parts.push(`image ${timings.image_s.toFixed(1)} s`);
-  els.speed.textContent = parts.length > 0 ? `Last answer: ${parts.join(" · ")}` : "No answer yet";
+  els.speed.textContent = parts.length > 0 ? parts.join(" · ") : "No answer yet";
   els.speed.dataset.ttftMs = ttftMs === null ? "" : String(ttftMs);
 }
 
@@ -869,6 +891,8 @@ function wire() {
   els.tabChat.addEventListener("keydown", onTabKey);
   els.tabGallery.addEventListener("keydown", onTabKey);
   els.galleryRefresh.addEventListener("click", loadGallery);
+  // A plain button, not a submit: Enter in the key field must save (the first submit button is the default).
+  els.keyCancel.addEventListener("click", () => els.keyDialog.close("cancel"));
 }
 
 function init() {

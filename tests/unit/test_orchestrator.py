@@ -58,8 +58,8 @@ class FakeLLM:
 class FakeImages:
     """Finishes (or fails) every job at once."""
 
-    def __init__(self, *, fail: bool = False, busy: bool = False) -> None:
-        self.fail, self.busy = fail, busy
+    def __init__(self, *, fail: bool = False, busy: bool = False, hang: bool = False) -> None:
+        self.fail, self.busy, self.hang = fail, busy, hang
         self.jobs: list[ImageJob] = []
         self._names = (f"{i:032x}" for i in itertools.count(1))
 
@@ -68,7 +68,9 @@ class FakeImages:
             raise Busy("full")
         job = ImageJob(params, names=[next(self._names) for _ in range(params.n)])
         job.seeds = [params.seed or 1]
-        if self.fail:
+        if self.hang:  # still rendering
+            job.state = "running"
+        elif self.fail:
             job._end("failed", "boom")
         else:
             job.images = list(job.names)
@@ -120,6 +122,7 @@ def test_auto_with_an_image_prompt(llm: FakeLLM, images: FakeImages, history: Hi
     assert result.image_generated and result.image_state == "done"
     assert result.image_prompt is not None and result.image_prompt["prompt"] == "a red fox in snow"
     assert result.image_urls == [f"/images/{images.jobs[0].names[0]}.png"]
+    assert result.image_prompt["seed"] == images.jobs[0].seeds[0]
     assert events[-1] == "done" and events.index("image_queued") < events.index("image_done")
     assert "<image>" not in "".join(events)
     params = llm.calls[0][1]
@@ -127,6 +130,7 @@ def test_auto_with_an_image_prompt(llm: FakeLLM, images: FakeImages, history: Hi
     stored = history.messages("u", "default")
     assert [m.content for m in stored] == ["Draw a fox", "Here is a fox."]
     assert stored[1].image_urls == result.image_urls and stored[1].reasoning == "thinking"
+    assert stored[1].image_prompt == result.image_prompt  # with the seed the image really used
 
 
 def test_auto_without_an_image_prompt(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
@@ -227,3 +231,21 @@ def test_parse_image_prompt() -> None:
     assert parse_image_prompt('{"prompt": ""}') is None
     assert parse_image_prompt("not json") is None
     assert parse_image_prompt(None) is None
+
+
+def test_a_client_leaving_during_the_image_stops_it(llm: FakeLLM, history: HistoryStore) -> None:
+    images = FakeImages(hang=True)
+    llm.enqueue(("r", TAGGED))
+    orch = make(llm, images, history)
+
+    async def main() -> None:
+        events = orch.run(ChatTurnRequest(user_id="u", message="Draw a fox"))
+        async for name, _ in events:
+            if name == "image_queued":
+                break
+        await events.aclose()  # what the server does when the client disconnects
+
+    asyncio.run(main())
+    assert images.jobs[0].cancelled
+    stored = history.messages("u", "default")
+    assert stored[1].content == "Here is a fox." and stored[1].image_urls == []
