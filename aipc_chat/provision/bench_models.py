@@ -19,7 +19,6 @@ import gc
 import json
 import logging
 import math
-import os
 import resource
 import shutil
 import string
@@ -32,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from aipc_chat.provision.builds import check_chat_tokenizer, ensure_replaceable, move_into_place
 from aipc_chat.provision.demo_image import (
     _bytes_to_unicode,
     _copy_bpe_files,
@@ -223,7 +223,7 @@ def _build(
     if not force and _marker_matches(out_dir, kind):
         logger.info("benchmark model %s already built at %s", kind, out_dir)
         return out_dir
-    _ensure_replaceable(out_dir)
+    ensure_replaceable(out_dir, MARKER_NAME, "benchmark model")
     start = time.monotonic()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
@@ -236,7 +236,7 @@ def _build(
         facts["build_and_test_seconds"] = round(time.monotonic() - start, 3)
         _write_marker(staging, kind, facts)  # last file; the rename below publishes it atomically
         if force or not _marker_matches(out_dir, kind):  # a concurrent build may have finished meanwhile
-            _move_into_place(staging, out_dir)
+            move_into_place(staging, out_dir, MARKER_NAME, "benchmark model")
     except DemoModelError:
         raise
     except Exception as exc:
@@ -273,26 +273,6 @@ def _write_marker(folder: Path, kind: str, facts: dict[str, Any]) -> None:
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _ensure_replaceable(out_dir: Path) -> None:
-    """Raise DemoModelError if ``out_dir`` holds something other than an (old or partial) benchmark build."""
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    is_plain_dir = out_dir.is_dir() and not out_dir.is_symlink()
-    if is_plain_dir and ((out_dir / MARKER_NAME).is_file() or not any(out_dir.iterdir())):
-        return
-    raise DemoModelError(f"refusing to replace {out_dir}: it exists and is not a benchmark model folder")
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``, replacing (then deleting) a previous benchmark build."""
-    _ensure_replaceable(out_dir)
-    old: Path | None = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _weight_types(xml_path: Path) -> dict[str, dict[str, int]]:
@@ -541,19 +521,8 @@ def _check_llm_tokenizer(folder: Path) -> dict[str, int]:
     """Check the OpenVINO tokenizer's template, special ids and that every one of the 151936 ids decodes."""
     import openvino_genai as ov_genai
 
+    ids = check_chat_tokenizer(folder, CHAT_TEMPLATE, (THINK_OPEN, THINK_CLOSE))
     tokenizer = ov_genai.Tokenizer(str(folder))
-    if tokenizer.chat_template != CHAT_TEMPLATE:
-        raise DemoModelError(f"OpenVINO tokenizer chat template differs: {tokenizer.chat_template!r}")
-    ids = {
-        "bos": tokenizer.get_bos_token_id(),
-        "eos": tokenizer.get_eos_token_id(),
-        "pad": tokenizer.get_pad_token_id(),
-    }
-    for name, text in (("think_open", THINK_OPEN), ("think_close", THINK_CLOSE)):
-        encoded = [int(t) for t in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
-        if len(encoded) != 1 or tokenizer.decode(encoded) != text:
-            raise DemoModelError(f"{text} is not one token that decodes to itself: {encoded}")
-        ids[name] = encoded[0]
     decoded = tokenizer.decode([[i] for i in range(LLM_VOCAB)], skip_special_tokens=False)
     empty = [i for i, text in enumerate(decoded) if not text]
     if len(decoded) != LLM_VOCAB or empty:

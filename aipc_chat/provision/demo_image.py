@@ -14,7 +14,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aipc_chat.provision.builds import ensure_replaceable, move_into_place
 from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
@@ -84,7 +84,7 @@ def build_demo_image(out_dir: Path, *, force: bool = False) -> Path:
     if not force and is_demo_image_built(out_dir):
         logger.info("demo image model already built at %s", out_dir)
         return out_dir
-    _ensure_replaceable(out_dir)
+    ensure_replaceable(out_dir, MARKER_NAME, "demo model")
     start = time.monotonic()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
@@ -93,7 +93,7 @@ def build_demo_image(out_dir: Path, *, force: bool = False) -> Path:
         _build_into(staging)
         _write_marker(staging, time.monotonic() - start)  # last file; the rename below publishes it atomically
         if force or not is_demo_image_built(out_dir):  # a concurrent build may have finished meanwhile
-            _move_into_place(staging, out_dir)
+            move_into_place(staging, out_dir, MARKER_NAME, "demo model")
     except DemoModelError:
         raise
     except Exception as exc:
@@ -467,23 +467,3 @@ def _write_marker(folder: Path, seconds: float) -> None:
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
-def _ensure_replaceable(out_dir: Path) -> None:
-    """Raise DemoModelError if ``out_dir`` holds something other than an (old or partial) demo build."""
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    is_plain_dir = out_dir.is_dir() and not out_dir.is_symlink()
-    if is_plain_dir and ((out_dir / MARKER_NAME).is_file() or not any(out_dir.iterdir())):
-        return
-    raise DemoModelError(f"refusing to replace {out_dir}: it exists and is not a demo model folder")
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``, replacing (then deleting) a previous demo build."""
-    _ensure_replaceable(out_dir)
-    old: Path | None = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

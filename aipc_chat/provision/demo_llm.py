@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aipc_chat.provision.builds import check_chat_tokenizer, move_into_place
 from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
@@ -146,7 +146,7 @@ def build_demo_llm(out_dir: Path, *, force: bool = False) -> Path:
         facts["build_seconds"] = round(time.monotonic() - start, 3)
         staging.chmod(0o755)  # mkdtemp made it private; give it the usual folder mode
         _write_marker(staging, facts)  # last file written; the rename below publishes it atomically
-        _move_into_place(staging, out_dir)
+        move_into_place(staging, out_dir, MARKER_NAME, "demo model")
     except BaseException as exc:  # also on Ctrl-C: never leave a half-built staging folder behind
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, DemoModelError) or not isinstance(exc, Exception):
@@ -1001,26 +1001,6 @@ def _check_export(folder: Path) -> dict[str, int]:
     return counts
 
 
-def _check_tokenizer(folder: Path) -> dict[str, int]:
-    """Check the OpenVINO tokenizer carries the chat template and round-trips the tags; return token ids."""
-    import openvino_genai as ov_genai
-
-    tokenizer = ov_genai.Tokenizer(str(folder))
-    if tokenizer.chat_template != CHAT_TEMPLATE:
-        raise DemoModelError(f"OpenVINO tokenizer chat template differs: {tokenizer.chat_template!r}")
-    ids = {
-        "bos": tokenizer.get_bos_token_id(),
-        "eos": tokenizer.get_eos_token_id(),
-        "pad": tokenizer.get_pad_token_id(),
-    }
-    for name, text in (("think_open", THINK_OPEN), ("think_close", THINK_CLOSE)):
-        encoded = [int(t) for t in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
-        if len(encoded) != 1 or tokenizer.decode(encoded) != text:
-            raise DemoModelError(f"{text} is not one token that decodes to itself: {encoded}")
-        ids[name] = encoded[0]
-    return ids
-
-
 def _build_into(staging: Path) -> dict[str, Any]:
     """Make, train, save and export the demo model into ``staging``; return build facts for the marker."""
     t0 = time.monotonic()
@@ -1042,7 +1022,7 @@ def _build_into(staging: Path) -> dict[str, Any]:
         logger.info("exporting the demo LLM to INT4 OpenVINO IR in %s", staging)
         _export_openvino(Path(src), tokenizer, staging)
     weight_types = _check_export(staging)
-    token_ids = _check_tokenizer(staging)
+    token_ids = check_chat_tokenizer(staging, CHAT_TEMPLATE, (THINK_OPEN, THINK_CLOSE))
     return {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -1092,14 +1072,3 @@ def _write_marker(folder: Path, facts: dict[str, Any]) -> None:
     }
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by the finished ``staging`` folder (the old one is removed only after)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
