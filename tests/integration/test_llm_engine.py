@@ -132,3 +132,27 @@ def test_full_queue_is_busy_not_a_hang(llm_engine: LLMEngine) -> None:
 
     asyncio.run(main())
     assert llm_engine.active == 0
+
+
+def test_the_llm_path_never_imports_torch(llm_engine: LLMEngine) -> None:
+    """torch is a multi-GB dependency of the image stack only: serving text must not load it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from aipc_chat.api.app import create_app\n"
+        "from aipc_chat.engines.llm import GenParams, LLMEngine\n"
+        "from aipc_chat.settings import Settings\n"
+        f"e = LLMEngine(Settings(demo=True), Path({str(llm_engine.model_dir)!r}), 'demo', 'CPU')\n"
+        "e.load()\n"
+        "async def main():\n"
+        "    s = e.submit([{'role': 'user', 'content': 'Hi'}], GenParams(max_tokens=8), asyncio.get_running_loop())\n"
+        "    return [x async for x in s]\n"
+        "assert len(asyncio.run(main())) >= 2\n"
+        "e.close()\n"
+        "print(sorted(m for m in ('torch', 'optimum', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
