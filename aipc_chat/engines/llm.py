@@ -112,6 +112,36 @@ class LLMStream(ThreadToAsync[Delta | Done]):
         self.prompt_tokens = prompt_tokens
 
 
+class IncrementalDetokenizer:
+    """Text deltas from a growing token list, emitted as soon as they are final.
+
+    Decodes a short window (a few tokens of context, then the new ones) and gives the text that window adds, holding
+    back only an incomplete UTF-8 sequence (a trailing U+FFFD). openvino-genai's TextStreamer waits a few tokens
+    before it prints, which costs a real model's first token ~100 ms of TTFT; this waits for nothing it need not.
+    """
+
+    CONTEXT = 5
+
+    def __init__(self, decode: Callable[[list[int]], str], context: list[int]) -> None:
+        self._decode = decode
+        self._ids = list(context[-self.CONTEXT:])
+        self._prefix = 0
+        self._read = len(self._ids)
+
+    def push(self, ids: list[int]) -> str:
+        """Add tokens; return the text they complete (maybe empty)."""
+        self._ids.extend(ids)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        if self._prefix > 4 * self.CONTEXT:  # keep the window short: decoding stays O(1) per step
+            drop = self._prefix - self.CONTEXT
+            self._ids, self._prefix, self._read = self._ids[drop:], self._prefix - drop, self._read - drop
+        return after[len(before) :]
+
+
 @dataclass
 class _Request:
     """Owner-thread state of one request."""
@@ -124,7 +154,7 @@ class _Request:
     splitter: ReasoningSplitter
     timing: Timing
     handle: Any = None
-    streamer: Any = None
+    detok: IncrementalDetokenizer | None = None
     generated: list[int] = field(default_factory=list)
     think_tokens: int = 0
     forced_tokens: int = 0
@@ -466,7 +496,6 @@ class LLMEngine:
     def _start(self, req: _Request, running: dict[int, _Request], ids: list[int] | None,
                max_new: int | None = None) -> None:
         import openvino as ov
-        import openvino_genai as ov_genai
 
         if max_new is not None:
             req.config.max_new_tokens = max_new
@@ -476,7 +505,7 @@ class LLMEngine:
         if req.timing.started is None:
             req.timing.started = time.perf_counter()
             self.active += 1
-            req.streamer = ov_genai.TextStreamer(self._tokenizer, lambda text: _collect_text(req, text))
+            req.detok = IncrementalDetokenizer(self._decode, req.prompt_ids)
         running[rid] = req
 
     def _collect(self, req: _Request, running: dict[int, _Request], rid: int) -> bool:
@@ -522,10 +551,20 @@ class LLMEngine:
             req.timing.first_token = time.perf_counter()
         req.generated.extend(ids)
         thinking = req.splitter.in_think
-        req.streamer.write(ids)
+        self._write(req, ids)
         if thinking:
             req.think_tokens += len(ids)
         self._push_text(req, len(ids))
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids)) if ids else ""
+
+    @staticmethod
+    def _write(req: _Request, ids: list[int]) -> None:
+        assert req.detok is not None
+        text = req.detok.push(ids)
+        if text:
+            req.text_out.append(text)
 
     def _push_text(self, req: _Request, tokens: int) -> None:
         text = "".join(req.text_out)
@@ -537,7 +576,6 @@ class LLMEngine:
             req.unsent_tokens = 0
 
     def _flush(self, req: _Request) -> None:
-        req.streamer.end()
         self._push_text(req, 0)
         reasoning, content = req.splitter.finish()
         if reasoning or content:
@@ -551,7 +589,7 @@ class LLMEngine:
         if req.generated and req.generated[-1] == self._eos_id:
             req.generated.pop()  # the continuation must not hold an end-of-sequence token
         req.forced_tokens += len(self._close_ids)
-        req.streamer.write(self._close_ids)
+        self._write(req, self._close_ids)
         self._push_text(req, len(self._close_ids))
         remaining = req.max_new_tokens - len(req.generated) - req.forced_tokens
         log.info("%s: closing the think block after %d tokens; answering", req.stream.request_id, req.think_tokens)
@@ -608,13 +646,6 @@ class LLMEngine:
             req.stream.put(Delta(reasoning, content, 0))
         self._finish(req, Done("length" if n >= req.max_new_tokens else "stop", len(req.prompt_ids), n,
                                req.timing))
-
-
-def _collect_text(req: _Request, text: str) -> Any:
-    import openvino_genai as ov_genai
-
-    req.text_out.append(text)
-    return ov_genai.StreamingStatus.RUNNING
 
 
 def _as_array(ids: list[int]) -> Any:
