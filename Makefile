@@ -48,7 +48,8 @@ bench-full: install
 	$(BIN)/aipc-chat bench-models
 	$(BIN)/python scripts/bench_llm.py --model bench --runs 5 --prompt-tokens 128 --max-tokens 64 \
 		--history-tokens 1024 --out bench-results/llm-full
-	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 20 --runs 3 --out bench-results/image-full
+	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 20 --runs 2 --out bench-results/image-full
+	$(BIN)/python scripts/bench_startup.py --model bench --rounds 1 --out bench-results/startup-full.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

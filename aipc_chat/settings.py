@@ -169,6 +169,10 @@ class Settings(BaseSettings):
         64, ge=1, le=4096, validation_alias=_env("llm_queue_size"),
         description="Requests that may wait for a slot before new ones are refused with 503.",
     )
+    batch_window_ms: float = Field(
+        5.0, ge=0, le=100, validation_alias=_env("batch_window_ms"),
+        description="When idle, wait this long for more requests so ones sent together share their first step.",
+    )
     prefix_caching: bool = Field(
         True, validation_alias=_env("prefix_caching"),
         description="Reuse the KV cache of shared prompt prefixes (multi-turn chats).",

@@ -1,6 +1,7 @@
 """Cold vs warm start: time to /ready 200 and the models' load times, without and with the OpenVINO compile cache.
 
     python scripts/bench_startup.py --rounds 3 --out bench-results/startup.json
+    python scripts/bench_startup.py --model bench --rounds 1 --out bench-results/startup-full.json
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ sys.path.insert(0, str(REPO))
 from tests.e2e.conftest import start_server  # noqa: E402
 
 
-def one_start(models: Path, cache: Path, work: Path) -> dict[str, float]:
+def one_start(models: Path, cache: Path, work: Path, env: dict[str, str]) -> dict[str, float]:
     t0 = time.perf_counter()
-    server = start_server(models, work / "data", work / "server.log", env={"AIPC_CACHE_DIR": str(cache)})
+    server = start_server(models, work / "data", work / "server.log", env={**env, "AIPC_CACHE_DIR": str(cache)},
+                          ready_timeout=900)
     ready = time.perf_counter() - t0
     try:
         body = httpx.get(f"{server.base_url}/ready").json()["models"]
@@ -36,15 +38,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", default=str(REPO / "models"))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="demo", help="demo or bench")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "startup.json"))
     args = parser.parse_args()
+    env = {} if args.model == "demo" else {
+        "AIPC_LLM_PATH": str(Path(args.models_dir) / args.model / "llm"),
+        "AIPC_IMAGE_PATH": str(Path(args.models_dir) / args.model / "image")}
     cold, warm = [], []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             cache = work / "cache"
-            cold.append(one_start(Path(args.models_dir), cache, work))  # empty cache: compiles and fills it
-            warm.append(one_start(Path(args.models_dir), cache, work))  # the same cache: loads compiled blobs
+            cold.append(one_start(Path(args.models_dir), cache, work, env))  # empty cache: compiles and fills it
+            warm.append(one_start(Path(args.models_dir), cache, work, env))  # the same cache: loads compiled blobs
             shutil.rmtree(cache, ignore_errors=True)
     summary = {k: {"cold": statistics.median(r[k] for r in cold), "warm": statistics.median(r[k] for r in warm)}
                for k in ("ready_s", "llm_load_s", "image_load_s")}

@@ -467,17 +467,23 @@ class LLMEngine:
                 del running[rid]
 
     def _take_inbox(self, waiting: deque[_Request], *, block: bool) -> bool:
-        """Move new requests into ``waiting``; True when asked to stop."""
+        """Move new requests into ``waiting``; True when asked to stop.
+
+        Woken from idle, it waits ``batch_window_ms`` for more: requests sent together (a desktop app's parallel
+        calls, a benchmark's streams) then prefill in one step instead of each waiting out the other's prefill.
+        """
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return False
+        deadline = time.perf_counter() + (self.settings.batch_window_ms / 1000 if block else 0.0)
         while True:
             if item is None:
                 return True
             waiting.append(item)
             try:
-                item = self._inbox.get_nowait()
+                remaining = deadline - time.perf_counter()
+                item = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 return False
 
