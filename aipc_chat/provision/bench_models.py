@@ -31,7 +31,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.provision.builds import check_chat_tokenizer, ensure_replaceable, move_into_place
+from aipc_chat.provision.builds import (
+    check_chat_tokenizer,
+    ensure_replaceable,
+    forget_quantization_source,
+    move_into_place,
+    qwen2_byte_level,
+    require_files,
+)
 from aipc_chat.provision.demo_image import (
     _bytes_to_unicode,
     _copy_bpe_files,
@@ -49,7 +56,6 @@ from aipc_chat.provision.demo_llm import (
     THINK_CLOSE,
     THINK_OPEN,
     USER_TOKEN,
-    _drop_temp_paths,
 )
 from aipc_chat.provision.errors import DemoModelError
 
@@ -360,20 +366,12 @@ def _llm_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def _make_llm_tokenizer() -> Any:
     """Build the Qwen2-style byte-level BPE tokenizer (151936 ids) as a PreTrainedTokenizerFast."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
     vocab, merges = _llm_vocab()
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    qwen2_byte_level(tok, _QWEN2_SPLIT)
     # The specials are in the BPE vocabulary too, so adding them keeps their (real DeepSeek) ids.
     specials = [t for t in _LLM_SPECIAL_IDS.values() if t not in _LLM_NON_SPECIAL]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
@@ -482,7 +480,7 @@ def _export_llm(src: Path, tokenizer: Any, dst: Path) -> dict[str, Any]:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-    _drop_temp_paths(dst / "openvino_config.json")
+    forget_quantization_source(dst / "openvino_config.json")
     ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
     ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
     ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")
@@ -501,9 +499,7 @@ def _check_llm_export(folder: Path) -> dict[str, dict[str, int]]:
         "tokenizer.json",
         "tokenizer_config.json",
     ]
-    missing = [name for name in required if not (folder / name).is_file()]
-    if missing:
-        raise DemoModelError(f"OpenVINO export is missing {', '.join(missing)}")
+    require_files(folder, required)
     types = _weight_types(folder / "openvino_model.xml")
     int4 = {key: types.get(key, {}).get("elements", 0) for key in ("u4", "i4")}
     decoder_weights = LLM_LAYERS * (
@@ -762,9 +758,7 @@ def _check_image_export(folder: Path) -> dict[str, dict[str, dict[str, int]]]:
         "tokenizer/openvino_tokenizer.xml",
         *(f"{part}/openvino_model.xml" for part in _SD_IMAGE_PARTS),
     ]
-    missing = [name for name in required if not (folder / name).is_file()]
-    if missing:
-        raise DemoModelError(f"OpenVINO export is missing {', '.join(missing)}")
+    require_files(folder, required)
     types = {part: _weight_types(folder / part / "openvino_model.xml") for part in _SD_IMAGE_PARTS}
     unet: Counter[str] = Counter({key: value["elements"] for key, value in types["unet"].items()})
     if unet["u8"] + unet["i8"] < 0.9 * sum(unet.values()):

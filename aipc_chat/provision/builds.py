@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from aipc_chat.provision.errors import DemoModelError
 
@@ -47,3 +49,35 @@ def check_chat_tokenizer(folder: Path, chat_template: str, think_tags: tuple[str
             raise DemoModelError(f"{text} is not one token that decodes to itself: {encoded}")
         ids[name] = encoded[0]
     return ids
+
+
+def require_files(folder: Path, names: list[str]) -> None:
+    """Raise DemoModelError naming whatever of ``names`` an export did not write."""
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DemoModelError(f"OpenVINO export is missing {', '.join(missing)}")
+
+
+def forget_quantization_source(config_path: Path) -> None:
+    """Drop the source folder optimum records as the quantization "tokenizer" (a temporary or private path)."""
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and "tokenizer" in quantization:
+        quantization["tokenizer"] = None
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def qwen2_byte_level(tok: Any, split_regex: str) -> Any:
+    """Give a ``tokenizers.Tokenizer`` Qwen2's pipeline: NFC, the Qwen2 split regex, byte-level pieces."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split_regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    return tok

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aipc_chat.errors import ConversionFailed, ModelSetupError
+from aipc_chat.provision.builds import forget_quantization_source
 from aipc_chat.provision.hub import MANIFEST_NAME, explain_hub_failure, file_entries, write_manifest
 from aipc_chat.provision.resolve import REQUIRED_FILES
 
@@ -164,7 +164,7 @@ def _convert_llm(src: str, out: Path, weight_format: str, group_size: int | None
     tokenizer = AutoTokenizer.from_pretrained(src, **hub_args)
     tokenizer.save_pretrained(out)
     _export_tokenizer(tokenizer, out)
-    _forget_source_path(out / "openvino_config.json")
+    forget_quantization_source(out / "openvino_config.json")
     return facts
 
 
@@ -220,17 +220,6 @@ def _compress_to_fp16(xml: Path) -> None:
     del model
     os.replace(tmp, xml)
     os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-
-
-def _forget_source_path(config_path: Path) -> None:
-    """Drop the source path optimum records as the quantization "tokenizer" (a temporary or private path)."""
-    if not config_path.is_file():
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    quantization = config.get("quantization_config")
-    if isinstance(quantization, dict) and "tokenizer" in quantization:
-        quantization["tokenizer"] = None
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _check_files(folder: Path, kind: Kind) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.provision.builds import ensure_replaceable, move_into_place
+from aipc_chat.provision.builds import ensure_replaceable, move_into_place, require_files
 from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
@@ -441,9 +441,7 @@ def _check_export(folder: Path) -> None:
         "vae_decoder/openvino_model.xml",
         "vae_encoder/openvino_model.xml",
     ]
-    missing = [name for name in required if not (folder / name).is_file()]
-    if missing:
-        raise DemoModelError(f"OpenVINO export is missing {', '.join(missing)}")
+    require_files(folder, required)
 
 
 def _folder_size(folder: Path) -> int:

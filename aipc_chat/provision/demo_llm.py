@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.provision.builds import check_chat_tokenizer, move_into_place
+from aipc_chat.provision.builds import (
+    check_chat_tokenizer,
+    forget_quantization_source,
+    move_into_place,
+    qwen2_byte_level,
+    require_files,
+)
 from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
@@ -766,27 +772,15 @@ def _make_tokenizer(corpus: Sequence[_Example]) -> Any:
     """Train a Qwen2-style byte-level BPE on the corpus and wrap it as a PreTrainedTokenizerFast."""
     from tokenizers import (
         AddedToken,
-        Regex,
         Tokenizer,
-        decoders,
         models,
-        normalizers,
         pre_tokenizers,
-        processors,
         trainers,
     )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    qwen2_byte_level(tok, _QWEN2_SPLIT)
     trainer = trainers.BpeTrainer(
         vocab_size=_VOCAB_SIZE,
         min_frequency=2,
@@ -960,21 +954,10 @@ def _export_openvino(src: Path, tokenizer: Any, dst: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-    _drop_temp_paths(dst / "openvino_config.json")
+    forget_quantization_source(dst / "openvino_config.json")
     ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
     ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
     ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")
-
-
-def _drop_temp_paths(config_path: Path) -> None:
-    """Remove the temporary source folder optimum records as the quantization "tokenizer" (it is deleted)."""
-    if not config_path.is_file():
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    quantization = config.get("quantization_config")
-    if isinstance(quantization, dict) and "tokenizer" in quantization:
-        quantization["tokenizer"] = None
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _check_export(folder: Path) -> dict[str, int]:
@@ -991,9 +974,7 @@ def _check_export(folder: Path) -> dict[str, int]:
         "tokenizer.json",
         "tokenizer_config.json",
     ]
-    missing = [name for name in required if not (folder / name).is_file()]
-    if missing:
-        raise DemoModelError(f"OpenVINO export is missing {', '.join(missing)}")
+    require_files(folder, required)
     xml = (folder / "openvino_model.xml").read_text(encoding="utf-8")
     counts = {t: len(re.findall(rf'element_type="{t}"', xml)) for t in ("u4", "i4", "u8", "i8", "f32", "f16")}
     if counts["u4"] + counts["i4"] < _LAYERS * 7:
