@@ -20,7 +20,7 @@ ARTIFACTS = REPO / "test-artifacts"
 VIEWPORT = {"width": 1000, "height": 720}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     """One Chromium for the session; skipped when the browser or playwright is missing."""
     if not CHROMIUM.exists():
@@ -32,7 +32,7 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def web_server(browser: Any, demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A demo server for the page tests (started after the browser check, so a skip costs nothing)."""
     root = tmp_path_factory.mktemp("web")
