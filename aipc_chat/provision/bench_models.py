@@ -34,7 +34,7 @@ from typing import Any
 from aipc_chat.provision.builds import (
     check_chat_tokenizer,
     ensure_replaceable,
-    forget_quantization_source,
+    finish_llm_export,
     move_into_place,
     qwen2_byte_level,
     require_files,
@@ -461,8 +461,6 @@ def _check_logits(model: Any, tokenizer: Any) -> None:
 
 def _export_llm(src: Path, tokenizer: Any, dst: Path) -> dict[str, Any]:
     """Export ``src`` to INT4 (data-free) OpenVINO IR and tokenizer/detokenizer IR in ``dst``; return the config."""
-    import openvino as ov
-    from openvino_tokenizers import convert_tokenizer
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
     quantization = OVWeightQuantizationConfig(bits=4, sym=LLM_INT4_SYM, group_size=LLM_INT4_GROUP, ratio=1.0)
@@ -477,13 +475,7 @@ def _export_llm(src: Path, tokenizer: Any, dst: Path) -> dict[str, Any]:
     finally:
         gc.unfreeze()
         gc.collect()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-    forget_quantization_source(dst / "openvino_config.json")
-    ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
-    ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
-    ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")
+    finish_llm_export(src, dst, tokenizer)
     return {"bits": 4, "sym": LLM_INT4_SYM, "group_size": LLM_INT4_GROUP, "ratio": 1.0, "dataset": None}
 
 

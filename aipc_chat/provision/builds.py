@@ -81,3 +81,17 @@ def qwen2_byte_level(tok: Any, split_regex: str) -> Any:
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     return tok
+
+
+def finish_llm_export(src: Path, dst: Path, tokenizer: Any) -> None:
+    """After optimum wrote the LLM IR: copy the tokenizer files, forget the source path, add tokenizer IR."""
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    forget_quantization_source(dst / "openvino_config.json")
+    ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
+    ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
+    ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")

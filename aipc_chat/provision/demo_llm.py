@@ -29,7 +29,7 @@ from typing import Any
 
 from aipc_chat.provision.builds import (
     check_chat_tokenizer,
-    forget_quantization_source,
+    finish_llm_export,
     move_into_place,
     qwen2_byte_level,
     require_files,
@@ -943,21 +943,13 @@ def _save_hf(model: Any, tokenizer: Any, dst: Path) -> None:
 
 def _export_openvino(src: Path, tokenizer: Any, dst: Path) -> None:
     """Export the Hugging Face folder ``src`` to INT4 OpenVINO IR plus tokenizer/detokenizer IR in ``dst``."""
-    import openvino as ov
-    from openvino_tokenizers import convert_tokenizer
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
     quantization = OVWeightQuantizationConfig(bits=4, sym=False, group_size=_GROUP_SIZE, ratio=1.0)
     # A local folder never reaches the hub; local_files_only=True would make optimum look in the hub cache.
     model = OVModelForCausalLM.from_pretrained(str(src), export=True, quantization_config=quantization, compile=False)
     model.save_pretrained(dst)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-    forget_quantization_source(dst / "openvino_config.json")
-    ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
-    ov.save_model(ov_tokenizer, dst / "openvino_tokenizer.xml")
-    ov.save_model(ov_detokenizer, dst / "openvino_detokenizer.xml")
+    finish_llm_export(src, dst, tokenizer)
 
 
 def _check_export(folder: Path) -> dict[str, int]:

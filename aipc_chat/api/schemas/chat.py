@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aipc_chat.api.schemas.images import SEED_MAX, SEED_MIN, SIZE_RE
+from aipc_chat.api.schemas.images import SEED_MAX, SEED_MIN, ImageSize, parse_size
 from aipc_chat.orchestrator import ChatTurnRequest, ImageOptions
 
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -22,14 +22,7 @@ class ChatImageOptions(BaseModel):
     steps: int = Field(default=20, ge=1, le=500)
     guidance_scale: float = Field(default=7.5, ge=0, le=30)
     seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
-    size: str = Field(default="512x512", description="WxH")
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str) -> str:
-        if not SIZE_RE.match(value):
-            raise ValueError("size must look like 512x512")
-        return value
+    size: ImageSize = "512x512"
 
 
 class ChatRequest(BaseModel):
@@ -56,7 +49,7 @@ class ChatRequest(BaseModel):
     def to_turn(self) -> ChatTurnRequest:
         """The orchestrator's request."""
         o = self.image_options
-        width, height = (int(v) for v in o.size.split("x"))
+        width, height = parse_size(o.size)
         options = ImageOptions(negative_prompt=o.negative_prompt, steps=o.steps, guidance_scale=o.guidance_scale,
                                seed=None if o.seed == -1 else o.seed, width=width, height=height)
         return ChatTurnRequest(user_id=self.user_id, message=self.message.strip(),

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from aipc_chat.engines.image import ImageParams
 
 MAX_PROMPT_CHARS = 4000
 SEED_MIN, SEED_MAX = -1, 2**32 - 1
-SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE_PATTERN = r"^\d{1,5}x\d{1,5}$"
+# "WxH", as the OpenAI images API and /chat take it.
+ImageSize = Annotated[str, Field(pattern=SIZE_PATTERN, description="WxH, e.g. 512x512")]
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """(width, height) of a validated "WxH"."""
+    width, _, height = size.partition("x")
+    return int(width), int(height)
 
 
 class ImageGenerationRequest(BaseModel):
@@ -22,7 +29,7 @@ class ImageGenerationRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, ge=1, le=16)
-    size: str = Field(default="512x512", description="WxH, e.g. 512x512")
+    size: ImageSize = "512x512"
     response_format: Literal["url", "b64_json"] = "url"
     quality: str | None = None
     style: str | None = None
@@ -32,16 +39,9 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float = Field(default=7.5, ge=0, le=30)
     seed: int | None = Field(default=None, validation_alias=AliasChoices("seed", "rng_seed"), ge=SEED_MIN, le=SEED_MAX)
 
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str) -> str:
-        if not SIZE_RE.match(value):
-            raise ValueError("size must look like 512x512")
-        return value
-
     def to_params(self) -> ImageParams:
         """The engine's parameters."""
-        width, height = (int(v) for v in self.size.split("x"))
+        width, height = parse_size(self.size)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=width, height=height,
                            steps=self.num_inference_steps, guidance_scale=self.guidance_scale, seed=self.seed,
                            n=self.n)
