@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_DEFAULT = 32768
 THINK_CLOSE_TEXT = "\n</think>\n\n"
+HANDOFF_SECONDS = 0.010  # the longest the owner waits, per step, for waiting clients to be sent their tokens
 
 
 @dataclass(frozen=True)
@@ -465,6 +466,20 @@ class LLMEngine:
         for rid, req in list(running.items()):
             if self._collect(req, running, rid):
                 del running[rid]
+        self._hand_off(running)
+
+    @staticmethod
+    def _hand_off(running: dict[int, _Request]) -> None:
+        """Let the event loop send this step's tokens to clients waiting for them before the next step starts.
+
+        ``ContinuousBatchingPipeline.step()`` holds the GIL for the whole step (openvino-genai 2026.4), so without
+        this a token reaches its client one step after it exists: a whole decode step added to TTFT and ITL.
+        """
+        owed = [req.stream for req in running.values() if req.stream.owes_handoff]
+        if owed:
+            deadline = time.perf_counter() + HANDOFF_SECONDS
+            for stream in owed:
+                stream.wait_handed_off(deadline)
 
     def _take_inbox(self, waiting: deque[_Request], *, block: bool) -> bool:
         """Move new requests into ``waiting``; True when asked to stop.

@@ -21,6 +21,11 @@ class ThreadToAsync(Generic[T]):
     """A one-way channel: the owner thread ``put``s items, one asyncio task iterates them.
 
     ``cancel()`` may be called from either side; the owner thread polls ``cancelled`` and stops the work.
+
+    Hand-off: an owner whose next call holds the GIL for a long time (openvino-genai's ``step()`` does, for a whole
+    decode step) would keep the event loop from sending what it just put. ``wait_handed_off`` lets the owner wait,
+    briefly, until a consumer that was waiting for items has taken them and come back for more, so each token
+    reaches the client before the next step starts rather than after it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -29,6 +34,8 @@ class ThreadToAsync(Generic[T]):
         self._cancelled = threading.Event()
         self._closed = False
         self._carry: object | None = None  # an end or error that came right after a batch
+        self._parked = threading.Event()  # the consumer waits on an empty queue
+        self._owed = False  # items went to a parked consumer: the owner may wait for it to take them
 
     @property
     def cancelled(self) -> bool:
@@ -41,7 +48,24 @@ class ThreadToAsync(Generic[T]):
 
     def put(self, item: T | BaseException) -> None:
         """Called from the owner thread: deliver an item (or an exception that ends the stream)."""
+        if self._parked.is_set():
+            self._parked.clear()
+            self._owed = True
         self._send(item)
+
+    @property
+    def owes_handoff(self) -> bool:
+        """Owner thread: items went to a consumer that was waiting for them and it has not come back yet."""
+        return self._owed and not self._closed and not self._cancelled.is_set()
+
+    def wait_handed_off(self, deadline: float) -> bool:
+        """Owner thread: wait until (``time.perf_counter()``) ``deadline`` for the consumer to take what was put.
+
+        True when it did. A consumer that is slow (a client not reading) is not waited for again until it catches
+        up and waits for items once more.
+        """
+        self._owed = False
+        return self._parked.wait(max(0.0, deadline - time.perf_counter()))
 
     def close(self) -> None:
         """Called from the owner thread: no more items."""
@@ -61,8 +85,16 @@ class ThreadToAsync(Generic[T]):
         An exception (or the end) that follows ready items is kept for the next call, so order is never lost.
         """
         items: list[T] = []
-        item = self._carry if self._carry is not None else await self._queue.get()
-        self._carry = None
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+        elif self._queue.empty():
+            self._parked.set()
+            try:
+                item = await self._queue.get()
+            finally:
+                self._parked.clear()
+        else:
+            item = self._queue.get_nowait()
         while True:
             if isinstance(item, BaseException):
                 if items:

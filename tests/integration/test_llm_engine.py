@@ -156,3 +156,41 @@ def test_the_llm_path_never_imports_torch(llm_engine: LLMEngine) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_each_token_reaches_a_waiting_client_before_the_next_step(llm_engine: LLMEngine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """step() holds the GIL for a whole step, so the engine hands each step's text to waiting consumers first."""
+    monkeypatch.setattr("aipc_chat.engines.llm.HANDOFF_SECONDS", 2.0)  # the mechanism, not the bound, under test
+
+    class CountingPipe:
+        def __init__(self, pipe: object) -> None:
+            self._pipe, self.steps = pipe, 0
+
+        def step(self) -> None:
+            self.steps += 1
+            self._pipe.step()  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._pipe, name)
+
+    async def main(counting: CountingPipe) -> list[int]:
+        stream = llm_engine.submit([{"role": "user", "content": "Tell me about laptops."}],
+                                   GenParams(temperature=0, max_tokens=40, ignore_eos=True),
+                                   asyncio.get_running_loop())
+        lags, made = [], 0
+        async for item in stream:
+            if isinstance(item, Delta) and item.tokens:
+                made += item.tokens  # one token per step: the step that made this delta's last token
+                lags.append(counting.steps - made)  # steps begun since then, before the consumer saw it
+        return lags
+
+    real = llm_engine._pipe
+    counting = CountingPipe(real)
+    llm_engine._pipe = counting
+    try:
+        seen = asyncio.run(main(counting))
+    finally:
+        llm_engine._pipe = real
+    assert len(seen) >= 10
+    assert all(lag == 0 for lag in seen), str(seen)

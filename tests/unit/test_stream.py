@@ -35,3 +35,67 @@ def test_end_after_items() -> None:
         return [await ch.get_batch(), await ch.get_batch()]
 
     assert asyncio.run(main()) == [[1], None]
+
+
+def _owner_puts(ch: ThreadToAsync[int], values: list[int], wait: float, log: list[str]) -> None:
+    """An owner thread: put each value, then wait (bounded) for the hand-off, like the LLM engine after a step."""
+    import time
+
+    for v in values:
+        log.append(f"put {v}")
+        ch.put(v)
+        if ch.owes_handoff:
+            taken = ch.wait_handed_off(time.perf_counter() + wait)
+            log.append(f"handed off {v}" if taken else f"gave up {v}")
+    ch.close()
+
+
+def test_owner_waits_until_a_waiting_consumer_has_taken_the_item() -> None:
+    import threading
+
+    log: list[str] = []
+
+    async def main() -> None:
+        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        owner = threading.Thread(target=_owner_puts, args=(ch, [1, 2, 3], 5.0, log))
+        consumer = asyncio.ensure_future(consume(ch))
+        await asyncio.sleep(0.05)  # the consumer parks on the empty queue first
+        owner.start()
+        await consumer
+        owner.join()
+
+    async def consume(ch: ThreadToAsync[int]) -> None:
+        async for v in ch:
+            log.append(f"sent {v}")
+
+    asyncio.run(main())
+    # each value is sent by the consumer before the owner goes on to the next one
+    assert log == ["put 1", "sent 1", "handed off 1", "put 2", "sent 2", "handed off 2", "put 3", "sent 3",
+                   "handed off 3"]
+
+
+def test_owner_does_not_wait_for_a_consumer_that_is_not_waiting() -> None:
+    import time
+
+    async def main() -> tuple[bool, float]:
+        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch.put(1)  # nobody is parked: nothing is owed
+        owed_unparked = ch.owes_handoff
+        getter = asyncio.ensure_future(ch.get_batch())
+        await asyncio.sleep(0.01)
+        assert await getter == [1]
+        parked = asyncio.ensure_future(ch.get_batch())
+        await asyncio.sleep(0.01)  # now it waits on an empty queue
+        ch.put(2)
+        assert ch.owes_handoff
+        t0 = time.perf_counter()
+        # a consumer that never comes back (a client not reading): the owner gives up at the deadline
+        taken = await asyncio.to_thread(ch.wait_handed_off, time.perf_counter() + 0.05)
+        waited = time.perf_counter() - t0
+        assert not taken and not ch.owes_handoff
+        assert await parked == [2]
+        return owed_unparked, waited
+
+    owed_unparked, waited = asyncio.run(main())
+    assert owed_unparked is False
+    assert 0.04 < waited < 1.0
