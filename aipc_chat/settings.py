@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         5.0, ge=0, le=100, validation_alias=_env("batch_window_ms"),
         description="When idle, wait this long for more requests so ones sent together share their first step.",
     )
+    llm_warmup: bool = Field(
+        True, validation_alias=_env("llm_warmup"),
+        description="Generate one token at load, so the first request does not pay OpenVINO's first-inference "
+                    "cost (seconds on a 1.5B model); /ready turns true after it.",
+    )
     prefix_caching: bool = Field(
         True, validation_alias=_env("prefix_caching"),
         description="Reuse the KV cache of shared prompt prefixes (multi-turn chats).",

@@ -310,11 +310,31 @@ class LLMEngine:
         self._tokenizer = self._pipe.get_tokenizer()
         self._close_ids = self._encode(THINK_CLOSE_TEXT)
         self._eos_id = int(self._tokenizer.get_eos_token_id())
+        if self.settings.llm_warmup:
+            self._warm_up()
         self.load_seconds = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="llm-owner", daemon=True)
         self._thread.start()
         log.info("LLM %s loaded on %s in %.2f s (context %d)", self.model_name, self.device,
                  self.load_seconds, self.context_length)
+
+    def _warm_up(self) -> None:
+        """One token from a templated greeting: OpenVINO's first inference compiles kernels, which would otherwise
+        land on the first user's TTFT. The prompt's blocks stay in the prefix cache, where real prompts share them.
+        """
+        import openvino_genai as ov_genai
+
+        t0 = time.perf_counter()
+        prompt = self._tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}],
+                                                     add_generation_prompt=True)
+        config = ov_genai.GenerationConfig(max_new_tokens=1, do_sample=False)
+        config.apply_chat_template = False  # templated above
+        if self.serial:
+            self._pipe.generate(prompt, config)
+        else:
+            self._pipe.generate([prompt], [config])
+        self._decode(self._close_ids)  # the detokenizer's first call is slow too
+        log.info("LLM warm-up took %.2f s", time.perf_counter() - t0)
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything in flight and stop the owner thread."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
+from typing import Any
 
 import openvino_genai as ov_genai
 import pytest
 
 from aipc_chat.engines.llm import Delta, Done, GenParams, LLMEngine, LLMStream
 from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, InvalidRequest
+from aipc_chat.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +197,29 @@ def test_each_token_reaches_a_waiting_client_before_the_next_step(llm_engine: LL
         llm_engine._pipe = real
     assert len(seen) >= 10
     assert all(lag == 0 for lag in seen), str(seen)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_load_warms_the_pipeline_up_with_one_token(demo_models: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    warmup: bool) -> None:
+    calls: list[tuple[list[str], list[int]]] = []
+
+    class Recording(ov_genai.ContinuousBatchingPipeline):  # type: ignore[misc]
+        def generate(self, prompts: Any, configs: Any, *args: Any) -> Any:
+            calls.append((list(prompts), [c.max_new_tokens for c in configs]))
+            return super().generate(prompts, configs, *args)
+
+    monkeypatch.setattr(ov_genai, "ContinuousBatchingPipeline", Recording)
+    settings = Settings(demo=True, models_dir=demo_models.parent, llm_warmup=warmup)
+    engine = LLMEngine(settings, demo_models / "llm", "demo", "CPU")
+    engine.load()
+    try:
+        assert not engine._pipe.has_non_finished_requests()
+        reasoning, content, done, _ = run(engine, "Hi", GenParams(temperature=0, max_tokens=30))
+        assert done.completion_tokens > 0
+    finally:
+        engine.close()
+    if warmup:
+        assert calls == [([engine.render_prompt([{"role": "user", "content": "Hello"}])], [1])]
+    else:
+        assert calls == []
