@@ -45,10 +45,10 @@ bench: demo-models
 	$(BIN)/python scripts/bench_startup.py --rounds 2 --out bench-results/startup.json
 
 bench-full: install
-	$(BIN)/aipc-chat bench-models
-	$(BIN)/python scripts/bench_llm.py --model bench --runs 5 --prompt-tokens 128 --max-tokens 64 \
+	$(BIN)/aipc-chat bench-models --torch
+	$(BIN)/python scripts/bench_llm.py --model bench --runs 9 --prompt-tokens 128 --max-tokens 64 \
 		--history-tokens 1024 --out bench-results/llm-full
-	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 20 --runs 2 --out bench-results/image-full
+	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 10 --runs 2 --out bench-results/image-full
 	$(BIN)/python scripts/bench_startup.py --model bench --rounds 1 --out bench-results/startup-full.json
 
 clean:

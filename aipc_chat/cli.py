@@ -143,7 +143,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_bench_models(args: argparse.Namespace) -> int:
     """Build the shape-alike benchmark models (real architectures, random weights) into <models>/bench."""
-    from aipc_chat.provision.bench_models import build_bench_image, build_bench_llm
+    from aipc_chat.provision.bench_models import build_bench_image, build_bench_image_torch, build_bench_llm
 
     settings = _settings({"models_dir": args.models_dir})
     _setup_logging(settings.log_level)
@@ -151,6 +151,8 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
         build_bench_llm(settings.models_dir / "bench" / "llm", force=args.force)
     if args.only in (None, "image"):
         build_bench_image(settings.models_dir / "bench" / "image", force=args.force)
+    if args.only == "image-torch" or (args.only is None and args.torch):
+        build_bench_image_torch(settings.models_dir / "bench" / "image-torch", force=args.force)
     print(f"Benchmark models ready in {settings.models_dir / 'bench'}")  # noqa: T201
     return 0
 
@@ -202,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench-models", help="build the shape-alike benchmark models (1.5B LLM, SD 1.5)")
     bench.add_argument("--force", action="store_true", help="rebuild even if present")
-    bench.add_argument("--only", choices=["llm", "image"], help="build only one of them")
+    bench.add_argument("--only", choices=["llm", "image", "image-torch"], help="build only one of them")
+    bench.add_argument("--torch", action="store_true",
+                       help="also save the SD 1.5 pipeline for diffusers on PyTorch (image-torch, 4.3 GB), to "
+                            "time OpenVINO against PyTorch")
     bench.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
     bench.set_defaults(func=cmd_bench_models)
     return parser

@@ -52,20 +52,25 @@ def server_run(base_url: str, size: int, steps: int, seed: int) -> float:
     return time.perf_counter() - t0
 
 
-def torch_runs(torch_dir: Path, size: int, steps: int, runs: int) -> list[float]:
-    """diffusers on PyTorch (CPU), the way a user without OpenVINO would run the same pipeline."""
+def torch_runs(torch_dir: Path, size: int, steps: int, runs: int) -> tuple[list[float], float]:
+    """diffusers on PyTorch (CPU, fp32), the way a user without OpenVINO runs the same pipeline: per-image
+    seconds (after one warm-up image) and the load time."""
     import torch
     from diffusers import StableDiffusionPipeline
 
+    t0 = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(str(torch_dir), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - t0
     out = []
-    for seed in range(runs):
-        t0 = time.perf_counter()
-        pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps,
-             generator=torch.Generator().manual_seed(seed))
-        out.append(time.perf_counter() - t0)
-    return out
+    with torch.inference_mode():
+        for seed in range(runs + 1):  # the first image is warm-up
+            t0 = time.perf_counter()
+            pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.5,
+                 generator=torch.Generator().manual_seed(seed))
+            if seed:
+                out.append(time.perf_counter() - t0)
+    return out, load
 
 
 def main() -> int:
@@ -75,7 +80,10 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--torch-dir", help="a diffusers folder of the same pipeline, to time PyTorch too")
+    parser.add_argument("--torch-dir", help="a diffusers folder of the same pipeline, to time PyTorch too "
+                        "(default with --model bench: <models>/bench/image-torch when `aipc-chat bench-models "
+                        "--torch` built it)")
+    parser.add_argument("--torch-runs", type=int, default=1, help="PyTorch images to time (after a warm-up one)")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "image"))
     args = parser.parse_args()
     from optimum.intel import OVStableDiffusionPipeline
@@ -83,6 +91,9 @@ def main() -> int:
     models = Path(args.models_dir)
     model_dir = {"demo": models / "demo" / "image", "bench": models / "bench" / "image"}.get(args.model,
                                                                                               Path(args.model))
+    torch_dir = Path(args.torch_dir) if args.torch_dir else None
+    if torch_dir is None and args.model == "bench" and (models / "bench" / "image-torch" / "aipc_bench.json").is_file():
+        torch_dir = models / "bench" / "image-torch"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"AIPC_IMAGE_PATH": str(model_dir)}
@@ -106,13 +117,15 @@ def main() -> int:
                     srv.append(s)
     finally:
         server.stop()
-    torch_s = torch_runs(Path(args.torch_dir), args.size, args.steps, args.runs) if args.torch_dir else []
+    del pipe  # PyTorch runs alone
+    torch_s, torch_load = torch_runs(torch_dir, args.size, args.steps, args.torch_runs) if torch_dir else ([], None)
     result: dict[str, Any] = {
         "when": timestamp(), "machine": machine(), "model": str(model_dir), "size": args.size, "steps": args.steps,
         "runs": args.runs, "raw_s": summary(raw), "server_s": summary(srv), "torch_s": summary(torch_s),
         "raw_step_ms": summary([x / args.steps * 1e3 for x in raw]),
         "server_step_ms": summary([x / args.steps * 1e3 for x in srv]),
-        "load_s": {"raw": raw_load, "server": load}, "peak_rss_mib_server": server_rss.peak / 2**20,
+        "load_s": {"raw": raw_load, "server": load, "torch": torch_load},
+        "peak_rss_mib_server": server_rss.peak / 2**20,
         "raw_runs": raw, "server_runs": srv, "torch_runs": torch_s,
     }
     result["ratio"] = result["server_s"]["p50"] / result["raw_s"]["p50"]
@@ -132,7 +145,8 @@ def markdown(r: dict[str, Any]) -> str:
     if r["torch_runs"]:
         rows.append(["diffusers on PyTorch", r["torch_s"]["p50"], r["torch_s"]["p90"],
                      r["torch_s"]["p50"] / r["steps"] * 1e3])
-    extra = f"; OpenVINO is {r['openvino_speedup_vs_torch']:.2f}x PyTorch" if r["torch_runs"] else ""
+    extra = (f"; OpenVINO is {r['openvino_speedup_vs_torch']:.2f}x PyTorch (PyTorch load "
+             f"{r['load_s']['torch']:.1f} s)" if r["torch_runs"] else "")
     return (f"# Image benchmark ({r['when']})\n\n{machine_line(r['machine'])}; model `{r['model']}`; "
             f"{r['size']}x{r['size']}, {r['steps']} steps, {r['runs']} interleaved runs.\n\n"
             + table(["path", "per image p50 s", "p90 s", "per step p50 ms"], rows)

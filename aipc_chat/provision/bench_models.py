@@ -66,11 +66,13 @@ __all__ = [
     "MARKER_NAME",
     "DemoModelError",
     "build_bench_image",
+    "build_bench_image_torch",
     "build_bench_llm",
     "is_bench_image_built",
     "is_bench_llm_built",
     "main",
     "self_test_bench_image",
+    "self_test_bench_image_torch",
     "self_test_bench_llm",
 ]
 
@@ -80,6 +82,7 @@ FORMAT_VERSION = 1
 MARKER_NAME = "aipc_bench.json"
 LLM_KIND = "deepseek-r1-distill-qwen-1.5b-random-int4"
 IMAGE_KIND = "sd15-random-int8"
+TORCH_IMAGE_KIND = "sd15-random-diffusers-fp32"
 SEED = 20250120
 
 # ------------------------------------------------------------------- DeepSeek-R1-Distill-Qwen-1.5B (config.json)
@@ -141,6 +144,16 @@ def build_bench_image(out_dir: Path, *, force: bool = False) -> Path:
     return _build(Path(out_dir), IMAGE_KIND, _build_image_into, self_test_bench_image, force=force)
 
 
+def build_bench_image_torch(out_dir: Path, *, force: bool = False) -> Path:
+    """Build the same random SD 1.5 as a diffusers (PyTorch, fp32) folder: what a user without OpenVINO runs.
+
+    The weights are the ones ``build_bench_image`` quantizes (same seeds), so the benchmark compares the two
+    runtimes on one network. About 4.3 GB on disk.
+    """
+    return _build(Path(out_dir), TORCH_IMAGE_KIND, _build_torch_image_into, self_test_bench_image_torch,
+                  force=force)
+
+
 def self_test_bench_llm(model_dir: Path) -> dict[str, Any]:
     """Generate a few greedy tokens with LLMPipeline and ContinuousBatchingPipeline; return facts or raise."""
     import openvino_genai as ov_genai
@@ -197,15 +210,37 @@ def self_test_bench_image(model_dir: Path) -> dict[str, Any]:
     return {"image_shape": list(image.shape), "seconds_64px_2_steps": round(seconds, 3)}
 
 
+def self_test_bench_image_torch(model_dir: Path) -> dict[str, Any]:
+    """Generate one 64x64 image in two steps with diffusers on PyTorch; return facts or raise."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    model_dir = Path(model_dir)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None)
+        pipe.set_progress_bar_config(disable=True)
+        start = time.monotonic()
+        image = pipe(prompt="a red apple", width=64, height=64, num_inference_steps=2, output_type="np",
+                     generator=torch.Generator().manual_seed(1)).images[0]
+        seconds = time.monotonic() - start
+    except Exception as exc:
+        raise DemoModelError(f"benchmark PyTorch pipeline at {model_dir} failed to run: {exc}") from exc
+    if image.shape != (64, 64, 3) or not np.isfinite(image).all():
+        raise DemoModelError(f"64x64 PyTorch generation returned shape {image.shape} or non-finite values")
+    logger.info("benchmark PyTorch image self-test passed for %s (%.1f s)", model_dir, seconds)
+    return {"image_shape": list(image.shape), "seconds_64px_2_steps": round(seconds, 3)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m aipc_chat.provision.bench_models {llm,image} OUT_DIR [--force]``."""
+    """Command line: ``python -m aipc_chat.provision.bench_models {llm,image,image-torch} OUT_DIR [--force]``."""
     parser = argparse.ArgumentParser(description="Build a random-weight benchmark model (offline).")
-    parser.add_argument("which", choices=("llm", "image"), help="which model to build")
+    parser.add_argument("which", choices=("llm", "image", "image-torch"), help="which model to build")
     parser.add_argument("out_dir", type=Path, help="folder to build into")
     parser.add_argument("--force", action="store_true", help="rebuild even if a finished build is there")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build = build_bench_llm if args.which == "llm" else build_bench_image
+    build = {"llm": build_bench_llm, "image": build_bench_image, "image-torch": build_bench_image_torch}[args.which]
     try:
         build(args.out_dir, force=args.force)
     except DemoModelError as exc:
@@ -574,6 +609,13 @@ def _build_image_into(staging: Path) -> dict[str, Any]:
         "quantization": {"bits": 8, "sym": False, "weights_only": True, "dataset": None},
         "weight_element_types": weight_types,
     }
+
+
+def _build_torch_image_into(staging: Path) -> dict[str, Any]:
+    """Save the random SD 1.5 diffusers pipeline (fp32 safetensors) into ``staging``; return facts."""
+    with _quiet_libraries():
+        params = _save_random_sd15(staging)
+    return {"architecture": "stable-diffusion-1.5", "parameters": params, "format": "diffusers, fp32 safetensors"}
 
 
 def _unet_config() -> dict[str, Any]:
