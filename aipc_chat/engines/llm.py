@@ -131,9 +131,16 @@ class IncrementalDetokenizer:
 
     def push(self, ids: list[int]) -> str:
         """Add tokens; return the text they complete (maybe empty)."""
+        before, after = self.extend(ids)
+        return self.take(self._decode(before), self._decode(after))
+
+    def extend(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        """Add tokens; return the two windows ``take`` needs decoded (batch them with other streams')."""
         self._ids.extend(ids)
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
+        return self._ids[self._prefix : self._read], self._ids[self._prefix :]
+
+    def take(self, before: str, after: str) -> str:
+        """Given the texts of ``extend``'s windows, return the new final text (maybe empty)."""
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
@@ -483,10 +490,33 @@ class LLMEngine:
                 self._finish(req, EngineFailure(f"Generation failed: {type(exc).__name__}"))
             running.clear()
             return
+        outputs = {rid: self._read(req) for rid, req in running.items()}
+        texts = self._detokenize([(rid, running[rid], out[0]) for rid, out in outputs.items() if out[0]])
         for rid, req in list(running.items()):
-            if self._collect(req, running, rid):
+            new, finish, status = outputs[rid]
+            if self._collect(req, running, rid, new, finish, status, texts.get(rid, "")):
                 del running[rid]
         self._hand_off(running)
+
+    def _detokenize(self, batch: list[tuple[int, _Request, list[int]]]) -> dict[int, str]:
+        """The new text of each request's new tokens, decoded in one tokenizer call for all of them."""
+        detoks: list[IncrementalDetokenizer] = []
+        windows: list[list[int]] = []
+        for _, req, ids in batch:
+            assert req.detok is not None
+            detoks.append(req.detok)
+            windows.extend(req.detok.extend(ids))
+        texts = self._decode_many(windows)
+        return {rid: detok.take(texts[2 * i], texts[2 * i + 1])
+                for i, ((rid, _, _), detok) in enumerate(zip(batch, detoks, strict=True))}
+
+    def _decode_many(self, windows: list[list[int]]) -> list[str]:
+        texts = [""] * len(windows)
+        full = [i for i, w in enumerate(windows) if w]
+        if full:
+            for i, text in zip(full, self._tokenizer.decode([windows[i] for i in full]), strict=True):
+                texts[i] = str(text)
+        return texts
 
     @staticmethod
     def _hand_off(running: dict[int, _Request]) -> None:
@@ -549,8 +579,9 @@ class LLMEngine:
             req.detok = IncrementalDetokenizer(self._decode, req.prompt_ids)
         running[rid] = req
 
-    def _collect(self, req: _Request, running: dict[int, _Request], rid: int) -> bool:
-        """Read what a step produced for one request; True when the request is finished."""
+    @staticmethod
+    def _read(req: _Request) -> tuple[list[int], Any, Any]:
+        """What a step produced for one request: new token ids, finish reason (or None), status."""
         import openvino_genai as ov_genai
 
         new: list[int] = []
@@ -560,9 +591,15 @@ class LLMEngine:
                 new.extend(out.generated_ids)
                 if out.finish_reason != ov_genai.GenerationFinishReason.NONE:
                     finish = out.finish_reason
-        status = req.handle.get_status()
+        return new, finish, req.handle.get_status()
+
+    def _collect(self, req: _Request, running: dict[int, _Request], rid: int, new: list[int], finish: Any,
+                 status: Any, text: str) -> bool:
+        """Hand out what a step produced for one request; True when the request is finished."""
+        import openvino_genai as ov_genai
+
         if new:
-            self._emit(req, new)
+            self._emit(req, new, text)
         done = finish is not None or status not in (ov_genai.GenerationStatus.RUNNING,)
         if not done and req.budget is not None and req.splitter.in_think and req.think_tokens >= req.budget:
             return self._force_answer(req, running, rid)
@@ -587,12 +624,13 @@ class LLMEngine:
         return (finish == ov_genai.GenerationFinishReason.STOP and req.splitter.in_think and not req.forced
                 and bool(req.generated) and req.generated[-1] == self._eos_id and not req.config.ignore_eos)
 
-    def _emit(self, req: _Request, ids: list[int]) -> None:
+    def _emit(self, req: _Request, ids: list[int], text: str) -> None:
         if req.timing.first_token is None:
             req.timing.first_token = time.perf_counter()
         req.generated.extend(ids)
         thinking = req.splitter.in_think
-        self._write(req, ids)
+        if text:
+            req.text_out.append(text)
         if thinking:
             req.think_tokens += len(ids)
         self._push_text(req, len(ids))

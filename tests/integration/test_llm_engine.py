@@ -76,6 +76,27 @@ def test_engine_matches_raw_pipeline_greedy(llm_engine: LLMEngine) -> None:
     assert raw.split("</think>")[0].strip() == reasoning.strip()
 
 
+def test_concurrent_streams_each_get_their_own_text(llm_engine: LLMEngine) -> None:
+    """Streams decoded together (one detokenizer call per step for all of them) match their raw greedy texts."""
+    pipe = ov_genai.LLMPipeline(str(llm_engine.model_dir), "CPU")
+    config = ov_genai.GenerationConfig(max_new_tokens=60, do_sample=False)
+    config.apply_chat_template = False
+    questions = ["Explain gravity in one sentence.", "What is a laptop?", "Tell me about rivers."]
+    raw = [str(pipe.generate(llm_engine.render_prompt([{"role": "user", "content": q}]), config))
+           for q in questions]
+
+    async def main() -> list[tuple[str, str, Done, int]]:
+        loop = asyncio.get_running_loop()
+        streams = [llm_engine.submit([{"role": "user", "content": q}], GenParams(temperature=0, max_tokens=60),
+                                     loop) for q in questions]
+        return list(await asyncio.gather(*(collect(s) for s in streams)))
+
+    for text, (reasoning, content, _, _) in zip(raw, asyncio.run(main()), strict=True):
+        assert (reasoning + content).strip()
+        assert text.split("</think>")[0].strip() == reasoning.strip()
+        assert text.split("</think>")[-1].strip() == content.strip()
+
+
 def test_reasoning_budget_forces_an_answer(llm_engine: LLMEngine) -> None:
     reasoning, content, done, _ = run(llm_engine, "Tell me about the weather today.",
                                       GenParams(temperature=0, max_tokens=200, reasoning_budget=3))
