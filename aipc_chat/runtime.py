@@ -179,6 +179,8 @@ class Runtime:
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
             out["llm"]["context_length"] = self.llm.context_length
+            if isinstance(self.llm, LLMEngine) and self.llm.failure:
+                out["llm"].update(state="failed", error=f"the engine stopped: {self.llm.failure}")
         if self.image is not None:
             out["image"]["active_jobs"] = int(self.image.current is not None)
             out["image"]["queued_jobs"] = self.image.queue_depth
@@ -186,8 +188,9 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """True when every model is loaded."""
-        return all(s.state == "ready" for s in self.status.values())
+        """True when every model is loaded (and no engine has stopped)."""
+        failed = isinstance(self.llm, LLMEngine) and self.llm.failure is not None
+        return not failed and all(s.state == "ready" for s in self.status.values())
 
     def require_llm(self) -> LLMEngine | RemoteLLM:
         """The LLM engine, or NotReady."""

@@ -281,6 +281,7 @@ class LLMEngine:
         self.active = 0  # generating right now
         self.observers: list[Callable[[Done], None]] = []  # called on the owner thread for each finished request
         self._live: set[LLMStream] = set()
+        self.failure: str | None = None  # set if the owner thread died: the engine serves nothing more
 
     @property
     def capacity(self) -> int:
@@ -387,6 +388,9 @@ class LLMEngine:
         """Queue an already templated prompt."""
         if self._thread is None:
             raise NotReady("The LLM is not loaded.")
+        if self.failure is not None:
+            raise EngineFailure(f"The LLM engine stopped after an internal error ({self.failure}); restart the "
+                                "server.")
         if constrains_whole_reply(params) and prompt.rstrip().endswith(THINK_OPEN):
             prompt += "</think>\n\n"  # constrained output has no room for reasoning: close the block empty
         ids = self._encode(prompt)
@@ -437,8 +441,13 @@ class LLMEngine:
                 self._run_serial()
             else:
                 self._run_batched()
-        except Exception:  # never let the owner die silently: fail whatever is left
+        except Exception as exc:  # never let the owner die silently: fail whatever is left, refuse what comes
             log.exception("LLM owner thread failed")
+            self.failure = f"{type(exc).__name__}: {exc}"
+            for stream in list(self._live):
+                stream.put(EngineFailure("The LLM engine stopped after an internal error; restart the server."))
+                stream.close()
+            self._live.clear()
 
     def _finish(self, req: _Request, result: Done | BaseException) -> None:
         if req.timing.started is not None:

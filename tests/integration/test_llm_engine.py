@@ -12,7 +12,7 @@ import openvino_genai as ov_genai
 import pytest
 
 from aipc_chat.engines.llm import Delta, Done, GenParams, LLMEngine, LLMStream
-from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, InvalidRequest
+from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, EngineFailure, InvalidRequest
 from aipc_chat.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -244,3 +244,30 @@ def test_load_warms_the_pipeline_up_with_one_token(demo_models: Path, monkeypatc
         assert calls == [([engine.render_prompt([{"role": "user", "content": "Hello"}])], [1])]
     else:
         assert calls == []
+
+
+def test_a_dead_owner_thread_fails_requests_instead_of_hanging(demo_models: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = LLMEngine(Settings(demo=True, models_dir=demo_models.parent, llm_warmup=False), demo_models / "llm",
+                       "demo", "CPU")
+    engine.load()
+
+    def broken(req: object) -> None:
+        raise RuntimeError("a bug in the owner loop")
+
+    monkeypatch.setattr(engine, "_read", broken)
+    try:
+        async def main() -> None:
+            stream = engine.submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=20),
+                                   asyncio.get_running_loop())
+            await asyncio.wait_for(collect(stream), timeout=30)
+
+        with pytest.raises(EngineFailure, match="restart the server"):
+            asyncio.run(main())
+        assert engine.failure == "RuntimeError: a bug in the owner loop"
+        loop = asyncio.new_event_loop()
+        with pytest.raises(EngineFailure, match="a bug in the owner loop"):
+            engine.submit([{"role": "user", "content": "Hi again"}], GenParams(), loop)
+        loop.close()
+    finally:
+        engine.close()
