@@ -145,24 +145,35 @@ def stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sweep(args: argparse.Namespace, cb: Any, tok: Any, server: LiveServer, model: str) -> list[dict[str, Any]]:
-    """Aggregate tokens/s and per-stream TPOT at each concurrency, raw continuous batching vs server."""
+    """Aggregate tokens/s and per-stream TPOT at each concurrency, raw continuous batching vs server.
+
+    ``--sweep-rounds`` rounds, each visiting every level (raw, then server, with fresh prompts); medians reported.
+    """
+    samples: dict[int, list[dict[str, float]]] = {c: [] for c in args.concurrency}
+    for rnd in range(args.sweep_rounds):
+        for c in args.concurrency:
+            batch = [make_messages(tok, 1000 * c + 100 * rnd + k, args.prompt_tokens) for k in range(c)]
+            prompts = [tok.apply_chat_template(m, add_generation_prompt=True) for m in batch]
+            t0 = time.perf_counter()
+            raw = raw_cb_batch(cb, tok, prompts, args.max_tokens)
+            raw_wall = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            srv = asyncio.run(server_batch(server.base_url, model, batch, args.max_tokens))
+            srv_wall = time.perf_counter() - t0
+            sample = {"raw_cb_tok_s": sum(r["tokens"] for r in raw) / raw_wall,
+                      "server_tok_s": sum(r["tokens"] for r in srv) / srv_wall,
+                      "raw_cb_tpot_ms": summary([r["tpot_s"] * 1e3 for r in raw])["p50"],
+                      "server_tpot_ms": summary([r["tpot_s"] * 1e3 for r in srv])["p50"]}
+            sample["ratio"] = sample["server_tok_s"] / sample["raw_cb_tok_s"]
+            samples[c].append(sample)
+            print(f"round {rnd}, concurrency {c}: {sample}", flush=True)  # noqa: T201
     rows = []
-    for c in args.concurrency:
-        batch = [make_messages(tok, 1000 * c + k, args.prompt_tokens) for k in range(c)]
-        prompts = [tok.apply_chat_template(m, add_generation_prompt=True) for m in batch]
-        t0 = time.perf_counter()
-        raw = raw_cb_batch(cb, tok, prompts, args.max_tokens)
-        raw_wall = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        srv = asyncio.run(server_batch(server.base_url, model, batch, args.max_tokens))
-        srv_wall = time.perf_counter() - t0
-        rows.append({"concurrency": c,
-                     "raw_cb_tok_s": sum(r["tokens"] for r in raw) / raw_wall,
-                     "server_tok_s": sum(r["tokens"] for r in srv) / srv_wall,
-                     "raw_cb_tpot_ms": summary([r["tpot_s"] * 1e3 for r in raw])["p50"],
-                     "server_tpot_ms": summary([r["tpot_s"] * 1e3 for r in srv])["p50"]})
-        rows[-1]["ratio"] = rows[-1]["server_tok_s"] / rows[-1]["raw_cb_tok_s"]
-        print(f"concurrency {c}: {rows[-1]}", flush=True)  # noqa: T201
+    for c, runs in samples.items():
+        row: dict[str, Any] = {"concurrency": c, "rounds": len(runs)}
+        for key in ("raw_cb_tok_s", "server_tok_s", "raw_cb_tpot_ms", "server_tpot_ms", "ratio"):
+            row[key] = summary([r[key] for r in runs])["p50"]
+        row["ratios"] = [r["ratio"] for r in runs]
+        rows.append(row)
     return rows
 
 
@@ -191,6 +202,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--history-tokens", type=int, default=1024)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--sweep-rounds", type=int, default=1, help="rounds of the concurrency sweep (medians)")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "llm"))
     args = parser.parse_args()
 
@@ -265,9 +277,11 @@ def markdown(r: dict[str, Any]) -> str:
                      s["tpot_ms"]["p99"], s["itl_ms"]["p50"], s["itl_ms"]["p99"], s["e2e_s"]["p50"]])
     single = table(["path", "tok/s p50", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms", "TPOT p99 ms", "ITL p50 ms",
                     "ITL p99 ms", "E2E p50 s"], rows)
-    sweep_t = table(["streams", "raw CB tok/s", "server tok/s", "server/raw", "raw TPOT ms", "server TPOT ms"],
-                    [[s["concurrency"], s["raw_cb_tok_s"], s["server_tok_s"], s["ratio"], s["raw_cb_tpot_ms"],
-                      s["server_tpot_ms"]] for s in r["sweep"]])
+    sweep_t = table(["streams", "raw CB tok/s", "server tok/s", "server/raw (median)", "per round", "raw TPOT ms",
+                     "server TPOT ms"],
+                    [[s["concurrency"], s["raw_cb_tok_s"], s["server_tok_s"], s["ratio"],
+                      " ".join(f"{x:.3f}" for x in s["ratios"]), s["raw_cb_tpot_ms"], s["server_tpot_ms"]]
+                     for s in r["sweep"]])
     return (f"# LLM benchmark ({r['when']})\n\n{machine_line(r['machine'])}; model `{r['model']}`; "
             f"{r['prompt_tokens']} prompt tokens, {r['max_tokens']} output tokens, {r['runs']} interleaved runs.\n\n"
             f"{single}\n\nserver/raw LLMPipeline token rate **{r['ratio_tok_s']:.3f}**, vs raw continuous batching "

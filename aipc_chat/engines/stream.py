@@ -67,6 +67,10 @@ class ThreadToAsync(Generic[T]):
         self._owed = False
         return self._parked.wait(max(0.0, deadline - time.perf_counter()))
 
+    def interrupt(self, error: BaseException) -> None:
+        """Called on the event loop: end the stream with ``error`` after the items already queued."""
+        self._queue.put_nowait(error)
+
     def close(self) -> None:
         """Called from the owner thread: no more items."""
         if not self._closed:
@@ -117,19 +121,16 @@ class ThreadToAsync(Generic[T]):
 
 
 async def batches(stream: ThreadToAsync[T], timeout: float) -> AsyncIterator[list[T]]:
-    """Iterate a stream's batches of ready items; cancel the work and raise RequestTimeout past ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Iterate a stream's batches of ready items; cancel the work and raise RequestTimeout past ``timeout``.
+
+    One timer per stream (not a ``wait_for`` per batch, which costs a task per token): at the deadline it queues
+    the error behind whatever already arrived.
+    """
+    expired = RequestTimeout(f"The request took longer than {timeout:g} s and was cancelled.")
+    timer = asyncio.get_running_loop().call_later(timeout, stream.interrupt, expired)
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise asyncio.TimeoutError
-            batch = await asyncio.wait_for(stream.get_batch(), remaining)
-            if batch is None:
-                return
+        while (batch := await stream.get_batch()) is not None:
             yield batch
-    except asyncio.TimeoutError:
-        stream.cancel()
-        raise RequestTimeout(f"The request took longer than {timeout:g} s and was cancelled.") from None
     finally:
-        stream.cancel()  # idempotent; frees the slot if the consumer stopped early
+        timer.cancel()
+        stream.cancel()  # idempotent; frees the slot if the consumer stopped early (or timed out)

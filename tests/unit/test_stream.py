@@ -99,3 +99,41 @@ def test_owner_does_not_wait_for_a_consumer_that_is_not_waiting() -> None:
     owed_unparked, waited = asyncio.run(main())
     assert owed_unparked is False
     assert 0.04 < waited < 1.0
+
+
+def test_a_silent_stream_times_out_and_its_work_is_cancelled() -> None:
+    import time
+
+    from aipc_chat.engines.stream import batches
+    from aipc_chat.errors import RequestTimeout
+
+    async def main() -> tuple[list[list[int]], ThreadToAsync[int], float]:
+        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch.put(1)  # what arrived before the deadline is delivered first
+        got: list[list[int]] = []
+        t0 = time.perf_counter()
+        with pytest.raises(RequestTimeout, match="longer than 0.2 s"):
+            async for batch in batches(ch, 0.2):
+                got.append(batch)
+        return got, ch, time.perf_counter() - t0
+
+    got, ch, waited = asyncio.run(main())
+    assert got == [[1]]
+    assert ch.cancelled  # the owner thread stops the work
+    assert 0.15 < waited < 2.0
+
+
+def test_a_finished_stream_leaves_no_timer_behind() -> None:
+    from aipc_chat.engines.stream import batches
+
+    async def main() -> list[list[int]]:
+        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch.put(1)
+        ch.put(2)
+        ch.close()
+        out = [b async for b in batches(ch, 0.1)]
+        await asyncio.sleep(0.2)  # past the deadline: nothing is raised or queued any more
+        assert ch._queue.empty()
+        return out
+
+    assert asyncio.run(main()) == [[1, 2]]

@@ -1,0 +1,63 @@
+"""The benchmark scripts run end to end on the demo models (tiny settings) and write JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, *args: str, timeout: float = 600) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def positive(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_bench_llm_writes_figures(demo_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "llm"
+    run_script("bench_llm.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--runs", "2",
+               "--max-tokens", "16", "--prompt-tokens", "32", "--history-tokens", "64", "--concurrency", "1,2",
+               "--sweep-rounds", "2", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    for path in ("raw", "raw_cb", "server"):
+        assert positive(result[path]["tok_s"]["p50"]) and positive(result[path]["ttft_ms"]["p50"])
+    assert positive(result["ratio_tok_s"]) and math.isfinite(result["ttft_overhead_ms"])
+    assert [row["concurrency"] for row in result["sweep"]] == [1, 2]
+    assert all(len(row["ratios"]) == 2 and positive(row["ratio"]) for row in result["sweep"])
+    assert positive(result["multi_turn"]["followup_ttft_ms"]) and positive(result["peak_rss_mib"]["server_both_models"])
+    assert result["machine"]["cores"] >= 1 and result["machine"]["openvino"]
+    assert "server/raw LLMPipeline token rate" in out.with_suffix(".md").read_text()
+    for plot in (".sweep.png", ".ttft.png"):
+        assert out.with_suffix(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_image_writes_figures(demo_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "image"
+    run_script("bench_image.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--size", "64",
+               "--steps", "2", "--runs", "1", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert positive(result["raw_s"]["p50"]) and positive(result["server_s"]["p50"]) and positive(result["ratio"])
+    assert result["torch_runs"] == []  # no diffusers folder given: PyTorch is not timed
+    assert "server/raw" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_startup_writes_figures(demo_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    run_script("bench_startup.py", "--models-dir", str(demo_models.parent), "--rounds", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    for key in ("ready_s", "llm_load_s", "image_load_s"):
+        assert positive(result["summary"][key]["cold"]) and positive(result["summary"][key]["warm"])
+    assert "cold (empty compile cache)" in out.with_suffix(".md").read_text()
