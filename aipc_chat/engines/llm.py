@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_CONTEXT_DEFAULT = 32768
 THINK_CLOSE_TEXT = "\n</think>\n\n"
 HANDOFF_SECONDS = 0.010  # the longest the owner waits, per step, for waiting clients to be sent their tokens
+HANDOFF_MIN_STEP_SECONDS = 0.005  # steps shorter than this are not worth a hand-off (it costs ~0.5 ms)
 
 
 @dataclass(frozen=True)
@@ -491,6 +492,7 @@ class LLMEngine:
 
     def _step(self, running: dict[int, _Request]) -> None:
         """One pipeline step for every running request, then hand out what it produced."""
+        started = time.perf_counter()
         try:
             self._pipe.step()
         except Exception as exc:
@@ -505,7 +507,8 @@ class LLMEngine:
             new, finish, status = outputs[rid]
             if self._collect(req, running, rid, new, finish, status, texts.get(rid, "")):
                 del running[rid]
-        self._hand_off(running)
+        if time.perf_counter() - started >= HANDOFF_MIN_STEP_SECONDS:
+            self._hand_off(running)
 
     def _detokenize(self, batch: list[tuple[int, _Request, list[int]]]) -> dict[int, str]:
         """The new text of each request's new tokens, decoded in one tokenizer call for all of them."""
@@ -532,7 +535,9 @@ class LLMEngine:
         """Let the event loop send this step's tokens to clients waiting for them before the next step starts.
 
         ``ContinuousBatchingPipeline.step()`` holds the GIL for the whole step (openvino-genai 2026.4), so without
-        this a token reaches its client one step after it exists: a whole decode step added to TTFT and ITL.
+        this a token reaches its client one step after it exists: a whole decode step added to TTFT and ITL. Only
+        worth it when steps are long: with millisecond steps (tiny models) the event loop gets its turns between
+        steps anyway and sends several tokens per chunk.
         """
         owed = [req.stream for req in running.values() if req.stream.owes_handoff]
         if owed:

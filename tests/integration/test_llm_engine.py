@@ -186,6 +186,7 @@ def test_each_token_reaches_a_waiting_client_before_the_next_step(llm_engine: LL
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """step() holds the GIL for a whole step, so the engine hands each step's text to waiting consumers first."""
     monkeypatch.setattr("aipc_chat.engines.llm.HANDOFF_SECONDS", 2.0)  # the mechanism, not the bound, under test
+    monkeypatch.setattr("aipc_chat.engines.llm.HANDOFF_MIN_STEP_SECONDS", 0.0)  # the demo model's steps are short
 
     class CountingPipe:
         def __init__(self, pipe: object) -> None:

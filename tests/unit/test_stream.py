@@ -111,10 +111,14 @@ def test_a_silent_stream_times_out_and_its_work_is_cancelled() -> None:
         ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
         ch.put(1)  # what arrived before the deadline is delivered first
         got: list[list[int]] = []
-        t0 = time.perf_counter()
-        with pytest.raises(RequestTimeout, match="longer than 0.2 s"):
+
+        async def consume() -> None:
             async for batch in batches(ch, 0.2):
                 got.append(batch)
+
+        t0 = time.perf_counter()
+        with pytest.raises(RequestTimeout, match="longer than 0.2 s"):
+            await consume()
         return got, ch, time.perf_counter() - t0
 
     got, ch, waited = asyncio.run(main())
