@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aipc_chat.engines.bytelevel import ByteLevelDecoder
 from aipc_chat.engines.stream import ThreadToAsync
 from aipc_chat.errors import (
     Busy,
@@ -250,6 +251,14 @@ def structured_output_config(params: GenParams) -> Any | None:
     return so
 
 
+def _config_value(model_dir: Path, key: str) -> Any:
+    """A value from the model's config.json, or None."""
+    try:
+        return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _context_length(model_dir: Path, configured: int | None) -> int:
     if configured:
         return configured
@@ -282,6 +291,7 @@ class LLMEngine:
         self.active = 0  # generating right now
         self.observers: list[Callable[[Done], None]] = []  # called on the owner thread for each finished request
         self._live: set[LLMStream] = set()
+        self._table_decode: ByteLevelDecoder | None = None  # byte-level BPE: decode by table lookup
         self.failure: str | None = None  # set if the owner thread died: the engine serves nothing more
 
     @property
@@ -317,6 +327,9 @@ class LLMEngine:
                 str(self.model_dir), scheduler_config(self.settings), self.device, props
             )
         self._tokenizer = self._pipe.get_tokenizer()
+        self._table_decode = ByteLevelDecoder.load(self.model_dir, self._decode_with_openvino,
+                                                   _config_value(self.model_dir, "vocab_size"))
+        log.info("LLM detokenizing with %s", "a byte-level table" if self._table_decode else "openvino-tokenizers")
         self._close_ids = self._encode(THINK_CLOSE_TEXT)
         self._eos_id = int(self._tokenizer.get_eos_token_id())
         if self.settings.llm_warmup:
@@ -523,6 +536,11 @@ class LLMEngine:
                 for i, ((rid, _, _), detok) in enumerate(zip(batch, detoks, strict=True))}
 
     def _decode_many(self, windows: list[list[int]]) -> list[str]:
+        if self._table_decode is not None:
+            return [self._table_decode(w) for w in windows]
+        return self._decode_with_openvino(windows)
+
+    def _decode_with_openvino(self, windows: list[list[int]]) -> list[str]:
         texts = [""] * len(windows)
         full = [i for i, w in enumerate(windows) if w]
         if full:
@@ -650,7 +668,7 @@ class LLMEngine:
         self._push_text(req, len(ids))
 
     def _decode(self, ids: list[int]) -> str:
-        return str(self._tokenizer.decode(ids)) if ids else ""
+        return self._decode_many([ids])[0]
 
     @staticmethod
     def _write(req: _Request, ids: list[int]) -> None:

@@ -272,3 +272,9 @@ def test_a_dead_owner_thread_fails_requests_instead_of_hanging(demo_models: Path
         loop.close()
     finally:
         engine.close()
+
+
+def test_the_byte_level_vocabulary_decodes_by_table(llm_engine: LLMEngine) -> None:
+    assert llm_engine._table_decode is not None  # checked against openvino-tokenizers at load
+    ids = llm_engine._encode("Gravity pulls — naïve café ✓ 你好 <think>\nok</think>\n\n")
+    assert llm_engine._decode(ids) == str(llm_engine._tokenizer.decode(ids))
