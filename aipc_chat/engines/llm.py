@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_DEFAULT = 32768
 THINK_CLOSE_TEXT = "\n</think>\n\n"
+MIN_SAMPLING_TEMPERATURE = 1e-5  # below this, sampling is argmax in effect (and 1e-50 is 0 in float32): greedy
 HANDOFF_SECONDS = 0.010  # the longest the owner waits, per step, for waiting clients to be sent their tokens
 HANDOFF_MIN_STEP_SECONDS = 0.005  # steps shorter than this are not worth a hand-off (it costs ~0.5 ms)
 
@@ -204,7 +205,7 @@ def generation_config(params: GenParams, max_new_tokens: int) -> Any:
     cfg = ov_genai.GenerationConfig()
     cfg.max_new_tokens = max_new_tokens
     cfg.ignore_eos = params.ignore_eos
-    if params.temperature > 0:
+    if params.temperature >= MIN_SAMPLING_TEMPERATURE:
         cfg.do_sample = True
         cfg.temperature = params.temperature
         cfg.top_p = params.top_p
@@ -223,6 +224,22 @@ def generation_config(params: GenParams, max_new_tokens: int) -> Any:
     if structured is not None:
         cfg.structured_output_config = structured
     return cfg
+
+
+def checked_generation_config(params: GenParams, max_new_tokens: int) -> Any:
+    """``generation_config``, validated by openvino-genai itself: what it would refuse is a 400 here, not a failure
+    on the owner thread (values Python accepts can still round to 0 in the pipeline's float32, e.g. 1e-100)."""
+    config = generation_config(params, max_new_tokens)
+    try:
+        config.validate()
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]  # openvino's message ends with the human-readable sentence
+        names = {"max_new_tokens": "max_tokens", "repetition_penalty": "repetition_penalty", "top_p": "top_p",
+                 "top_k": "top_k", "temperature": "temperature", "presence_penalty": "presence_penalty",
+                 "frequency_penalty": "frequency_penalty"}
+        param = next((ours for theirs, ours in names.items() if theirs in reason), None)
+        raise InvalidRequest(f"Invalid generation parameters: {reason}", param=param) from None
+    return config
 
 
 def constrains_whole_reply(params: GenParams) -> bool:
@@ -409,6 +426,7 @@ class LLMEngine:
             prompt += "</think>\n\n"  # constrained output has no room for reasoning: close the block empty
         ids = self._encode(prompt)
         max_new = self._max_new_tokens(len(ids), params.max_tokens)
+        config = checked_generation_config(params, max_new)
         stream = LLMStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
         with self._pending_lock:
             if self._pending >= self.capacity:
@@ -418,7 +436,7 @@ class LLMEngine:
         budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
         opened = prompt.rstrip().endswith(THINK_OPEN)
         self._inbox.put(_Request(
-            stream=stream, prompt_ids=ids, config=generation_config(params, max_new), max_new_tokens=max_new,
+            stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
             budget=budget if opened or budget > 0 else None, splitter=ReasoningSplitter(in_think=opened),
             timing=Timing(),
         ))
@@ -603,8 +621,13 @@ class LLMEngine:
         if max_new is not None:
             req.config.max_new_tokens = max_new
         rid = next(self._ids)
-        req.handle = self._pipe.add_request(rid, ov.Tensor(_as_array(req.prompt_ids if ids is None else ids)),
-                                            req.config)
+        try:
+            req.handle = self._pipe.add_request(rid, ov.Tensor(_as_array(req.prompt_ids if ids is None else ids)),
+                                                req.config)
+        except Exception as exc:  # one request the pipeline refuses must not stop the owner thread
+            log.exception("the pipeline refused a request")
+            self._finish(req, EngineFailure(f"Generation failed: {type(exc).__name__}"))
+            return
         if req.timing.started is None:
             req.timing.started = time.perf_counter()
             self.active += 1

@@ -149,6 +149,7 @@ def test_json_schema_response_format_constrains_the_reply(client: openai.OpenAI)
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, openai.BadRequestError,
          "unsupported_parameter"),
         ({"max_tokens": 10**6}, openai.BadRequestError, "invalid_value"),
+        ({"extra_body": {"repetition_penalty": 1e-100}}, openai.BadRequestError, "invalid_value"),  # 0 in float32
         ({"messages": ask("word " * 40000)}, openai.BadRequestError, "context_length_exceeded"),
         ({"messages": []}, openai.BadRequestError, "invalid_value"),
     ],

@@ -278,3 +278,41 @@ def test_the_byte_level_vocabulary_decodes_by_table(llm_engine: LLMEngine) -> No
     assert llm_engine._table_decode is not None  # checked against openvino-tokenizers at load
     ids = llm_engine._encode("Gravity pulls — naïve café ✓ 你好 <think>\nok</think>\n\n")
     assert llm_engine._decode(ids) == str(llm_engine._tokenizer.decode(ids))
+
+
+def test_values_that_vanish_in_float32_are_a_400_and_the_engine_goes_on(llm_engine: LLMEngine) -> None:
+    """1e-100 passes `> 0` in Python but is 0 to the pipeline, which refuses it: found by the schema fuzzer."""
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(InvalidRequest, match="repetition_penalty") as err:
+            llm_engine.submit([{"role": "user", "content": "Hi"}], GenParams(repetition_penalty=1e-100), loop)
+        assert err.value.param == "repetition_penalty"
+        with pytest.raises(InvalidRequest, match="top_p") as err:
+            llm_engine.submit([{"role": "user", "content": "Hi"}], GenParams(temperature=1.0, top_p=1e-60), loop)
+        assert err.value.param == "top_p"
+    finally:
+        loop.close()
+    # a vanishing temperature is greedy decoding, not an error
+    _, content, done, _ = run(llm_engine, "Hi", GenParams(temperature=1e-50, max_tokens=20))
+    assert done.completion_tokens > 0
+
+
+def test_a_request_the_pipeline_refuses_fails_alone(llm_engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = llm_engine._pipe
+    refused: list[int] = []
+
+    class Refusing:
+        def add_request(self, rid: int, *args: object) -> object:
+            if not refused:
+                refused.append(rid)
+                raise RuntimeError("refused by the pipeline")
+            return real.add_request(rid, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    monkeypatch.setattr(llm_engine, "_pipe", Refusing())
+    with pytest.raises(EngineFailure, match="Generation failed: RuntimeError"):
+        run(llm_engine, "Hi", GenParams(max_tokens=10))
+    _, _, done, _ = run(llm_engine, "Hi again", GenParams(max_tokens=10))  # the owner thread is still serving
+    assert refused and done.completion_tokens > 0 and llm_engine.failure is None
