@@ -22,16 +22,16 @@ CHECK_SEQUENCES = 256  # random multi-token sequences compared with the referenc
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map, which byte-level BPE vocabularies are written in."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
+    """GPT-2's (and CLIP's) reversible byte -> printable character map, in byte order; byte-level BPE
+    vocabularies are written in these characters."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
     extra = 0
     for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
+        if b not in table:
+            table[b] = chr(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+    return dict(sorted(table.items()))
 
 
 class ByteLevelDecoder:

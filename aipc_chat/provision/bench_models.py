@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from aipc_chat.engines.bytelevel import bytes_to_unicode
 from aipc_chat.provision.builds import (
     check_chat_tokenizer,
     ensure_replaceable,
@@ -38,9 +39,9 @@ from aipc_chat.provision.builds import (
     move_into_place,
     qwen2_byte_level,
     require_files,
+    staging_folder,
 )
 from aipc_chat.provision.demo_image import (
-    _bytes_to_unicode,
     _copy_bpe_files,
     _generate,
     _load_pipeline,
@@ -266,10 +267,7 @@ def _build(
         return out_dir
     ensure_replaceable(out_dir, MARKER_NAME, "benchmark model")
     start = time.monotonic()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp creates 0700; the published folder should be an ordinary one
+    with staging_folder(out_dir, f"benchmark model {kind}") as staging:
         facts = build_into(staging)
         built = time.monotonic() - start
         facts["self_test"] = self_test(staging)
@@ -278,12 +276,6 @@ def _build(
         _write_marker(staging, kind, facts)  # last file; the rename below publishes it atomically
         if force or not _marker_matches(out_dir, kind):  # a concurrent build may have finished meanwhile
             move_into_place(staging, out_dir, MARKER_NAME, "benchmark model")
-    except DemoModelError:
-        raise
-    except Exception as exc:
-        raise DemoModelError(f"building benchmark model {kind} in {out_dir} failed: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("benchmark model %s ready at %s (%.1f s)", kind, out_dir, time.monotonic() - start)
     return out_dir
 
@@ -375,7 +367,7 @@ def _llm_config_facts() -> dict[str, Any]:
 
 def _llm_merges() -> Iterator[tuple[str, str]]:
     """Yield synthetic byte-level BPE merges: ASCII-letter words of 2-4 characters, with and without a space."""
-    space = _bytes_to_unicode()[ord(" ")]
+    space = bytes_to_unicode()[ord(" ")]
     letters = string.ascii_letters
     yield from ((space, a) for a in letters)
     yield from ((a, b) for a in letters for b in letters)
@@ -386,7 +378,7 @@ def _llm_merges() -> Iterator[tuple[str, str]]:
 
 def _llm_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Return a 151936-entry vocabulary (bytes, merges, specials at DeepSeek's ids) and its merges."""
-    byte_chars = list(_bytes_to_unicode().values())  # id == byte value
+    byte_chars = list(bytes_to_unicode().values())  # id == byte value
     n_merges = LLM_VOCAB - len(byte_chars) - len(_LLM_SPECIAL_IDS)
     merges = [merge for _, merge in zip(range(n_merges), _llm_merges(), strict=False)]
     if len(merges) != n_merges:
@@ -730,7 +722,7 @@ def _make_clip_tokenizer(work: Path) -> Any:
     """Write a 49408-entry CLIP vocab.json/merges.txt (like demo_image's) into ``work``; load a CLIPTokenizer."""
     from transformers import CLIPTokenizer
 
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     tokens = [*byte_chars, *(c + _EOW for c in byte_chars)]
     n_merges = CLIP_VOCAB - len(tokens) - 2  # 48894, as in openai/clip-vit-large-patch14
     merges = [merge for _, merge in zip(range(n_merges), _clip_merges(), strict=False)]

@@ -5,11 +5,31 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aipc_chat.provision.errors import DemoModelError
+
+
+@contextmanager
+def staging_folder(out_dir: Path, what: str) -> Iterator[Path]:
+    """A fresh sibling folder of ``out_dir`` to build ``what`` in, removed afterwards whatever happens (publish it
+    with ``move_into_place`` inside the block). Errors other than DemoModelError become one naming ``what``."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp creates 0700; the published folder should be an ordinary one
+        yield staging
+    except DemoModelError:
+        raise
+    except Exception as exc:
+        raise DemoModelError(f"building {what} in {out_dir} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_replaceable(out_dir: Path, marker_name: str, what: str) -> None:

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.provision.builds import ensure_replaceable, move_into_place, require_files
+from aipc_chat.engines.bytelevel import bytes_to_unicode
+from aipc_chat.provision.builds import ensure_replaceable, move_into_place, require_files, staging_folder
 from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
@@ -86,20 +87,11 @@ def build_demo_image(out_dir: Path, *, force: bool = False) -> Path:
         return out_dir
     ensure_replaceable(out_dir, MARKER_NAME, "demo model")
     start = time.monotonic()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp creates 0700; the published folder should be an ordinary one
+    with staging_folder(out_dir, "the demo image model") as staging:
         _build_into(staging)
         _write_marker(staging, time.monotonic() - start)  # last file; the rename below publishes it atomically
         if force or not is_demo_image_built(out_dir):  # a concurrent build may have finished meanwhile
             move_into_place(staging, out_dir, MARKER_NAME, "demo model")
-    except DemoModelError:
-        raise
-    except Exception as exc:
-        raise DemoModelError(f"building the demo image model in {out_dir} failed: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("demo image model ready at %s (%.1f s)", out_dir, time.monotonic() - start)
     return out_dir
 
@@ -317,21 +309,9 @@ def _make_tokenizer(work: Path) -> Any:
     )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """Return GPT-2/CLIP's reversible byte -> printable unicode character table."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return dict(sorted(table.items()))
-
-
 def _train_clip_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Deterministically learn CLIP-style BPE merges on ``corpus``; return (vocab, merges)."""
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     words: Counter[tuple[str, ...]] = Counter()
     for word in corpus.lower().split():
         chars = [byte_chars[b] for b in word.encode("utf-8")]

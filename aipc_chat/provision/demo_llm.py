@@ -19,7 +19,6 @@ import logging
 import math
 import random
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +32,7 @@ from aipc_chat.provision.builds import (
     move_into_place,
     qwen2_byte_level,
     require_files,
+    staging_folder,
 )
 from aipc_chat.provision.errors import DemoModelError
 
@@ -143,21 +143,13 @@ def build_demo_llm(out_dir: Path, *, force: bool = False) -> Path:
         logger.info("demo LLM already built at %s", out_dir)
         return out_dir
     start = time.monotonic()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with staging_folder(out_dir, "the demo LLM") as staging:  # removed on any exit, Ctrl-C included
         facts = _build_into(staging)
         replies = self_test_llm(staging)
         facts["self_test_replies"] = replies
         facts["build_seconds"] = round(time.monotonic() - start, 3)
-        staging.chmod(0o755)  # mkdtemp made it private; give it the usual folder mode
         _write_marker(staging, facts)  # last file written; the rename below publishes it atomically
         move_into_place(staging, out_dir, MARKER_NAME, "demo model")
-    except BaseException as exc:  # also on Ctrl-C: never leave a half-built staging folder behind
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, DemoModelError) or not isinstance(exc, Exception):
-            raise
-        raise DemoModelError(f"building the demo LLM failed: {exc}") from exc
     logger.info("demo LLM ready at %s (%.1f s)", out_dir, time.monotonic() - start)
     return out_dir
 
