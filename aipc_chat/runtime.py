@@ -188,9 +188,8 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """True when every model is loaded (and no engine has stopped)."""
-        failed = isinstance(self.llm, LLMEngine) and self.llm.failure is not None
-        return not failed and all(s.state == "ready" for s in self.status.values())
+        """True when every model is ready, as ``/ready`` sees it (remote engines are asked)."""
+        return all_ready(self.describe())
 
     def require_llm(self) -> LLMEngine | RemoteLLM:
         """The LLM engine, or NotReady."""
@@ -220,6 +219,11 @@ class Runtime:
             if engine is not None:
                 engine.close()
         self.history.close()
+
+
+def all_ready(models: dict[str, dict[str, object]]) -> bool:
+    """Whether every model ``Runtime.describe`` lists is ready."""
+    return all(m["state"] == "ready" for m in models.values())
 
 
 def _not_ready_message(status: ModelStatus) -> str:

@@ -268,21 +268,23 @@ def structured_output_config(params: GenParams) -> Any | None:
     return so
 
 
-def _config_value(model_dir: Path, key: str) -> Any:
-    """A value from the model's config.json, or None."""
-    try:
-        return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _context_length(model_dir: Path, configured: int | None) -> int:
-    if configured:
-        return configured
+def _model_config(model_dir: Path) -> dict[str, Any] | None:
+    """The model's config.json, or None when it cannot be read."""
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        return min(int(config.get("max_position_embeddings", MAX_CONTEXT_DEFAULT)), MAX_CONTEXT_DEFAULT)
     except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _context_length(config: dict[str, Any] | None, configured: int | None) -> int:
+    if configured:
+        return configured
+    if config is None:
+        return 4096
+    try:
+        return min(int(config.get("max_position_embeddings", MAX_CONTEXT_DEFAULT)), MAX_CONTEXT_DEFAULT)
+    except (TypeError, ValueError):
         return 4096
 
 
@@ -294,7 +296,8 @@ class LLMEngine:
         self.model_dir = model_dir
         self.model_name = model_name
         self.device = device
-        self.context_length = _context_length(model_dir, settings.context_length)
+        self._config = _model_config(model_dir)
+        self.context_length = _context_length(self._config, settings.context_length)
         self.load_seconds: float | None = None
         self._tokenizer: Any = None
         self._pipe: Any = None
@@ -345,7 +348,7 @@ class LLMEngine:
             )
         self._tokenizer = self._pipe.get_tokenizer()
         self._table_decode = ByteLevelDecoder.load(self.model_dir, self._decode_with_openvino,
-                                                   _config_value(self.model_dir, "vocab_size"))
+                                                   (self._config or {}).get("vocab_size"))
         log.info("LLM detokenizing with %s", "a byte-level table" if self._table_decode else "openvino-tokenizers")
         self._close_ids = self._encode(THINK_CLOSE_TEXT)
         self._eos_id = int(self._tokenizer.get_eos_token_id())

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from aipc_chat import __version__
 from aipc_chat.api.deps import get_runtime
-from aipc_chat.runtime import Runtime
+from aipc_chat.runtime import Runtime, all_ready
 
 router = APIRouter(tags=["health"])
 
@@ -25,5 +25,5 @@ async def health() -> dict[str, str]:
 async def ready(runtime: Annotated[Runtime, Depends(get_runtime)]) -> JSONResponse:
     """200 when every model is loaded; 503 with what is still loading (or failed) otherwise."""
     models = await asyncio.to_thread(runtime.describe)  # remote engines are asked over the network
-    ready = all(m["state"] == "ready" for m in models.values())
+    ready = all_ready(models)
     return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
