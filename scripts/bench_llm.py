@@ -267,6 +267,8 @@ def main() -> int:
     # each server run against the raw runs just before it: drifts of the machine's speed cancel out
     result["paired_ratios_tok_s"] = [s["tok_s"] / r["tok_s"] for r, s in zip(raw, srv, strict=True)]
     result["paired_ratio_tok_s"] = summary(result["paired_ratios_tok_s"])["p50"]
+    result["paired_ttft_overheads_ms"] = [(s["ttft_s"] - r["ttft_s"]) * 1e3 for r, s in zip(raw, srv, strict=True)]
+    result["paired_ttft_overhead_ms"] = summary(result["paired_ttft_overheads_ms"])["p50"]
     result["ratio_tok_s"] = result["server"]["tok_s"]["p50"] / result["raw"]["tok_s"]["p50"]
     result["ratio_tok_s_vs_raw_cb"] = result["server"]["tok_s"]["p50"] / result["raw_cb"]["tok_s"]["p50"]
     result["ttft_overhead_ms"] = result["server"]["ttft_ms"]["p50"] - result["raw"]["ttft_ms"]["p50"]
@@ -304,7 +306,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"{single}\n\nserver/raw LLMPipeline token rate **{r['ratio_tok_s']:.3f}**, vs raw continuous batching "
             f"**{r['ratio_tok_s_vs_raw_cb']:.3f}**; TTFT overhead **{r['ttft_overhead_ms']:.1f} ms**. Run by run (each "
             f"server run over the raw LLMPipeline run just before it) the token rate ratio has median "
-            f"**{r['paired_ratio_tok_s']:.3f}** ({' '.join(f'{x:.3f}' for x in r['paired_ratios_tok_s'])}). The HTTP "
+            f"**{r['paired_ratio_tok_s']:.3f}** ({' '.join(f'{x:.3f}' for x in r['paired_ratios_tok_s'])}) and "
+            f"the TTFT overhead median **{r['paired_ttft_overhead_ms']:.1f} ms** "
+            f"({' '.join(f'{x:.0f}' for x in r['paired_ttft_overheads_ms'])}). The HTTP "
             f"client (aiohttp, in this process) used {r['client_cpu_ms_per_chunk']:.2f} ms of CPU per chunk.\n\n"
             f"## Concurrency\n\n{sweep_t}\n\n## Multi-turn (prefix caching)\n\nfollow-up turn TTFT "
             f"{r['multi_turn']['followup_ttft_ms']:.1f} ms vs a cold prompt of the same length "

@@ -35,7 +35,8 @@ def test_bench_llm_writes_figures(demo_models: Path, tmp_path: Path) -> None:
         assert positive(result[path]["tok_s"]["p50"]) and positive(result[path]["ttft_ms"]["p50"])
     assert positive(result["ratio_tok_s"]) and math.isfinite(result["ttft_overhead_ms"])
     assert positive(result["client_cpu_ms_per_chunk"]) and positive(result["paired_ratio_tok_s"])
-    assert len(result["paired_ratios_tok_s"]) == 2
+    assert len(result["paired_ratios_tok_s"]) == len(result["paired_ttft_overheads_ms"]) == 2
+    assert math.isfinite(result["paired_ttft_overhead_ms"])
     assert [row["concurrency"] for row in result["sweep"]] == [1, 2]
     assert all(len(row["ratios"]) == 2 and positive(row["ratio"]) for row in result["sweep"])
     assert positive(result["multi_turn"]["followup_ttft_ms"]) and positive(result["peak_rss_mib"]["server_both_models"])
