@@ -113,8 +113,8 @@ async def server_stream(client: aiohttp.ClientSession, url: str, model: str, mes
                         max_tokens: int) -> dict[str, Any]:
     """One streamed chat completion; a timestamp per SSE chunk that carries text.
 
-    The client is aiohttp, as in ``vllm bench serve``: on a 2-core machine the client's own CPU time per token
-    slows the server's steps, and aiohttp reads SSE at 60 % of the CPU of httpx (0.28 vs 0.47 ms per chunk here).
+    The client is aiohttp, as in ``vllm bench serve``: on a 2-core machine the client's own CPU time per chunk
+    slows the server's steps, and aiohttp needed 60 % of httpx's (0.28 vs 0.47 ms a chunk, A/B on one server).
     """
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -261,7 +261,7 @@ def main() -> int:
                                          "server_image": ready["image"]["load_seconds"]},
         "peak_rss_mib": {"server_both_models": server_rss.peak / 2**20, "bench_process": own_rss.peak / 2**20},
     }
-    # single stream: this process's CPU per chunk while it reads the server's stream (it shares the machine)
+    # single stream: this process's CPU per chunk (all its threads) while it reads the server's stream
     per_chunk = [r["client_cpu_s"] * 1e3 / max(1, len(r["itl_s"])) for r in srv]
     result["client_cpu_ms_per_chunk"] = summary(per_chunk)["p50"]
     # each server run against the raw runs just before it: drifts of the machine's speed cancel out
@@ -308,8 +308,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"server run over the raw LLMPipeline run just before it) the token rate ratio has median "
             f"**{r['paired_ratio_tok_s']:.3f}** ({' '.join(f'{x:.3f}' for x in r['paired_ratios_tok_s'])}) and "
             f"the TTFT overhead median **{r['paired_ttft_overhead_ms']:.1f} ms** "
-            f"({' '.join(f'{x:.0f}' for x in r['paired_ttft_overheads_ms'])}). The HTTP "
-            f"client (aiohttp, in this process) used {r['client_cpu_ms_per_chunk']:.2f} ms of CPU per chunk.\n\n"
+            f"({' '.join(f'{x:.0f}' for x in r['paired_ttft_overheads_ms'])}). While its aiohttp client read a "
+            f"stream this process used {r['client_cpu_ms_per_chunk']:.2f} ms of CPU per chunk (all threads).\n\n"
             f"## Concurrency\n\n{sweep_t}\n\n## Multi-turn (prefix caching)\n\nfollow-up turn TTFT "
             f"{r['multi_turn']['followup_ttft_ms']:.1f} ms vs a cold prompt of the same length "
             f"{r['multi_turn']['cold_same_length_ttft_ms']:.1f} ms.\n\n## Load and memory\n\n"
