@@ -234,10 +234,10 @@ def checked_generation_config(params: GenParams, max_new_tokens: int) -> Any:
         config.validate()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1]  # openvino's message ends with the human-readable sentence
-        names = {"max_new_tokens": "max_tokens", "repetition_penalty": "repetition_penalty", "top_p": "top_p",
-                 "top_k": "top_k", "temperature": "temperature", "presence_penalty": "presence_penalty",
-                 "frequency_penalty": "frequency_penalty"}
-        param = next((ours for theirs, ours in names.items() if theirs in reason), None)
+        named = ("max_new_tokens", "repetition_penalty", "top_p", "top_k", "temperature", "presence_penalty",
+                 "frequency_penalty")
+        param = next((name for name in named if name in reason), None)
+        param = "max_tokens" if param == "max_new_tokens" else param  # the OpenAI name the client sent
         raise InvalidRequest(f"Invalid generation parameters: {reason}", param=param) from None
     return config
 
