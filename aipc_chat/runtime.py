@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.image import ImageEngine, ImageJob
 from aipc_chat.engines.llm import Done, LLMEngine
 from aipc_chat.engines.remote import RemoteImages, RemoteLLM, remote_ready
@@ -64,6 +65,7 @@ class Runtime:
         self.fatal: str | None = None
         self.llm_observers: list[Callable[[Done], None]] = []
         self.image_observers: list[Callable[[ImageJob], None]] = []
+        self.arrivals = Arrivals()  # LLM requests the HTTP layer is reading: the engine's admission waits for them
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
         self.orchestrator = Orchestrator(
             self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
@@ -128,6 +130,8 @@ class Runtime:
         try:
             engine = self._make_engine(kind, status)
             engine.observers = self.llm_observers if kind == "llm" else self.image_observers
+            if isinstance(engine, LLMEngine):
+                engine.arrivals = self.arrivals
             engine.load()
         except ModelSetupError as exc:
             log.error("%s", exc)

@@ -171,7 +171,8 @@ class Settings(BaseSettings):
     )
     batch_window_ms: float = Field(
         5.0, ge=0, le=100, validation_alias=_env("batch_window_ms"),
-        description="When idle, wait this long for more requests so ones sent together share their first step.",
+        description="When idle, wait up to this long for requests the server is still reading, so ones sent "
+                    "together share their first step; a lone request does not wait.",
     )
     llm_warmup: bool = Field(
         True, validation_alias=_env("llm_warmup"),

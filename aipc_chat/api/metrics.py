@@ -19,6 +19,7 @@ from aipc_chat.engines.llm import Done
 from aipc_chat.runtime import ModelStatus, Runtime
 
 router = APIRouter(tags=["health"])
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -33,6 +34,8 @@ class Metrics:
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("aipc_llm_ttft_seconds", "Time to first token, queueing included",
                               buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("aipc_llm_queue_seconds", "Time from submit to the first pipeline step",
+                                       buckets=QUEUE_BUCKETS, registry=r)
         self.token_rate = Histogram("aipc_llm_tokens_per_second", "Decode rate of finished requests",
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
         self.generated = Counter("aipc_llm_generated_tokens", "Tokens generated", registry=r)
@@ -62,6 +65,8 @@ class Metrics:
         self.prompt_tokens.inc(done.prompt_tokens)
         if t.ttft is not None:
             self.ttft.observe(t.ttft)
+        if t.started is not None:
+            self.queue_seconds.observe(t.started - t.queued)
         if t.first_token and t.finished and done.completion_tokens > 1 and t.finished > t.first_token:
             self.token_rate.observe((done.completion_tokens - 1) / (t.finished - t.first_token))
 

@@ -19,8 +19,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from aipc_chat.engines import admission
 from aipc_chat.engines.bytelevel import ByteLevelDecoder
 from aipc_chat.engines.stream import ThreadToAsync
 from aipc_chat.errors import (
@@ -41,6 +42,7 @@ THINK_CLOSE_TEXT = "\n</think>\n\n"
 MIN_SAMPLING_TEMPERATURE = 1e-5  # below this, sampling is argmax in effect (and 1e-50 is 0 in float32): greedy
 HANDOFF_SECONDS = 0.010  # the longest the owner waits, per step, for waiting clients to be sent their tokens
 HANDOFF_MIN_STEP_SECONDS = 0.005  # steps shorter than this are not worth a hand-off (it costs ~0.5 ms)
+ARRIVAL_POLL_SECONDS = 0.001  # while requests are on their way, how often the owner looks whether they still are
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ class LLMEngine:
         self._live: set[LLMStream] = set()
         self._table_decode: ByteLevelDecoder | None = None  # byte-level BPE: decode by table lookup
         self.failure: str | None = None  # set if the owner thread died: the engine serves nothing more
+        self.arrivals = admission.Arrivals()  # requests on their way; the runtime shares its own with the HTTP layer
 
     @property
     def capacity(self) -> int:
@@ -443,6 +446,7 @@ class LLMEngine:
             budget=budget if opened or budget > 0 else None, splitter=ReasoningSplitter(in_think=opened),
             timing=Timing(),
         ))
+        admission.settle_current()  # after the put, so the owner always sees it either on its way or queued
         return stream
 
     def _max_new_tokens(self, prompt_tokens: int, asked: int | None) -> int:
@@ -587,23 +591,38 @@ class LLMEngine:
     def _take_inbox(self, waiting: deque[_Request], *, block: bool) -> bool:
         """Move new requests into ``waiting``; True when asked to stop.
 
-        Woken from idle, it waits ``batch_window_ms`` for more: requests sent together (a desktop app's parallel
-        calls, a benchmark's streams) then prefill in one step instead of each waiting out the other's prefill.
+        Woken from idle, it waits, for at most ``batch_window_ms``, while other requests are still on their way
+        (being read, validated or tokenized): requests sent together (a desktop app's parallel calls, a benchmark's
+        streams) then prefill in one step instead of each waiting out the other's prefill, and a lone request does
+        not wait at all.
         """
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return False
         deadline = time.perf_counter() + (self.settings.batch_window_ms / 1000 if block else 0.0)
-        while True:
-            if item is None:
-                return True
+        while item is not None:
             waiting.append(item)
-            try:
-                remaining = deadline - time.perf_counter()
-                item = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
-            except queue.Empty:
+            nxt = self._next_arrival(deadline)
+            if nxt is False:
                 return False
+            item = nxt
+        return True
+
+    def _next_arrival(self, deadline: float) -> _Request | None | Literal[False]:
+        """The next queued request, waiting for one until ``deadline`` only while others are on their way."""
+        while True:
+            try:
+                return self._inbox.get_nowait()
+            except queue.Empty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or self.arrivals.count <= 0:
+                return False
+            try:  # in short waits: a request on its way may end without submitting (a 4xx)
+                return self._inbox.get(timeout=min(remaining, ARRIVAL_POLL_SECONDS))
+            except queue.Empty:
+                continue
 
     def _drop_cancelled(self, waiting: deque[_Request], running: dict[int, _Request]) -> None:
         for req in [r for r in waiting if r.stream.cancelled]:

@@ -70,9 +70,13 @@ def start_server(models_dir: Path, data_dir: Path, log_path: Path, *, env: dict[
 
 @pytest.fixture(scope="session")
 def live_server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One demo server shared by the e2e tests that do not restart it."""
+    """One demo server shared by the e2e tests that do not restart it.
+
+    Its admission window is long (100 ms) so that a request counted as on its way and never settled would show as a
+    lone request waiting (tests/e2e/test_hardening.py).
+    """
     root = tmp_path_factory.mktemp("live")
-    server = start_server(demo_models.parent, root / "data", root / "server.log")
+    server = start_server(demo_models.parent, root / "data", root / "server.log", env={"AIPC_BATCH_WINDOW_MS": "100"})
     yield server
     server.stop()
 

@@ -162,6 +162,31 @@ def test_dropped_stream_leaves_the_active_gauge_at_once(base_url: str) -> None:
     assert metric(base_url, "aipc_llm_active_requests") == 0
 
 
+def test_a_lone_request_is_not_held_for_the_admission_window(base_url: str) -> None:
+    """The shared server waits up to 100 ms for LLM requests on their way; a lone one starts at once.
+
+    Also after a burst that holds a refused request, whose arrival only the end of its response settles: a leaked
+    arrival would hold every later request for the whole window.
+    """
+    url = f"{base_url}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            sent = [client.post(url, json=body) for _ in range(3)]
+            sent.append(client.post(url, json={"messages": [], "max_tokens": 3}))
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    count = metric(base_url, "aipc_llm_queue_seconds_count")
+    assert asyncio.run(burst()) == [200, 200, 200, 400]
+    count += 3
+    wait_for(lambda: metric(base_url, "aipc_llm_queue_seconds_count") == count)  # the burst's observers ran
+    before = metric(base_url, "aipc_llm_queue_seconds_sum")
+    assert httpx.post(url, json=body, timeout=60).status_code == 200
+    wait_for(lambda: metric(base_url, "aipc_llm_queue_seconds_count") == count + 1)
+    assert metric(base_url, "aipc_llm_queue_seconds_sum") - before < 0.05
+
+
 def test_metrics_are_exposed(base_url: str) -> None:
     httpx.post(f"{base_url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                         "max_tokens": 5})
@@ -170,6 +195,7 @@ def test_metrics_are_exposed(base_url: str) -> None:
     text = httpx.get(f"{base_url}/metrics").text
     for name in ("aipc_requests_total", "aipc_request_duration_seconds_bucket", "aipc_llm_ttft_seconds_bucket",
                  "aipc_llm_tokens_per_second_bucket", "aipc_llm_generated_tokens_total",
+                 "aipc_llm_queue_seconds_bucket",
                  "aipc_image_job_seconds_bucket",
                  "aipc_image_steps_total", "aipc_llm_queue_depth", "aipc_image_queue_depth",
                  "aipc_model_load_seconds", "aipc_llm_active_requests", "aipc_image_active_jobs"):

@@ -11,6 +11,7 @@ from typing import Any
 import openvino_genai as ov_genai
 import pytest
 
+from aipc_chat.engines import admission
 from aipc_chat.engines.llm import Delta, Done, GenParams, LLMEngine, LLMStream
 from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, EngineFailure, InvalidRequest
 from aipc_chat.settings import Settings
@@ -316,3 +317,38 @@ def test_a_request_the_pipeline_refuses_fails_alone(llm_engine: LLMEngine, monke
         run(llm_engine, "Hi", GenParams(max_tokens=10))
     _, _, done, _ = run(llm_engine, "Hi again", GenParams(max_tokens=10))  # the owner thread is still serving
     assert refused and done.completion_tokens > 0 and llm_engine.failure is None
+
+
+def test_a_lone_request_does_not_wait_out_the_admission_window(llm_engine: LLMEngine,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm_engine, "settings", llm_engine.settings.model_copy(update={"batch_window_ms": 100.0}))
+    _, _, done, _ = run(llm_engine, "Hi", GenParams(max_tokens=4))
+    assert done.timing.started is not None
+    assert done.timing.started - done.timing.queued < 0.05
+
+
+def test_a_request_on_its_way_starts_in_the_same_step(llm_engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken by one request while another is announced, the owner waits for it: both prefill in the first step."""
+    monkeypatch.setattr(llm_engine, "settings", llm_engine.settings.model_copy(update={"batch_window_ms": 100.0}))
+    arrivals = admission.Arrivals()
+    monkeypatch.setattr(llm_engine, "arrivals", arrivals)
+
+    def submit(arrival: admission.Arrival, text: str, loop: asyncio.AbstractEventLoop) -> LLMStream:
+        admission.CURRENT.set(arrival)  # as the HTTP layer does; this worker thread runs in a copied context
+        return llm_engine.submit([{"role": "user", "content": text}], GenParams(max_tokens=4), loop)
+
+    async def main() -> tuple[Done, Done]:
+        loop = asyncio.get_running_loop()
+        first, second = arrivals.arrive(), arrivals.arrive()
+        a = await asyncio.to_thread(submit, first, "one", loop)
+        await asyncio.sleep(0.02)
+        b = await asyncio.to_thread(submit, second, "two", loop)
+        (*_, done_a, _), (*_, done_b, _) = await asyncio.gather(collect(a), collect(b))
+        return done_a, done_b
+
+    done_a, done_b = asyncio.run(main())
+    assert arrivals.count == 0
+    assert done_a.timing.started is not None and done_b.timing.started is not None
+    assert done_a.timing.first_token is not None
+    assert done_a.timing.started >= done_b.timing.queued  # the first waited for the second...
+    assert done_b.timing.started < done_a.timing.first_token  # ...and they shared the first step
