@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import threading
 import time
@@ -27,6 +28,16 @@ def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {"mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
     return {"mean": statistics.fmean(values), "p50": pct(values, 50), "p90": pct(values, 90), "p99": pct(values, 99)}
+
+
+def median_ci(values: list[float], level: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap confidence interval for the median (seeded: the same values give the same interval)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - level) / 2 * 100
+    return pct(medians, tail), pct(medians, 100 - tail)
 
 
 def machine(device: str = "CPU") -> dict[str, Any]:

@@ -29,6 +29,7 @@ from scripts.bench_common import (  # noqa: E402
     PeakRSS,
     machine,
     machine_line,
+    median_ci,
     plot_distributions,
     plot_lines,
     summary,
@@ -130,8 +131,11 @@ async def server_stream(client: aiohttp.ClientSession, url: str, model: str, mes
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
-            if delta.get("content") or delta.get("reasoning_content"):
+            choice = chunk["choices"][0] if chunk["choices"] else {}
+            delta = choice.get("delta", {})
+            # a reply whose tokens all decode to held-back or no text (one token, say) ends at its first token
+            if delta.get("content") or delta.get("reasoning_content") or (choice.get("finish_reason")
+                                                                          and not stamps):
                 stamps.append(time.perf_counter())
                 if len(stamps) == 1:
                     cpu_first = time.process_time()
@@ -188,6 +192,38 @@ def sweep(args: argparse.Namespace, cb: Any, tok: Any, server: LiveServer, model
     return rows
 
 
+def ttft_alone(args: argparse.Namespace, pipe: Any, tok: Any, server: LiveServer, model: str) -> dict[str, Any]:
+    """TTFT by itself, in many short runs: one output token, fresh prompts, raw ``LLMPipeline`` and the server in
+    alternating order (raw first, then server first), so that neither always runs first after the other.
+
+    A TTFT here spreads by tens of milliseconds from run to run; the interleaved full runs are too few (and too
+    long) to resolve a difference of a few milliseconds, these are cheap.
+    """
+    raw_ms: list[float] = []
+    srv_ms: list[float] = []
+
+    def raw() -> float:
+        return float(raw_run(pipe, tok, prompt, 1)["ttft_s"]) * 1e3
+
+    def srv() -> float:
+        return float(asyncio.run(server_batch(server.base_url, model, [messages], 1))[0]["ttft_s"]) * 1e3
+
+    for i in range(args.ttft_runs + 1):  # the first round is warm-up
+        messages = make_messages(tok, 50_000 + i, args.prompt_tokens)
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
+        if i % 2:
+            s, r = srv(), raw()
+        else:
+            r, s = raw(), srv()
+        if i:
+            raw_ms.append(r)
+            srv_ms.append(s)
+    overheads = [s - r for r, s in zip(raw_ms, srv_ms, strict=True)]
+    return {"runs": args.ttft_runs, "raw_ms": summary(raw_ms), "server_ms": summary(srv_ms),
+            "overheads_ms": overheads, "overhead_ms": summary(overheads)["p50"],
+            "overhead_ci95_ms": median_ci(overheads)}
+
+
 def multi_turn(args: argparse.Namespace, tok: Any, server: LiveServer, model: str) -> dict[str, float]:
     """TTFT of a follow-up turn in a long conversation (prefix cached) vs a cold prompt of the same length."""
     history = make_messages(tok, 777, args.history_tokens)
@@ -214,6 +250,8 @@ def main() -> int:
     parser.add_argument("--history-tokens", type=int, default=1024)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--sweep-rounds", type=int, default=1, help="rounds of the concurrency sweep (medians)")
+    parser.add_argument("--ttft-runs", type=int, default=10,
+                        help="short runs (one output token) per path measuring TTFT alone")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "llm"))
     args = parser.parse_args()
 
@@ -249,6 +287,7 @@ def main() -> int:
                     raw.append(r)
                     raw_cb.append(c)
                     srv.append(s)
+            ttft = ttft_alone(args, pipe, tok, server, model)
             sweep_rows = sweep(args, cb, tok, server, model)
             turns = multi_turn(args, tok, server, model)
     finally:
@@ -257,8 +296,9 @@ def main() -> int:
         "when": timestamp(), "machine": machine(), "model": str(model_dir), "runs": args.runs,
         "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
         "raw": stats(raw), "raw_cb": stats(raw_cb), "server": stats(srv), "sweep": sweep_rows,
-        "multi_turn": turns, "load_s": {"raw_llm_pipeline": raw_load, "server_llm": ready["llm"]["load_seconds"],
-                                         "server_image": ready["image"]["load_seconds"]},
+        "ttft_alone": ttft, "multi_turn": turns,
+        "load_s": {"raw_llm_pipeline": raw_load, "server_llm": ready["llm"]["load_seconds"],
+                   "server_image": ready["image"]["load_seconds"]},
         "peak_rss_mib": {"server_both_models": server_rss.peak / 2**20, "bench_process": own_rss.peak / 2**20},
     }
     # single stream: this process's CPU per chunk (all its threads) while it reads the server's stream
@@ -267,6 +307,7 @@ def main() -> int:
     # each server run against the raw runs just before it: drifts of the machine's speed cancel out
     result["paired_ratios_tok_s"] = [s["tok_s"] / r["tok_s"] for r, s in zip(raw, srv, strict=True)]
     result["paired_ratio_tok_s"] = summary(result["paired_ratios_tok_s"])["p50"]
+    result["paired_ratio_tok_s_ci95"] = median_ci(result["paired_ratios_tok_s"])
     result["paired_ttft_overheads_ms"] = [(s["ttft_s"] - r["ttft_s"]) * 1e3 for r, s in zip(raw, srv, strict=True)]
     result["paired_ttft_overhead_ms"] = summary(result["paired_ttft_overheads_ms"])["p50"]
     result["ratio_tok_s"] = result["server"]["tok_s"]["p50"] / result["raw"]["tok_s"]["p50"]
@@ -301,15 +342,21 @@ def markdown(r: dict[str, Any]) -> str:
                     [[s["concurrency"], s["raw_cb_tok_s"], s["server_tok_s"], s["ratio"],
                       " ".join(f"{x:.3f}" for x in s["ratios"]), s["raw_cb_tpot_ms"], s["server_tpot_ms"]]
                      for s in r["sweep"]])
+    ci, t = r["paired_ratio_tok_s_ci95"], r["ttft_alone"]
     return (f"# LLM benchmark ({r['when']})\n\n{machine_line(r['machine'])}; model `{r['model']}`; "
             f"{r['prompt_tokens']} prompt tokens, {r['max_tokens']} output tokens, {r['runs']} interleaved runs.\n\n"
             f"{single}\n\nserver/raw LLMPipeline token rate **{r['ratio_tok_s']:.3f}**, vs raw continuous batching "
             f"**{r['ratio_tok_s_vs_raw_cb']:.3f}**; TTFT overhead **{r['ttft_overhead_ms']:.1f} ms**. Run by run (each "
             f"server run over the raw LLMPipeline run just before it) the token rate ratio has median "
-            f"**{r['paired_ratio_tok_s']:.3f}** ({' '.join(f'{x:.3f}' for x in r['paired_ratios_tok_s'])}) and "
+            f"**{r['paired_ratio_tok_s']:.3f}** (95 % CI {ci[0]:.3f}-{ci[1]:.3f}; "
+            f"{' '.join(f'{x:.3f}' for x in r['paired_ratios_tok_s'])}) and "
             f"the TTFT overhead median **{r['paired_ttft_overhead_ms']:.1f} ms** "
             f"({' '.join(f'{x:.0f}' for x in r['paired_ttft_overheads_ms'])}). While its aiohttp client read a "
             f"stream this process used {r['client_cpu_ms_per_chunk']:.2f} ms of CPU per chunk (all threads).\n\n"
+            f"## TTFT alone\n\n{t['runs']} short runs per path (one output token, alternating order): raw "
+            f"LLMPipeline p50 {t['raw_ms']['p50']:.1f} ms, server p50 {t['server_ms']['p50']:.1f} ms; server - raw, "
+            f"run by run: median **{t['overhead_ms']:.1f} ms** (95 % CI {t['overhead_ci95_ms'][0]:.1f} to "
+            f"{t['overhead_ci95_ms'][1]:.1f} ms).\n\n"
             f"## Concurrency\n\n{sweep_t}\n\n## Multi-turn (prefix caching)\n\nfollow-up turn TTFT "
             f"{r['multi_turn']['followup_ttft_ms']:.1f} ms vs a cold prompt of the same length "
             f"{r['multi_turn']['cold_same_length_ttft_ms']:.1f} ms.\n\n## Load and memory\n\n"

@@ -29,7 +29,7 @@ def test_bench_llm_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "llm"
     run_script("bench_llm.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--runs", "2",
                "--max-tokens", "16", "--prompt-tokens", "32", "--history-tokens", "64", "--concurrency", "1,2",
-               "--sweep-rounds", "2", "--out", str(out))
+               "--sweep-rounds", "2", "--ttft-runs", "3", "--out", str(out))
     result = json.loads(out.with_suffix(".json").read_text())
     for path in ("raw", "raw_cb", "server"):
         assert positive(result[path]["tok_s"]["p50"]) and positive(result[path]["ttft_ms"]["p50"])
@@ -37,11 +37,17 @@ def test_bench_llm_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     assert positive(result["client_cpu_ms_per_chunk"]) and positive(result["paired_ratio_tok_s"])
     assert len(result["paired_ratios_tok_s"]) == len(result["paired_ttft_overheads_ms"]) == 2
     assert math.isfinite(result["paired_ttft_overhead_ms"])
+    low, high = result["paired_ratio_tok_s_ci95"]
+    assert low <= result["paired_ratio_tok_s"] <= high
+    ttft = result["ttft_alone"]
+    assert len(ttft["overheads_ms"]) == 3 and positive(ttft["raw_ms"]["p50"]) and positive(ttft["server_ms"]["p50"])
+    assert ttft["overhead_ci95_ms"][0] <= ttft["overhead_ms"] <= ttft["overhead_ci95_ms"][1]
     assert [row["concurrency"] for row in result["sweep"]] == [1, 2]
     assert all(len(row["ratios"]) == 2 and positive(row["ratio"]) for row in result["sweep"])
     assert positive(result["multi_turn"]["followup_ttft_ms"]) and positive(result["peak_rss_mib"]["server_both_models"])
     assert result["machine"]["cores"] >= 1 and result["machine"]["openvino"]
-    assert "server/raw LLMPipeline token rate" in out.with_suffix(".md").read_text()
+    report = out.with_suffix(".md").read_text()
+    assert "server/raw LLMPipeline token rate" in report and "## TTFT alone" in report
     for plot in (".sweep.png", ".ttft.png"):
         assert out.with_suffix(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
