@@ -117,11 +117,19 @@ class Runtime:
         self._loader.start()
 
     def load(self) -> None:
-        """Load both models, one after the other (blocking)."""
-        for kind in self.status:
-            if self._closed.is_set():
-                return
-            self._load_one(kind)
+        """Load both models at once, each on its own thread (blocking until both are loaded or failed).
+
+        Their loads overlap (the LLM's warm-up with the image pipeline's imports and compilation), and each model
+        serves as soon as it is ready.
+        """
+        import openvino  # noqa: F401  # once here, so the two loaders do not both import it at the same time
+
+        loaders = [threading.Thread(target=self._load_one, args=(kind,), name=f"load-{kind}", daemon=True)
+                   for kind in self.status]
+        for loader in loaders:
+            loader.start()
+        for loader in loaders:
+            loader.join()
 
     def _load_one(self, kind: Kind) -> None:
         status = self.status[kind]

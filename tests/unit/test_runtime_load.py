@@ -1,0 +1,48 @@
+"""The runtime loads its two models at once, and one failing does not keep the other from serving."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from aipc_chat.runtime import ModelStatus, Runtime
+from aipc_chat.settings import Settings
+
+
+class FakeEngine:
+    """Stands in for an engine: loading it only waits for the other model's load to have begun."""
+
+    def __init__(self, both_loading: threading.Barrier, fail: bool) -> None:
+        self.both_loading, self.fail = both_loading, fail
+        self.observers: list[object] = []
+
+    def load(self) -> None:
+        self.both_loading.wait()  # raises BrokenBarrierError if the other load does not start meanwhile
+        if self.fail:
+            raise RuntimeError("the device went away")
+
+
+def load_with(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, failing: str | None) -> None:
+    barrier = threading.Barrier(2, timeout=10)
+
+    def make_engine(kind: str, status: ModelStatus) -> FakeEngine:
+        return FakeEngine(barrier, fail=kind == failing)
+
+    monkeypatch.setattr(runtime, "_make_engine", make_engine)
+    runtime.load()
+
+
+def test_both_models_load_at_the_same_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = Runtime(Settings(demo=True, models_dir=tmp_path / "models", data_dir=tmp_path / "data"))
+    load_with(runtime, monkeypatch, failing=None)
+    assert {kind: status.state for kind, status in runtime.status.items()} == {"llm": "ready", "image": "ready"}
+
+
+def test_one_model_failing_leaves_the_other_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = Runtime(Settings(demo=True, models_dir=tmp_path / "models", data_dir=tmp_path / "data"))
+    load_with(runtime, monkeypatch, failing="image")
+    assert runtime.status["llm"].state == "ready"
+    assert runtime.status["image"].state == "failed"
+    assert runtime.status["image"].error == "RuntimeError: the device went away"
