@@ -394,7 +394,8 @@ def test_api_key_is_asked_for_then_sent(new_page: Callable[..., Any], keyed_serv
     key.fill("sesame-1234")
     key.press("Enter")
     expect(dialog).to_be_hidden()
-    assert page.evaluate("localStorage.getItem('aipc.apiKey')") == "sesame-1234"
+    # the dialog's "close" event, which stores the key, is dispatched in a task after the dialog hides
+    page.wait_for_function("localStorage.getItem('aipc.apiKey') === 'sesame-1234'", timeout=5000)
     wait_ready(page)
 
     send(page, "Hello")
