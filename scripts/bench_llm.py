@@ -202,19 +202,19 @@ def ttft_alone(args: argparse.Namespace, pipe: Any, tok: Any, server: LiveServer
     raw_ms: list[float] = []
     srv_ms: list[float] = []
 
-    def raw() -> float:
+    def raw(prompt: str) -> float:
         return float(raw_run(pipe, tok, prompt, 1)["ttft_s"]) * 1e3
 
-    def srv() -> float:
+    def srv(messages: list[dict[str, str]]) -> float:
         return float(asyncio.run(server_batch(server.base_url, model, [messages], 1))[0]["ttft_s"]) * 1e3
 
     for i in range(args.ttft_runs + 1):  # the first round is warm-up
         messages = make_messages(tok, 50_000 + i, args.prompt_tokens)
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
         if i % 2:
-            s, r = srv(), raw()
+            s, r = srv(messages), raw(prompt)
         else:
-            r, s = raw(), srv()
+            r, s = raw(prompt), srv(messages)
         if i:
             raw_ms.append(r)
             srv_ms.append(s)
