@@ -3,7 +3,7 @@
 Writes ``<out>.json`` and ``<out>.md``.
 
     python scripts/bench_startup.py --rounds 3 --out bench-results/startup
-    python scripts/bench_startup.py --model bench --rounds 1 --out bench-results/startup-full
+    python scripts/bench_startup.py --model bench --rounds 2 --out bench-results/startup-full
 """
 
 from __future__ import annotations
