@@ -8,7 +8,7 @@
     ├── NotFound                    404 not_found_error
     │   └── ModelNotFound           404 code=model_not_found
     ├── Busy                        503 code=server_busy, or 429 rate_limit_exceeded (Retry-After)
-    ├── NotReady                    503 code=model_not_ready
+    ├── NotReady                    503 code=model_not_ready (Retry-After while a model loads or recovers)
     ├── RequestTimeout              504 code=timeout
     ├── Cancelled                   499 (client went away; never sent to a live client)
     ├── EngineFailure               500 code=engine_error
@@ -19,12 +19,18 @@
     ├── HubAccessDenied             gated or private repository: missing, refused or invalid token
     ├── HubRepoNotFound             no such repository, revision or file
     ├── DownloadCorrupted           a downloaded file's size or sha256 differs from the hub's (it was deleted)
-    └── ConversionFailed            optimum-intel could not convert a model
+    ├── ConversionFailed            optimum-intel could not convert a model
+    └── DemoModelError              a demo or benchmark model could not be built, loaded or failed its self-test
 
-Engines raise these; they never know about HTTP.
+Engines raise these; they never know about HTTP. ``error_body`` is the one place the JSON error shape is built.
 """
 
 from __future__ import annotations
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, object]:
+    """The one error shape (OpenAI's): ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 class AipcError(Exception):
@@ -34,16 +40,18 @@ class AipcError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after  # sent as Retry-After: the client may try again after that many seconds
         if code is not None:
             self.code = code
 
     def to_dict(self) -> dict[str, object]:
         """The OpenAI-style error body."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return error_body(self.message, self.type, param=self.param, code=self.code)
 
 
 class InvalidRequest(AipcError):
@@ -94,8 +102,7 @@ class Busy(AipcError):
     code = "server_busy"
 
     def __init__(self, message: str, *, retry_after: int = 1, status: int = 503) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
         self.status = status
         if status == 429:
             self.type = self.code = "rate_limit_exceeded"
@@ -171,3 +178,7 @@ class DownloadCorrupted(ModelSetupError):
 
 class ConversionFailed(ModelSetupError):
     """Converting a Hugging Face model to OpenVINO failed."""
+
+
+class DemoModelError(ModelSetupError):
+    """A demo or benchmark model could not be built, loaded or failed its self-test."""

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from aipc_chat.engines.image import ImageJob, ImageParams
-from aipc_chat.engines.llm import Delta, Done, GenParams, LLMStream, TagConstraint
+from aipc_chat.engines.admission import Arrival
+from aipc_chat.engines.contract import Delta, Done, GenParams, ImageJob, ImageParams, LLMStream, TagConstraint
 from aipc_chat.engines.stream import batches
 from aipc_chat.errors import AipcError
 from aipc_chat.history import HistoryStore, Turn
 from aipc_chat.prompts import Prompts, fit_to_context, window
-from aipc_chat.reasoning import _partial_tag_suffix
+from aipc_chat.reasoning import partial_tag_suffix
 from aipc_chat.safety import PromptFilter
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ class ChatLLM(Protocol):
 
     context_length: int
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams,
-               loop: asyncio.AbstractEventLoop) -> LLMStream: ...
+    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
+               arrival: Arrival | None = None) -> LLMStream: ...
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int: ...
 
@@ -124,7 +124,7 @@ class TagFilter:
             self._inside = True
             self.captured = ""
             return buf[:idx] + self.feed(buf[idx + len(self.begin) :])
-        keep = _partial_tag_suffix(buf, self.begin)
+        keep = partial_tag_suffix(buf, self.begin)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
@@ -156,13 +156,13 @@ class Orchestrator:
         self.history, self.prompts, self.safety = history, prompts, safety
         self.history_limit, self.max_tokens, self.timeout = history_limit, max_tokens, timeout
 
-    async def run(self, req: ChatTurnRequest) -> AsyncIterator[Event]:
-        """Run one turn; yield its events, the last being ``done``."""
+    async def run(self, req: ChatTurnRequest, arrival: Arrival | None = None) -> AsyncIterator[Event]:
+        """Run one turn; yield its events, the last being ``done``. ``arrival`` is the turn's admission handle."""
         t0 = time.perf_counter()
         llm = self._llm()
         result = ChatTurnResult(req.conversation_id)
         tags = TagFilter()
-        async for event in self._answer(llm, req, result, tags):
+        async for event in self._answer(llm, req, result, tags, arrival):
             yield event
         result.timings["llm_s"] = round(time.perf_counter() - t0, 4)
         prompt = None if req.image == "never" else parse_image_prompt(tags.captured)
@@ -193,16 +193,17 @@ class Orchestrator:
         result.timings["total_s"] = round(time.perf_counter() - t0, 4)
         yield "done", {"result": result}
 
-    async def _answer(self, llm: ChatLLM, req: ChatTurnRequest, result: ChatTurnResult,
-                      tags: TagFilter) -> AsyncIterator[Event]:
+    async def _answer(self, llm: ChatLLM, req: ChatTurnRequest, result: ChatTurnResult, tags: TagFilter,
+                      arrival: Arrival | None) -> AsyncIterator[Event]:
         """The LLM's reply over the history window; the image tag is kept out of the answer."""
         earlier = await asyncio.to_thread(self.history.messages, req.user_id, req.conversation_id)
         max_tokens = req.max_tokens or self.max_tokens
         messages = fit_to_context(
             lambda kept: self.prompts.messages(kept, req.message, image_auto=req.image != "never"),
             window(earlier, self.history_limit), llm.prompt_tokens, llm.context_length - max_tokens)
-        params = GenParams(max_tokens=max_tokens, tag=None if req.image == "never" else IMAGE_TAG)
-        async for kind, payload in self._generate(llm, messages, params, tags):
+        params = GenParams(max_tokens=max_tokens, tag=None if req.image == "never" else IMAGE_TAG,
+                           constraint_param="image")
+        async for kind, payload in self._generate(llm, messages, params, tags, arrival):
             if kind == "done":
                 done: Done = payload["done"]
                 result.usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
@@ -215,8 +216,8 @@ class Orchestrator:
         result.assistant_response, result.reasoning = result.assistant_response.strip(), result.reasoning.strip()
 
     async def _generate(self, llm: ChatLLM, messages: list[dict[str, str]], params: GenParams,
-                        tags: TagFilter) -> AsyncIterator[Event]:
-        stream = await asyncio.to_thread(llm.submit, messages, params, asyncio.get_running_loop())
+                        tags: TagFilter, arrival: Arrival | None = None) -> AsyncIterator[Event]:
+        stream = await asyncio.to_thread(llm.submit, messages, params, asyncio.get_running_loop(), arrival)
         async for batch in batches(stream, self.timeout):
             reasoning = "".join(d.reasoning for d in batch if isinstance(d, Delta))
             content = tags.feed("".join(d.content for d in batch if isinstance(d, Delta)))
@@ -233,7 +234,7 @@ class Orchestrator:
 
     async def _ask_image_prompt(self, llm: ChatLLM, message: str) -> str:
         """Image "always": ask for a prompt under a bounded grammar; the user's words if it comes back empty."""
-        params = GenParams(max_tokens=256, regex=IMAGE_PROMPT_REGEX, temperature=0.6)
+        params = GenParams(max_tokens=256, regex=IMAGE_PROMPT_REGEX, temperature=0.6, constraint_param="image")
         text = ""
         async for kind, payload in self._generate(llm, self.prompts.image_request(message), params, TagFilter()):
             if kind == "content":

@@ -6,7 +6,7 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
-def _partial_tag_suffix(text: str, tag: str) -> int:
+def partial_tag_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag`` (a tag split across chunks)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):
@@ -37,7 +37,7 @@ class ReasoningSplitter:
             if self.in_think:
                 idx = buf.find(THINK_CLOSE)
                 if idx < 0:
-                    keep = _partial_tag_suffix(buf, THINK_CLOSE)
+                    keep = partial_tag_suffix(buf, THINK_CLOSE)
                     reasoning.append(buf[: len(buf) - keep])
                     self._held = buf[len(buf) - keep :]
                     break

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aipc_chat.engines.admission import Arrivals
-from aipc_chat.engines.image import ImageEngine, ImageJob
-from aipc_chat.engines.llm import Done, LLMEngine
-from aipc_chat.engines.remote import RemoteImages, RemoteLLM, remote_ready
+from aipc_chat.engines.contract import Done, ImageEngineClient, ImageJob, LLMEngineClient
+from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
 from aipc_chat.errors import ModelSetupError, NotReady
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
@@ -25,7 +24,7 @@ from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
-State = Literal["pending", "downloading", "loading", "ready", "failed"]
+State = Literal["pending", "downloading", "loading", "ready", "recovering", "unreachable", "failed"]
 
 
 @dataclass
@@ -42,19 +41,22 @@ class ModelStatus:
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form."""
-        return {
+        out: dict[str, object] = {
             "model": self.choice.name, "source": self.choice.source, "device": self.device,
             "state": self.state, "error": self.error, "load_seconds": self.load_seconds, "download": self.download,
         }
+        if self.choice.endpoint:
+            out["endpoint"] = self.choice.endpoint
+        return out
 
 
 class Runtime:
     """Owns the LLM and image engines of one server process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pipelines: PipelineWrapper | None = None) -> None:
         self.settings = settings
-        self.llm: LLMEngine | RemoteLLM | None = None
-        self.image: ImageEngine | None = None
+        self.llm: LLMEngineClient | None = None
+        self.image: ImageEngineClient | None = None
         self.status: dict[Kind, ModelStatus] = {
             "llm": ModelStatus(choose_model(settings, "llm"), settings.llm_device),
             "image": ModelStatus(choose_model(settings, "image"), settings.image_device),
@@ -66,6 +68,7 @@ class Runtime:
         self.llm_observers: list[Callable[[Done], None]] = []
         self.image_observers: list[Callable[[ImageJob], None]] = []
         self.arrivals = Arrivals()  # LLM requests the HTTP layer is reading: the engine's admission waits for them
+        self.engines = EngineFactory(settings, self.arrivals, pipelines)
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
         self.orchestrator = Orchestrator(
             self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
@@ -138,8 +141,6 @@ class Runtime:
         try:
             engine = self._make_engine(kind, status)
             engine.observers = self.llm_observers if kind == "llm" else self.image_observers
-            if isinstance(engine, LLMEngine):
-                engine.arrivals = self.arrivals
             engine.load()
         except ModelSetupError as exc:
             log.error("%s", exc)
@@ -152,47 +153,44 @@ class Runtime:
             log.exception("loading the %s model failed", kind)
             status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
             return
-        if isinstance(engine, ImageEngine):
-            self.image = engine
+        if kind == "llm":
+            self.llm = engine  # type: ignore[assignment]
         else:
-            self.llm = engine
+            self.image = engine  # type: ignore[assignment]
         status.load_seconds = round(time.perf_counter() - t0, 3)
         status.state = "ready"
 
-    def _make_engine(self, kind: Kind, status: ModelStatus) -> LLMEngine | RemoteLLM | ImageEngine:
-        choice, s = status.choice, self.settings
-        if choice.source == "repo" and s.auto_download_models and self._needs_download(choice):
+    def _make_engine(self, kind: Kind, status: ModelStatus) -> Engine:
+        choice = status.choice
+        if choice.source == "repo" and self.settings.auto_download_models and self._needs_download(choice):
             self._download(kind, status)
             status.state = "loading"
         if choice.source == "remote":
-            assert choice.endpoint is not None
             status.device = "remote"
-            if kind == "llm":
-                key = s.llm_endpoint_api_key.get_secret_value() if s.llm_endpoint_api_key else None
-                return RemoteLLM(s, choice.endpoint, key, s.llm_endpoint_model)
-            key = s.image_endpoint_api_key.get_secret_value() if s.image_endpoint_api_key else None
-            return RemoteImages(s, choice.endpoint, key)
-        status.device = resolve_device(status.device, available_devices(), kind)
-        check_present(choice)
-        assert choice.path is not None
-        if kind == "llm":
-            return LLMEngine(s, choice.path, choice.name, status.device)
-        max_size = min(s.image_max_size, 512) if choice.source == "demo" else s.image_max_size
-        return ImageEngine(s, choice.path, choice.name, status.device, max_size=max_size)
+        else:
+            status.device = resolve_device(status.device, available_devices(), kind)
+            check_present(choice)
+        return self.engines(kind, choice, status.device)
+
+    def engine(self, kind: Kind) -> Engine | None:
+        """The loaded engine of a kind, if any."""
+        return self.llm if kind == "llm" else self.image
 
     def describe(self) -> dict[str, dict[str, object]]:
-        """Per kind: the model, its state and, once loaded, what it is doing now."""
+        """Per kind: the model, its state and, once loaded, what it is doing now (a remote engine is asked)."""
         out: dict[str, dict[str, object]] = {kind: status.as_dict() for kind, status in self.status.items()}
-        for kind, engine in (("llm", self.llm), ("image", self.image)):
-            if isinstance(engine, RemoteLLM | RemoteImages):  # a remote is ready only while it answers
-                problem = remote_ready(engine)
-                out[kind].update(model=engine.model_name, endpoint=engine.base_url,
-                                 state="unreachable" if problem else "ready", error=problem)
+        for kind in self.status:
+            engine = self.engine(kind)
+            if engine is None:
+                continue
+            health = engine.health()
+            out[kind].update(model=engine.model_name or out[kind]["model"], state=health.state,
+                             error=health.error, restarts=health.restarts)
+            if health.retry_after is not None:
+                out[kind]["retry_after"] = health.retry_after
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
             out["llm"]["context_length"] = self.llm.context_length
-            if isinstance(self.llm, LLMEngine) and self.llm.failure:
-                out["llm"].update(state="failed", error=f"the engine stopped: {self.llm.failure}")
         if self.image is not None:
             out["image"]["active_jobs"] = int(self.image.current is not None)
             out["image"]["queued_jobs"] = self.image.queue_depth
@@ -203,16 +201,18 @@ class Runtime:
         """True when every model is ready, as ``/ready`` sees it (remote engines are asked)."""
         return all_ready(self.describe())
 
-    def require_llm(self) -> LLMEngine | RemoteLLM:
-        """The LLM engine, or NotReady."""
+    def require_llm(self) -> LLMEngineClient:
+        """The LLM engine, or NotReady (with Retry-After while it loads or recovers)."""
         if self.llm is None:
-            raise NotReady(_not_ready_message(self.status["llm"]))
+            raise _not_ready(self.status["llm"])
+        self.llm.check_serving()
         return self.llm
 
-    def require_image(self) -> ImageEngine:
-        """The image engine, or NotReady."""
+    def require_image(self) -> ImageEngineClient:
+        """The image engine, or NotReady (with Retry-After while it loads or recovers)."""
         if self.image is None:
-            raise NotReady(_not_ready_message(self.status["image"]))
+            raise _not_ready(self.status["image"])
+        self.image.check_serving()
         return self.image
 
     def interrupt_all(self) -> None:
@@ -238,7 +238,16 @@ def all_ready(models: dict[str, dict[str, object]]) -> bool:
     return all(m["state"] == "ready" for m in models.values())
 
 
-def _not_ready_message(status: ModelStatus) -> str:
+def retry_after(models: dict[str, dict[str, object]]) -> int | None:
+    """Seconds a client should wait before asking again, when a model is on its way to ready (not failed)."""
+    waits = [int(m["retry_after"]) for m in models.values()  # type: ignore[call-overload]
+             if m.get("retry_after") is not None and m["state"] != "failed"]
+    pending = any(m["state"] in ("pending", "downloading", "loading") for m in models.values())
+    return max(waits) if waits else (5 if pending else None)
+
+
+def _not_ready(status: ModelStatus) -> NotReady:
     if status.state == "failed":
-        return f"The {status.choice.kind} model failed to load: {status.error}"
-    return f"The {status.choice.kind} model '{status.choice.name}' is {status.state}; retry shortly."
+        return NotReady(f"The {status.choice.kind} model failed to load: {status.error}")
+    return NotReady(f"The {status.choice.kind} model '{status.choice.name}' is {status.state}; retry shortly.",
+                    retry_after=5)

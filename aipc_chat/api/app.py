@@ -12,7 +12,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from aipc_chat import __version__
 from aipc_chat.api import metrics as metrics_routes
-from aipc_chat.api.admission import AnnounceMiddleware
 from aipc_chat.api.errors import install_error_handlers
 from aipc_chat.api.metrics import Metrics, MetricsMiddleware
 from aipc_chat.api.ratelimit import RateLimiter
@@ -43,9 +42,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, chat, openai_chat, images, sdapi, metrics_routes, web):
         app.include_router(module.router)
-    # Last added runs first: metrics see every request, the guard refuses before CORS or a route runs, and a request
-    # counts as on its way to the LLM only once it passed both.
-    app.add_middleware(AnnounceMiddleware, arrivals=rt.arrivals)
+    # Last added runs first: metrics see every request, the guard refuses before CORS or a route runs.
     app.add_middleware(CORSMiddleware, allow_origin_regex=LOCAL_ORIGIN.pattern, allow_origins=settings.extra_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id", "retry-after"])
     app.add_middleware(GuardMiddleware, settings=settings)

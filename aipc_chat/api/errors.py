@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aipc_chat.errors import AipcError, Busy
+from aipc_chat.errors import AipcError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -17,14 +17,9 @@ _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_f
                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
 
 
-def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, object]:
-    """The one error shape (OpenAI's)."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def error_response(exc: AipcError) -> JSONResponse:
     """The HTTP response for one of our errors."""
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
@@ -41,7 +36,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AipcError)
     async def _aipc(request: Request, exc: AipcError) -> JSONResponse:
-        if exc.status >= 500 and not isinstance(exc, Busy):
+        if exc.status >= 500 and exc.retry_after is None:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc)
 

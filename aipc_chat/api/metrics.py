@@ -12,10 +12,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from aipc_chat.api.security import ASGIApp, Message, Receive, Scope, Send
-from aipc_chat.engines.image import ImageJob
-from aipc_chat.engines.llm import Done
+from aipc_chat.engines.contract import Done, ImageJob
 from aipc_chat.runtime import ModelStatus, Runtime
 
 router = APIRouter(tags=["health"])
@@ -55,6 +56,7 @@ class Metrics:
         load = Gauge("aipc_model_load_seconds", "Model load time", ["kind"], registry=r)
         for kind, status in runtime.status.items():
             load.labels(kind).set_function(partial(_load_seconds, status))
+        r.register(RestartsCollector(runtime))
         runtime.llm_observers.append(self.observe_llm)
         runtime.image_observers.append(self.observe_image)
 
@@ -76,6 +78,21 @@ class Metrics:
         self.image_steps.inc(job.step)
         if job.started and job.finished and job.state == "done":
             self.image_seconds.observe(job.finished - job.started)
+
+
+class RestartsCollector(Collector):
+    """``aipc_engine_restarts_total{kind}``: pipelines rebuilt after a failure, read from the engines."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Any:
+        """One sample per kind of model (0 until its engine exists)."""
+        family = CounterMetricFamily("aipc_engine_restarts", "Pipelines rebuilt after a failure", labels=["kind"])
+        for kind in self.runtime.status:
+            engine = self.runtime.engine(kind)
+            family.add_metric([kind], engine.restarts if engine is not None else 0)
+        yield family
 
 
 def _load_seconds(status: ModelStatus) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from aipc_chat.errors import error_body
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class RequestIdFilter(logging.Filter):
 
 async def _reply(send: Send, status: int, message: str, type_: str, code: str,
                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    body = json.dumps(error_body(message, type_, code=code)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from sse_starlette import EventSourceResponse
 
-from aipc_chat.errors import AipcError
+from aipc_chat.errors import AipcError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None]
             yield error_event(exc.to_dict())
         except Exception:
             log.exception("stream failed")
-            yield error_event({"error": {"message": "Internal server error.", "type": "server_error",
-                                         "param": None, "code": "internal_error"}})
+            yield error_event(error_body("Internal server error.", "server_error", code="internal_error"))
         finally:
             watcher.cancel()
             on_close()  # runs on disconnect too: sse-starlette cancels this generator

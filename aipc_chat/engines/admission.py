@@ -2,12 +2,12 @@
 
 The LLM owner thread, woken from idle by one request, waits (for at most ``batch_window_ms``) only while others are
 still on their way, so requests sent together share their first step and a lone request pays no wait at all.
+The route takes an ``Arrival`` when the request comes in and passes it to ``submit`` explicitly.
 """
 
 from __future__ import annotations
 
 import threading
-from contextvars import ContextVar
 
 
 class Arrival:
@@ -26,7 +26,7 @@ class Arrival:
 
 
 class Arrivals:
-    """How many requests the HTTP layer has begun reading that have not yet submitted to the LLM."""
+    """How many requests the HTTP layer has begun handling that have not yet submitted to the LLM."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -37,14 +37,3 @@ class Arrivals:
         with self.lock:
             self.count += 1
         return Arrival(self)
-
-
-# The request being handled, if the HTTP layer announced it; ``asyncio.to_thread`` carries it into ``submit``.
-CURRENT: ContextVar[Arrival | None] = ContextVar("aipc_arrival", default=None)
-
-
-def settle_current() -> None:
-    """Called by ``submit`` once the request is queued: it is no longer on its way."""
-    arrival = CURRENT.get()
-    if arrival is not None:
-        arrival.settle()

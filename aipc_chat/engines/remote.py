@@ -1,7 +1,9 @@
 """Remote engines: an LLM behind any OpenAI-compatible ``/v1/chat/completions`` (OVMS ``/v3``, vLLM, another
 aipc-chat) and Stable Diffusion behind an AUTOMATIC1111 ``/sdapi/v1/txt2img`` server.
 
-They offer the local engines' interface, so ``/chat``, the OpenAI and A1111 routes and the page work unchanged.
+They implement the engine contract (``contract.py``): ``RemoteLLM`` as an LLM engine, ``A1111Renderer`` as the
+renderer of an ``ImageEngine`` (the same job queue as the local one), so ``/chat``, the OpenAI and A1111 routes and
+the page work unchanged.
 Upstream failures become 502 / 503 / 504; connect errors are retried, nothing else is; cancelling a request closes
 its upstream request.
 """
@@ -22,9 +24,21 @@ from typing import Any
 
 import httpx
 
-from aipc_chat.engines.image import ImageEngine, ImageJob, _Interrupted
-from aipc_chat.engines.llm import Delta, Done, GenParams, LLMStream, Timing, constrains_whole_reply
-from aipc_chat.engines.store import infotext
+from aipc_chat.engines.admission import Arrival
+from aipc_chat.engines.contract import (
+    Delta,
+    Done,
+    EngineHealth,
+    GenParams,
+    ImageJob,
+    ImageParams,
+    Interrupted,
+    LLMStream,
+    Timing,
+    constrains_whole_reply,
+)
+from aipc_chat.engines.jobs import ImageEngine
+from aipc_chat.engines.store import ImageStore, infotext
 from aipc_chat.errors import (
     AipcError,
     Busy,
@@ -92,6 +106,7 @@ class RemoteLLM:
         self.load_seconds: float | None = None
         self.active = 0
         self.waiting = 0
+        self.restarts = 0  # nothing to rebuild: the remote is asked again on every /ready
         self.observers: list[Callable[[Done], None]] = []
         self._live: dict[LLMStream, asyncio.Future[None]] = {}
         self._timeout = httpx.Timeout(settings.request_timeout, connect=5.0)
@@ -113,6 +128,17 @@ class RemoteLLM:
             if not models:
                 raise UpstreamError("The remote LLM lists no models.")
             self.model_name = str(models[0])
+
+    def health(self) -> EngineHealth:
+        """Ready while the remote answers (asked now), else unreachable with why."""
+        try:
+            self.discover()
+        except AipcError as exc:
+            return EngineHealth("unreachable", exc.message)
+        return EngineHealth("ready")
+
+    def check_serving(self) -> None:
+        """The remote says for itself, per request."""
 
     def list_models(self) -> list[str]:
         """The remote's model ids (also the health check)."""
@@ -138,8 +164,11 @@ class RemoteLLM:
         """Cancel what is in flight."""
         self.cancel_all()
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
+               arrival: Arrival | None = None) -> LLMStream:
         """Start the upstream request on ``loop``; any thread may call this."""
+        if arrival is not None:  # nothing is batched here: the request is on its way no longer
+            arrival.settle()
         if params.max_tokens is not None and params.max_tokens > self.settings.max_tokens_limit:
             raise InvalidRequest(f"max_tokens is {params.max_tokens}; this server allows at most "
                                  f"{self.settings.max_tokens_limit}.", param="max_tokens")
@@ -257,26 +286,47 @@ async def _sse_json(response: httpx.Response) -> Any:
                 yield chunk
 
 
-class RemoteImages(ImageEngine):
-    """An AUTOMATIC1111 server as the image engine: the same jobs, queue, progress and storage as the local one."""
+class A1111Renderer:
+    """An AUTOMATIC1111 server as the renderer of an image engine: the same jobs, queue, progress and storage as the
+    local one."""
 
     def __init__(self, settings: Settings, base_url: str, api_key: str | None) -> None:
-        super().__init__(settings, Path("remote"), "", "remote", max_size=settings.image_max_size)
+        self.settings = settings
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self.model_name = "remote"
+        self.device = "remote"
+        self.model_dir = Path("remote")
+        self.max_size = settings.image_max_size
+        self.step_multiple = 64
+        self.sampler = self.default_sampler = "Euler a"
 
     def load(self) -> None:
-        """Take the remote's checkpoint name if it answers now; start the owner thread."""
-        t0 = time.perf_counter()
+        """Take the remote's checkpoint name if it answers now."""
         try:
             self.model_name = self.health()
         except AipcError as exc:
             log.warning("remote image server at %s: %s", self.base_url, exc.message)
-            self.model_name = "remote"
-        self.sampler = self.default_sampler = "Euler a"
-        self.load_seconds = time.perf_counter() - t0
-        self._thread = threading.Thread(target=self._run, name="remote-image-owner", daemon=True)
-        self._thread.start()
+
+    def rebuild(self) -> None:
+        """Nothing is held here: ask the remote again."""
+        self.load()
+
+    def check(self, params: ImageParams) -> None:
+        """The remote checks its own limits."""
+
+    def unreachable(self) -> str | None:
+        """Why the remote does not answer now, or None."""
+        try:
+            self.health()
+        except AipcError as exc:
+            return exc.message
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """What the remote serves."""
+        return {"model": self.model_name, "device": self.device, "sampler": self.sampler, "endpoint": self.base_url,
+                "size_step": self.step_multiple, "max_size": self.max_size}
 
     def health(self) -> str:
         """The remote's current checkpoint (raises an upstream error when it does not answer)."""
@@ -289,19 +339,18 @@ class RemoteImages(ImageEngine):
         except httpx.HTTPError as exc:
             raise _upstream_error(exc, "image server") from exc
 
-    def _use_sampler(self, name: str) -> None:
-        self.sampler = name  # the remote switches per request
-
-    def _generate(self, job: ImageJob) -> None:
+    def render(self, job: ImageJob, store: ImageStore) -> None:
+        """One txt2img call per image, its progress polled; an interrupt is passed on."""
         from PIL import Image
 
         p = job.params
+        self.sampler = p.sampler or self.default_sampler  # the remote switches per request
         seed = p.seed if p.seed is not None and p.seed >= 0 else int.from_bytes(uuid.uuid4().bytes[:4], "big")
         job.seeds = [seed + i for i in range(p.n)]
         for index, image_seed in enumerate(job.seeds):
             body = {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": image_seed, "steps": p.steps,
                     "cfg_scale": p.guidance_scale, "width": p.width, "height": p.height, "batch_size": 1,
-                    "sampler_name": p.sampler or self.default_sampler}
+                    "sampler_name": self.sampler}
             watcher = _ProgressWatcher(self, job, index * p.steps)
             watcher.start()
             try:
@@ -313,22 +362,27 @@ class RemoteImages(ImageEngine):
             finally:
                 watcher.stop()
             if job.cancelled:
-                raise _Interrupted
+                raise Interrupted
             images = r.json().get("images") or []
             if not images:
-                raise _Interrupted  # an interrupted A1111 job answers 200 with no image
+                raise Interrupted  # an interrupted A1111 job answers 200 with no image
             image = Image.open(io.BytesIO(base64.b64decode(images[0])))
             image.load()
-            text = infotext(p, seed=image_seed, sampler=p.sampler or self.default_sampler, model=self.model_name)
+            text = infotext(p, seed=image_seed, sampler=self.sampler, model=self.model_name)
             job.infotexts.append(text)
-            job.images.append(self.store.save(image, text, name=job.names[index]))
+            job.images.append(store.save(image, text, name=job.names[index]))
             job.step = (index + 1) * p.steps
+
+
+def remote_image_engine(settings: Settings, base_url: str, api_key: str | None) -> ImageEngine:
+    """An image engine whose pictures an AUTOMATIC1111 server makes."""
+    return ImageEngine(settings, A1111Renderer(settings, base_url, api_key))
 
 
 class _ProgressWatcher(threading.Thread):
     """Polls the remote's /progress while a txt2img call runs; interrupts it when the job is cancelled."""
 
-    def __init__(self, engine: RemoteImages, job: ImageJob, done_before: int) -> None:
+    def __init__(self, engine: A1111Renderer, job: ImageJob, done_before: int) -> None:
         super().__init__(daemon=True, name="remote-image-progress")
         self.engine, self.job, self.done_before = engine, job, done_before
         self._stop_event = threading.Event()
@@ -351,15 +405,3 @@ class _ProgressWatcher(threading.Thread):
                 self.job.step = max(self.job.step, self.done_before + step)
             except (httpx.HTTPError, ValueError):
                 continue
-
-
-def remote_ready(engine: RemoteLLM | RemoteImages) -> str | None:
-    """None while the remote answers; else why not (for /ready)."""
-    try:
-        if isinstance(engine, RemoteLLM):
-            engine.discover()
-        else:
-            engine.health()
-    except AipcError as exc:
-        return exc.message
-    return None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aipc_chat.engines.image import ImageParams
+    from aipc_chat.engines.contract import ImageParams
 
 log = logging.getLogger(__name__)
 

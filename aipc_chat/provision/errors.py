@@ -1,7 +1,7 @@
-"""Exceptions shared by the demo-model provisioning helpers."""
+"""Exceptions shared by the demo-model provisioning helpers (they belong to the one tree in ``aipc_chat.errors``)."""
 
 from __future__ import annotations
 
+from aipc_chat.errors import DemoModelError
 
-class DemoModelError(RuntimeError):
-    """A demo model could not be built, loaded or failed its self-test."""
+__all__ = ["DemoModelError"]

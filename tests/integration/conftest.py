@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from aipc_chat.engines.image import ImageEngine
+from aipc_chat.engines.image import local_image_engine
+from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine
 from aipc_chat.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def llm_engine(demo_models: Path) -> Iterator[LLMEngine]:
-    settings = Settings(demo=True, models_dir=demo_models.parent, max_num_seqs=4, llm_queue_size=2)
+    # A long admission window: a request counted as on its way and never settled would show as a lone one waiting.
+    settings = Settings(demo=True, models_dir=demo_models.parent, max_num_seqs=4, llm_queue_size=2,
+                        batch_window_ms=100.0)
     engine = LLMEngine(settings, demo_models / "llm", "demo", "CPU")
     engine.load()
     yield engine
@@ -25,7 +28,7 @@ def llm_engine(demo_models: Path) -> Iterator[LLMEngine]:
 def image_engine(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageEngine]:
     settings = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path_factory.mktemp("data"),
                         image_queue_size=2)
-    engine = ImageEngine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512)
+    engine = local_image_engine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512)
     engine.load()
     yield engine
     engine.close()

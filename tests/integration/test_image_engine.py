@@ -9,7 +9,8 @@ import time
 import pytest
 from PIL import Image
 
-from aipc_chat.engines.image import ImageEngine, ImageJob, ImageParams
+from aipc_chat.engines.contract import ImageJob, ImageParams
+from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.errors import Cancelled, InvalidRequest
 
 pytestmark = pytest.mark.integration

@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
 import pytest
 
-from aipc_chat.engines.llm import LLMEngine
+from aipc_chat.engines.contract import GenParams
+from aipc_chat.engines.llm_loop import BatchLoop
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_stopped_llm_engine_makes_the_server_not_ready(demo_settings: Settings) -> None:
+def test_a_stopped_llm_engine_makes_the_server_not_ready(demo_settings: Settings,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = Runtime(demo_settings)
     runtime.load()
     try:
         assert runtime.ready and runtime.describe()["llm"]["state"] == "ready"
-        assert isinstance(runtime.llm, LLMEngine)
-        runtime.llm.failure = "RuntimeError: a bug in the owner loop"  # what the owner thread records as it dies
+
+        def broken(self: BatchLoop, batch: object) -> None:
+            raise RuntimeError("a bug in the owner loop")
+
+        monkeypatch.setattr(BatchLoop, "_detokenize", broken)
+        loop = asyncio.new_event_loop()
+        stream = runtime.require_llm().submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=8), loop)
+
+        async def drain() -> None:
+            with contextlib.suppress(Exception):
+                async for _ in stream:
+                    pass
+
+        loop.run_until_complete(drain())
+        loop.close()
+        deadline = time.monotonic() + 10
+        while runtime.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
         described = runtime.describe()["llm"]
         assert not runtime.ready
         assert described["state"] == "failed"
-        assert described["error"] == "the engine stopped: RuntimeError: a bug in the owner loop"
+        assert "the owner loop stopped: RuntimeError: a bug in the owner loop" in str(described["error"])
     finally:
         runtime.close()

@@ -1,65 +1,85 @@
-"""Announcing LLM requests: which ones count, and that each is settled by its submit or by its end."""
+"""Announcing LLM requests: the route's ``arrival`` dependency counts a request until ``submit`` settles it (or the
+handler ends), and only routes that declare it count."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import httpx
 import pytest
-from starlette.types import Receive, Scope, Send
+from fastapi import FastAPI
+from pydantic import BaseModel
 
-from aipc_chat.api.admission import AnnounceMiddleware
+from aipc_chat.api.deps import ArrivalDep
 from aipc_chat.engines import admission
+from aipc_chat.errors import InvalidRequest
 
 
-class Recorder:
-    """An inner app that notes what was on its way while it ran, and settles (as submit does) when asked."""
-
-    def __init__(self, arrivals: admission.Arrivals, *, submit: bool) -> None:
-        self.arrivals, self.submit = arrivals, submit
-        self.seen: list[int] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.seen.append(self.arrivals.count)
-        if self.submit:
-            await asyncio.to_thread(admission.settle_current)  # as the routes call submit
-            self.seen.append(self.arrivals.count)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+class Body(BaseModel):
+    text: str
 
 
-def request(app: AnnounceMiddleware, method: str, path: str) -> int:
+def make_app(seen: list[int]) -> tuple[FastAPI, admission.Arrivals]:
+    """An app whose LLM routes note what was on its way while they ran; ``submit`` settles, as the engine's does."""
+    arrivals = admission.Arrivals()
+    app = FastAPI()
+    app.state.runtime = SimpleNamespace(arrivals=arrivals)
+
+    def submit(arrival: admission.Arrival) -> None:
+        arrival.settle()
+
+    @app.post("/submits")
+    async def submits(arrival: ArrivalDep, body: Body) -> dict[str, str]:
+        seen.append(arrivals.count)
+        await asyncio.to_thread(submit, arrival)  # as the routes call engine.submit, with the handle explicitly
+        seen.append(arrivals.count)
+        return {"ok": body.text}
+
+    @app.post("/refuses")
+    async def refuses(arrival: ArrivalDep, body: Body) -> dict[str, str]:
+        seen.append(arrivals.count)
+        raise InvalidRequest("no")
+
+    @app.post("/other")
+    async def other(body: Body) -> dict[str, str]:
+        seen.append(arrivals.count)
+        return {"ok": body.text}
+
+    return app, arrivals
+
+
+def post(app: FastAPI, path: str, json: object) -> int:
     async def main() -> int:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
-            return (await c.request(method, path)).status_code
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            return (await client.post(path, json=json)).status_code
 
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat"])
-def test_an_llm_request_counts_until_it_submits(path: str) -> None:
-    arrivals = admission.Arrivals()
-    inner = Recorder(arrivals, submit=True)
-    assert request(AnnounceMiddleware(inner, arrivals), "POST", path) == 200
-    assert inner.seen == [1, 0]
+def test_a_request_counts_until_it_submits() -> None:
+    seen: list[int] = []
+    app, arrivals = make_app(seen)
+    assert post(app, "/submits", {"text": "hi"}) == 200
+    assert seen == [1, 0]
     assert arrivals.count == 0
 
 
-def test_a_request_that_never_submits_is_settled_by_its_end() -> None:
-    arrivals = admission.Arrivals()
-    inner = Recorder(arrivals, submit=False)
-    assert request(AnnounceMiddleware(inner, arrivals), "POST", "/v1/chat/completions") == 200
-    assert inner.seen == [1]
+@pytest.mark.parametrize("body", [{"text": "hi"}, {"wrong": 1}])
+def test_a_request_that_never_submits_is_settled_by_its_end(body: object) -> None:
+    seen: list[int] = []
+    app, arrivals = make_app(seen)
+    assert post(app, "/refuses", body) in (400, 422, 500)
     assert arrivals.count == 0
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/ready"), ("POST", "/v1/images/generations"),
-                                              ("GET", "/v1/chat/completions")])
-def test_other_requests_do_not_count(method: str, path: str) -> None:
-    arrivals = admission.Arrivals()
-    inner = Recorder(arrivals, submit=False)
-    assert request(AnnounceMiddleware(inner, arrivals), method, path) == 200
-    assert inner.seen == [0]
+def test_routes_without_the_dependency_do_not_count() -> None:
+    seen: list[int] = []
+    app, arrivals = make_app(seen)
+    assert post(app, "/other", {"text": "hi"}) == 200
+    assert seen == [0]
+    assert arrivals.count == 0
 
 
 def test_settling_twice_counts_once() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipc_chat.engines.llm import IncrementalDetokenizer
+from aipc_chat.engines.detokenize import IncrementalDetokenizer
 
 
 def byte_decode(ids: list[int]) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aipc_chat.engines.image import ImageEngine, ImageParams
+from aipc_chat.engines.contract import ImageParams
+from aipc_chat.engines.image import local_image_engine
 from aipc_chat.engines.llm import device_properties, scheduler_config
 from aipc_chat.errors import InvalidRequest, ModelSetupError
 from aipc_chat.provision.devices import available_devices, resolve_device
@@ -62,9 +63,9 @@ def test_npu_uses_the_channel_wise_llm_variant_by_default() -> None:
 
 
 def test_npu_image_engine_takes_only_its_static_size(tmp_path: Path) -> None:
-    engine = ImageEngine(Settings(data_dir=tmp_path, npu_image_width=512, npu_image_height=384), tmp_path, "m",
-                         "NPU")
-    assert engine.static_size == (512, 384)
+    engine = local_image_engine(Settings(data_dir=tmp_path, npu_image_width=512, npu_image_height=384), tmp_path,
+                                "m", "NPU")
+    assert engine.renderer.static_size == (512, 384)  # type: ignore[attr-defined]
     engine.check(ImageParams(prompt="x", width=512, height=384))
     with pytest.raises(InvalidRequest, match="compiled for 512x384"):
         engine.check(ImageParams(prompt="x", width=512, height=512))

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from aipc_chat.engines.image import ImageEngine, ImageParams
+from aipc_chat.engines.contract import ImageParams
+from aipc_chat.engines.image import local_image_engine
 from aipc_chat.errors import ContentFiltered
 from aipc_chat.settings import Settings
 
@@ -19,6 +20,9 @@ class CheckingPipeline:
     """Stands in for an optimum pipeline whose folder has a safety checker (none of ours does)."""
 
     num_timesteps = 1
+    vae_scale_factor = 8
+    unet = SimpleNamespace(config={"block_out_channels": [32, 64]})
+    scheduler = SimpleNamespace(config={})
 
     def __init__(self, flag: bool) -> None:
         self.flag = flag
@@ -30,16 +34,18 @@ class CheckingPipeline:
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_flagged_images_are_withheld(tmp_path: Path, flag: bool) -> None:
-    engine = ImageEngine(Settings(data_dir=tmp_path), tmp_path, "m", "CPU", max_size=512)
-    engine._pipe = CheckingPipeline(flag)
-    engine._thread = object()  # type: ignore[assignment]  # jobs run by hand below
+    engine = local_image_engine(Settings(data_dir=tmp_path), tmp_path, "m", "CPU", max_size=512,
+                                pipelines=lambda: CheckingPipeline(flag))
+    engine.load()
     job = engine.submit(ImageParams(prompt="x", width=64, height=64, steps=1, seed=1))
-    engine._queue.put(None)
-    engine._run()
-    if flag:
-        with pytest.raises(ContentFiltered):
+    try:
+        if flag:
+            with pytest.raises(ContentFiltered):
+                asyncio.run(job.wait(5))
+            assert job.images == [] and engine.store.path(job.names[0]) is None
+        else:
             asyncio.run(job.wait(5))
-        assert job.images == [] and engine.store.path(job.names[0]) is None
-    else:
-        asyncio.run(job.wait(5))
-        assert engine.store.path(job.names[0]) is not None
+            assert engine.store.path(job.names[0]) is not None
+        assert engine.health().state == "ready" and engine.restarts == 0  # a flagged image is no pipeline fault
+    finally:
+        engine.close()

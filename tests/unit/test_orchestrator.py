@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from aipc_chat.engines.image import ImageJob, ImageParams
-from aipc_chat.engines.llm import Delta, Done, GenParams, LLMStream, Timing
+from aipc_chat.engines.contract import Delta, Done, GenParams, ImageJob, ImageParams, LLMStream, Timing
 from aipc_chat.errors import Busy, EngineFailure
 from aipc_chat.history import HistoryStore, Turn
 from aipc_chat.orchestrator import (
@@ -40,7 +39,8 @@ class FakeLLM:
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return sum(len(m["content"].split()) for m in messages)
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
+               arrival: object = None) -> LLMStream:
         self.calls.append((messages, params))
         reply = self.script.pop(0)
         stream = LLMStream(loop, "fake", 10)
@@ -71,10 +71,10 @@ class FakeImages:
         if self.hang:  # still rendering
             job.state = "running"
         elif self.fail:
-            job._end("failed", "boom")
+            job.end("failed", "boom")
         else:
             job.images = list(job.names)
-            job._end("done")
+            job.end("done")
         self.jobs.append(job)
         return job
 

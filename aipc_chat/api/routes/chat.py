@@ -6,16 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
-from aipc_chat.api.deps import get_runtime
+from aipc_chat.api.deps import ArrivalDep, RuntimeDep
 from aipc_chat.api.schemas.chat import SAFE_ID, ChatRequest
 from aipc_chat.api.sse import SSEItem, sse_response
 from aipc_chat.orchestrator import ChatTurnResult
-from aipc_chat.runtime import Runtime
 
 router = APIRouter(tags=["chat"])
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 UserId = Annotated[str, Path(pattern=SAFE_ID)]
 ConversationId = Annotated[str | None, Query(pattern=SAFE_ID)]
 
@@ -26,11 +24,11 @@ def _absolute(request: Request) -> Any:
 
 
 @router.post("/chat", response_model=None)
-async def chat(body: ChatRequest, request: Request, runtime: RuntimeDep) -> Any:
+async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime: RuntimeDep) -> Any:
     """One turn: the answer (reasoning apart) and, when a picture helps, an image the assistant prompted."""
     request.app.state.chat_limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
-    events = runtime.orchestrator.run(body.to_turn())
+    events = runtime.orchestrator.run(body.to_turn(), arrival)
     url = _absolute(request)
     if body.stream:
         return sse_response(_named(events, url), named_errors=True, on_shutdown=runtime.interrupt_all)

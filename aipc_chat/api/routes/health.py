@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from aipc_chat import __version__
-from aipc_chat.api.deps import get_runtime
-from aipc_chat.runtime import Runtime, all_ready
+from aipc_chat.api.deps import RuntimeDep
+from aipc_chat.runtime import all_ready, retry_after
 
 router = APIRouter(tags=["health"])
 
@@ -22,8 +21,12 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(runtime: Annotated[Runtime, Depends(get_runtime)]) -> JSONResponse:
-    """200 when every model is loaded; 503 with what is still loading (or failed) otherwise."""
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    """200 while every model serves; else 503 with each model's state (``loading``, ``recovering``, ``failed``,
+    ...) and, while a model is on its way back, Retry-After."""
     models = await asyncio.to_thread(runtime.describe)  # remote engines are asked over the network
-    ready = all_ready(models)
-    return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+    if all_ready(models):
+        return JSONResponse({"ready": True, "models": models})
+    wait = retry_after(models)
+    return JSONResponse({"ready": False, "models": models}, status_code=503,
+                        headers={"Retry-After": str(wait)} if wait is not None else None)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from aipc_chat.api.deps import get_runtime, get_settings
+from aipc_chat.api.deps import RuntimeDep, SettingsDep
 from aipc_chat.api.schemas.images import ImageGenerationRequest
-from aipc_chat.engines.image import ImageEngine
+from aipc_chat.engines.contract import ImageEngineClient, ImageJob
+from aipc_chat.engines.store import ImageStore
 from aipc_chat.errors import ModelNotFound, NotFound
-from aipc_chat.runtime import Runtime
-from aipc_chat.settings import Settings
 
 router = APIRouter(tags=["images"])
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def image_url(request: Request, name: str) -> str:
@@ -46,7 +43,7 @@ async def generate_images(body: ImageGenerationRequest, request: Request, runtim
     return {"created": int(time.time()), "data": data, "seeds": job.seeds}
 
 
-def _job_or_404(engine: ImageEngine, job_id: str) -> Any:
+def _job_or_404(engine: ImageEngineClient, job_id: str) -> ImageJob:
     job = engine.get_job(job_id)
     if job is None:
         raise NotFound(f"No image job '{job_id}'.", param="id")
@@ -71,8 +68,6 @@ async def cancel_job(job_id: str, request: Request, runtime: RuntimeDep) -> dict
 @router.get("/images/{name}", name="get_image", response_class=FileResponse)
 async def get_image(name: str, runtime: RuntimeDep, settings: SettingsDep) -> FileResponse:
     """A generated PNG; names are unguessable, unknown ones are 404."""
-    from aipc_chat.engines.store import ImageStore
-
     store = runtime.image.store if runtime.image else ImageStore(settings.data_dir / "images")
     path = store.path(name.removesuffix(".png")) if name.endswith(".png") else None
     if path is None:

@@ -5,23 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from aipc_chat.api.deps import get_runtime, get_settings
+from aipc_chat.api.deps import ArrivalDep, RuntimeDep, SettingsDep
 from aipc_chat.api.schemas.openai import ChatCompletionRequest
 from aipc_chat.api.sse import sse_response
-from aipc_chat.engines.llm import Delta, Done, LLMEngine, LLMStream
-from aipc_chat.engines.remote import RemoteLLM
+from aipc_chat.engines.contract import Delta, Done, LLMEngineClient, LLMStream
 from aipc_chat.engines.stream import batches
 from aipc_chat.errors import ModelNotFound
-from aipc_chat.runtime import Runtime
-from aipc_chat.settings import Settings
 
 router = APIRouter(tags=["openai"])
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @router.get("/v1/models")
@@ -37,21 +32,22 @@ async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-def _check_model(requested: str | None, engine: LLMEngine | RemoteLLM) -> None:
+def _check_model(requested: str | None, engine: LLMEngineClient) -> None:
     if requested is not None and requested != engine.model_name:
         raise ModelNotFound(f"The model '{requested}' does not exist here; this server serves "
                             f"'{engine.model_name}'.", param="model")
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep, settings: SettingsDep) -> Any:
+async def chat_completions(arrival: ArrivalDep, body: ChatCompletionRequest, runtime: RuntimeDep,
+                           settings: SettingsDep) -> Any:
     """Chat completion, whole or streamed as SSE; reasoning goes in ``reasoning_content``."""
     engine = runtime.require_llm()
     _check_model(body.model, engine)
     body.check_supported()
     params = body.to_params()
     loop = asyncio.get_running_loop()
-    stream = await asyncio.to_thread(engine.submit, body.chat_messages(), params, loop)
+    stream = await asyncio.to_thread(engine.submit, body.chat_messages(), params, loop, arrival)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_chunks(stream, engine.model_name, include_usage, settings.request_timeout),

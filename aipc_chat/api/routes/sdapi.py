@@ -9,21 +9,17 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
 
-from aipc_chat.api.deps import get_runtime, get_settings
+from aipc_chat.api.deps import RuntimeDep, SettingsDep
 from aipc_chat.api.schemas.images import Txt2ImgRequest
-from aipc_chat.engines.image import SCHEDULERS, ImageEngine
+from aipc_chat.engines.contract import SCHEDULERS, ImageEngineClient
 from aipc_chat.errors import Cancelled, InvalidRequest
-from aipc_chat.runtime import Runtime
-from aipc_chat.settings import Settings
 
 router = APIRouter(prefix="/sdapi/v1", tags=["automatic1111"])
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _model_entry(engine: ImageEngine) -> dict[str, Any]:
+def _model_entry(engine: ImageEngineClient) -> dict[str, Any]:
     digest = hashlib.sha256(str(engine.model_dir.resolve()).encode()).hexdigest()
     return {"title": f"{engine.model_name} [{digest[:10]}]", "model_name": engine.model_name, "hash": digest[:10],
             "sha256": digest, "filename": str(engine.model_dir), "config": None}

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from aipc_chat.engines.image import ImageParams
+from aipc_chat.engines.contract import ImageParams
 
 MAX_PROMPT_CHARS = 4000
 SEED_MIN, SEED_MAX = -1, 2**32 - 1

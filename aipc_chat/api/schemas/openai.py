@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aipc_chat.engines.llm import GenParams
+from aipc_chat.engines.contract import GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 
 MAX_MESSAGE_CHARS = 200_000

@@ -1,0 +1,368 @@
+"""The engine contract: the one engine module the runtime, the orchestrator and the routes import.
+
+It holds the request and result types that cross into and out of engines (``GenParams``, ``Delta``, ``Done``,
+``LLMStream``, ``ImageParams``, ``ImageJob``), the health an engine reports, and the two protocols that the local
+(openvino-genai, optimum-intel) and remote (OpenAI, AUTOMATIC1111) engines implement. Everything above the engines
+works through these alone, as vLLM's serving classes work through ``EngineClient``.
+
+Engine states (``EngineHealth.state``):
+
+    loading     the pipeline is being built (start-up)
+    ready       serving
+    recovering  the pipeline failed and is being rebuilt; new requests get 503 with Retry-After
+    unreachable a remote engine does not answer (it is asked again on every /ready)
+    failed      the engine cannot serve (its load, or three rebuilds in a row, failed); a restart is needed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from aipc_chat.engines.admission import Arrival
+from aipc_chat.engines.store import ImageStore
+from aipc_chat.engines.stream import ThreadToAsync
+from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, RequestTimeout
+
+EngineState = Literal["loading", "ready", "recovering", "unreachable", "failed"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+FILTERED = "content_filter"
+# AUTOMATIC1111's sampler names and the diffusers schedulers behind them (what the local engine can switch to).
+SCHEDULERS: dict[str, str] = {
+    "PLMS": "PNDMScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "Euler a": "EulerAncestralDiscreteScheduler",
+    "DDIM": "DDIMScheduler",
+    "LMS": "LMSDiscreteScheduler",
+    "DPM++ 2M": "DPMSolverMultistepScheduler",
+}
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """What an engine says of itself (``/ready``'s ``models.<kind>``)."""
+
+    state: EngineState
+    error: str | None = None
+    restarts: int = 0
+    retry_after: int | None = None  # seconds a client should wait while the engine recovers
+
+
+# --- the LLM -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TagConstraint:
+    """Free text, except that once ``begin`` appears its content must match ``regex`` and end with ``end``."""
+
+    begin: str
+    regex: str
+    end: str
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling and length parameters of one request, already validated."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    reasoning_budget: int | None = None
+    json_schema: str | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    tag: TagConstraint | None = None
+    constraint_param: str = "response_format"  # the request field a refused constraint came from (for the 400)
+
+
+def constrains_whole_reply(params: GenParams) -> bool:
+    """True when the whole reply is constrained (JSON, regex, grammar), leaving no room for reasoning."""
+    return params.json_schema is not None or params.regex is not None or params.grammar is not None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of a reply: reasoning and/or answer, and how many tokens made it."""
+
+    reasoning: str
+    content: str
+    tokens: int
+
+
+@dataclass
+class Timing:
+    """When a request was queued, started, got its first token and ended (monotonic seconds)."""
+
+    queued: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token, queueing included."""
+        return None if self.first_token is None else self.first_token - self.queued
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a reply."""
+
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    timing: Timing
+
+
+class LLMStream(ThreadToAsync[Delta | Done]):
+    """A request in flight: iterate it for ``Delta``s and one final ``Done``; ``cancel()`` to stop it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request_id: str, prompt_tokens: int) -> None:
+        super().__init__(loop)
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+
+
+class LLMEngineClient(Protocol):
+    """What the runtime, the orchestrator and the routes use of an LLM engine (local or remote)."""
+
+    model_name: str
+    device: str
+    context_length: int
+    load_seconds: float | None
+    observers: list[Callable[[Done], None]]
+
+    @property
+    def active(self) -> int:
+        """Requests generating now."""
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted and not yet generating."""
+
+    @property
+    def restarts(self) -> int:
+        """Pipelines rebuilt after a failure."""
+
+    def health(self) -> EngineHealth:
+        """The engine's state now (a remote one is asked)."""
+
+    def check_serving(self) -> None:
+        """Raise NotReady (503, Retry-After while recovering) unless new requests can be taken now; cheap."""
+
+    def load(self) -> None:
+        """Build the pipeline and start serving (blocking)."""
+
+    def close(self) -> None:
+        """Cancel what is in flight and stop."""
+
+    def cancel_all(self) -> None:
+        """Cancel every request in flight."""
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens the templated messages take."""
+
+    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
+               arrival: Arrival | None = None) -> LLMStream:
+        """Validate and queue a request; errors are raised here, before anything streams.
+
+        ``arrival`` is the admission handle the HTTP layer took when the request came in; it is settled once the
+        request is queued (or refused).
+        """
+
+
+# --- images --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """One generation request, validated against the model by the engine's ``check``."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    n: int = 1
+    sampler: str | None = None
+
+
+class Interrupted(Exception):
+    """A renderer's signal: the running job was cancelled mid-way."""
+
+
+class Flagged(Exception):
+    """A renderer's signal: the pipeline's own safety checker flagged the image."""
+
+
+@dataclass
+class ImageJob:
+    """A queued or running generation; the owner thread updates it, any thread reads it."""
+
+    params: ImageParams
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    state: JobState = "queued"
+    step: int = 0  # steps done, over all images of the job
+    seeds: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # reserved at submission, so URLs are known at once
+    images: list[str] = field(default_factory=list)  # the names stored so far
+    infotexts: list[str] = field(default_factory=list)
+    error: str | None = None
+    failure: AipcError | None = None  # what to raise for a failed job, when the engine knows (else a 500)
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole job (steps x images)."""
+        return self.params.steps * self.params.n
+
+    @property
+    def progress(self) -> float:
+        """0..1."""
+        return 1.0 if self.state == "done" else min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def finished_ok(self) -> bool:
+        """True when the job ended with its images."""
+        return self.state == "done"
+
+    def cancel(self) -> None:
+        """Stop the job at its next step (or before it starts)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancel() was called."""
+        return self._cancel.is_set()
+
+    def end(self, state: JobState, error: str | None = None, failure: AipcError | None = None) -> None:
+        """Owner thread: the job is over; wake whoever waits for it."""
+        self.state, self.error, self.finished = state, error, time.time()
+        if failure is not None:
+            self.failure = failure
+        with self._lock:
+            self._done.set()
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until the job ends; raise what ended it badly; cancel it and raise RequestTimeout past timeout."""
+        event = asyncio.Event()
+        with self._lock:
+            if self._done.is_set():
+                event.set()
+            else:
+                self._waiters.append((asyncio.get_running_loop(), event))
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.cancel()
+            raise RequestTimeout(f"The image took longer than {timeout:g} s and was cancelled.") from None
+        self.raise_for_state()
+
+    def raise_for_state(self) -> None:
+        """Raise the error of a failed or cancelled job."""
+        if self.state == "cancelled":
+            raise Cancelled("The image generation was cancelled.")
+        if self.state == "failed" and self.error and self.error.startswith(FILTERED):
+            raise ContentFiltered("The image was withheld by the model's safety checker.")
+        if self.state == "failed" and self.failure is not None:
+            raise self.failure
+        if self.state == "failed":
+            raise EngineFailure(f"The image generation failed: {self.error}")
+
+    def as_dict(self, url_for: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """The JSON form (``GET /v1/images/jobs/{id}``)."""
+        return {
+            "id": self.id, "state": self.state, "step": self.step, "total_steps": self.total_steps,
+            "progress": round(self.progress, 4), "seeds": self.seeds, "error": self.error,
+            "images": [url_for(n) for n in self.images] if url_for else self.images,
+            "created": self.created, "started": self.started, "finished": self.finished,
+        }
+
+
+class ImageEngineClient(Protocol):
+    """What the runtime, the orchestrator and the routes use of an image engine (local or remote)."""
+
+    load_seconds: float | None
+    store: ImageStore
+    observers: list[Callable[[ImageJob], None]]
+
+    @property
+    def model_name(self) -> str:
+        """The model's name."""
+
+    @property
+    def device(self) -> str:
+        """Where it runs ("remote" for a remote one)."""
+
+    @property
+    def model_dir(self) -> Path:
+        """Where it was loaded from."""
+
+    @property
+    def sampler(self) -> str:
+        """The sampler the last job used (A1111's name)."""
+
+    @property
+    def current(self) -> ImageJob | None:
+        """The job rendering now."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting."""
+
+    @property
+    def restarts(self) -> int:
+        """Pipelines rebuilt after a failure."""
+
+    def health(self) -> EngineHealth:
+        """The engine's state now (a remote one is asked)."""
+
+    def check_serving(self) -> None:
+        """Raise NotReady (503, Retry-After while recovering) unless new jobs can be taken now; cheap."""
+
+    def load(self) -> None:
+        """Build the pipeline and start serving (blocking)."""
+
+    def close(self) -> None:
+        """Cancel what is in flight and stop."""
+
+    def submit(self, params: ImageParams) -> ImageJob:
+        """Validate and queue a job; Busy when the queue is full."""
+
+    def get_job(self, job_id: str) -> ImageJob | None:
+        """A recent job by id."""
+
+    def interrupt(self) -> None:
+        """Cancel the running job."""
+
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job."""
+
+    def info(self) -> dict[str, Any]:
+        """What the engine serves."""
