@@ -23,12 +23,14 @@ SSEItem = dict[str, Any] | str | tuple[str, dict[str, Any]]
 
 
 def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None] = lambda: None,
-                 on_shutdown: Callable[[], None] = lambda: None, named_errors: bool = False) -> EventSourceResponse:
-    """Stream JSON events (``(name, data)`` tuples become named events).
+                 on_shutdown: Callable[[], None] = lambda: None, named_errors: bool = False,
+                 done: str | None = None) -> EventSourceResponse:
+    """Stream JSON events (``(name, data)`` tuples become named events), then ``data: {done}`` if given.
 
-    An error raised mid-stream becomes a final error event (named ``error`` when ``named_errors``); ``on_close``
-    always runs. When the server shuts down, ``on_shutdown`` cancels the work behind the stream, whose
-    ``Cancelled`` error then ends it cleanly with a last event, within the grace period.
+    An error raised mid-stream becomes a final error event (named ``error`` when ``named_errors``), still followed
+    by ``done`` (OpenAI clients stop reading at ``[DONE]``); ``on_close`` always runs. When the server shuts down,
+    ``on_shutdown`` cancels the work behind the stream, whose ``Cancelled`` error then ends it cleanly with a last
+    event, within the grace period.
     """
     shutdown = anyio.Event()
 
@@ -43,16 +45,19 @@ def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None]
     async def publish() -> AsyncIterator[dict[str, str]]:
         watcher = asyncio.ensure_future(watch_shutdown())
         try:
-            async for item in events:
-                if isinstance(item, tuple):
-                    yield {"event": item[0], "data": json.dumps(item[1], ensure_ascii=False)}
-                else:
-                    yield {"data": item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)}
-        except AipcError as exc:
-            yield error_event(exc.to_dict())
-        except Exception:
-            log.exception("stream failed")
-            yield error_event(error_body("Internal server error.", "server_error", code="internal_error"))
+            try:
+                async for item in events:
+                    if isinstance(item, tuple):
+                        yield {"event": item[0], "data": json.dumps(item[1], ensure_ascii=False)}
+                    else:
+                        yield {"data": item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)}
+            except AipcError as exc:
+                yield error_event(exc.to_dict())
+            except Exception:
+                log.exception("stream failed")
+                yield error_event(error_body("Internal server error.", "server_error", code="internal_error"))
+            if done is not None:
+                yield {"data": done}
         finally:
             watcher.cancel()
             on_close()  # runs on disconnect too: sse-starlette cancels this generator

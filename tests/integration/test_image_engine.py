@@ -90,4 +90,4 @@ def test_bad_parameters_are_refused(image_engine: ImageEngine, params: ImagePara
 
 
 def test_size_step_is_derived_from_the_model(image_engine: ImageEngine) -> None:
-    assert image_engine.step_multiple == 64
+    assert image_engine.renderer.step_multiple == 64

@@ -51,7 +51,7 @@ async def chat_completions(arrival: ArrivalDep, body: ChatCompletionRequest, run
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_chunks(stream, engine.model_name, include_usage, settings.request_timeout),
-                            on_close=stream.cancel, on_shutdown=runtime.interrupt_all)
+                            on_close=stream.cancel, on_shutdown=runtime.interrupt_all, done="[DONE]")
     return await _complete(stream, engine.model_name, settings.request_timeout)
 
 
@@ -85,7 +85,7 @@ def _usage(done: Done) -> dict[str, int]:
 
 async def _chunks(
     stream: LLMStream, model: str, include_usage: bool, timeout: float
-) -> AsyncIterator[dict[str, Any] | str]:
+) -> AsyncIterator[dict[str, Any]]:
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -114,4 +114,3 @@ async def _chunks(
     if include_usage:
         yield {"id": stream.request_id, "object": "chat.completion.chunk", "created": created, "model": model,
                "choices": [], "usage": _usage(done)}
-    yield "[DONE]"
