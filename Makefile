@@ -43,6 +43,7 @@ bench: demo-models
 	$(BIN)/python scripts/bench_llm.py --model demo --runs 5 --out bench-results/llm
 	$(BIN)/python scripts/bench_image.py --model demo --size 512 --steps 20 --runs 3 --out bench-results/image
 	$(BIN)/python scripts/bench_startup.py --rounds 2 --out bench-results/startup.json
+	$(BIN)/python scripts/bench_recovery.py --model demo --rounds 3 --out bench-results/recovery
 
 bench-full: install
 	$(BIN)/aipc-chat bench-models --torch
@@ -50,6 +51,7 @@ bench-full: install
 		--history-tokens 1024 --sweep-rounds 3 --ttft-runs 24 --out bench-results/llm-full
 	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 10 --runs 2 --out bench-results/image-full
 	$(BIN)/python scripts/bench_startup.py --model bench --rounds 2 --out bench-results/startup-full.json
+	$(BIN)/python scripts/bench_recovery.py --model bench --rounds 3 --out bench-results/recovery-full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

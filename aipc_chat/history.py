@@ -38,8 +38,17 @@ def _m1_initial(db: sqlite3.Connection) -> None:
     """)
 
 
+def _m2_image_names(db: sqlite3.Connection) -> None:
+    """Store image names, not URL paths: the HTTP layer makes URLs (``/images/NAME.png`` -> ``NAME``)."""
+    db.execute("ALTER TABLE messages ADD COLUMN image_names TEXT")
+    rows = db.execute("SELECT id, image_urls FROM messages WHERE image_urls IS NOT NULL").fetchall()
+    for message_id, urls in rows:
+        names = [u.rsplit("/", 1)[-1].removesuffix(".png") for u in json.loads(urls) or []]
+        db.execute("UPDATE messages SET image_names = ? WHERE id = ?", (json.dumps(names), message_id))
+
+
 # Append-only: each function moves the schema one version on (PRAGMA user_version counts them).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_image_names]
 
 
 @dataclass(frozen=True)
@@ -50,14 +59,15 @@ class Message:
     content: str
     created: float
     reasoning: str | None = None
-    image_urls: list[str] = field(default_factory=list)
+    image_names: list[str] = field(default_factory=list)
     image_prompt: dict[str, Any] | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form."""
+    def as_dict(self, url: Callable[[str], str]) -> dict[str, Any]:
+        """The JSON form, each image name made a URL by ``url``."""
         out: dict[str, Any] = {"role": self.role, "content": self.content, "created": self.created}
         if self.role == "assistant":
-            out.update(reasoning=self.reasoning, image_urls=self.image_urls, image_prompt=self.image_prompt)
+            out.update(reasoning=self.reasoning, image_urls=[url(n) for n in self.image_names],
+                       image_prompt=self.image_prompt)
         return out
 
 
@@ -68,7 +78,7 @@ class Turn:
     user_message: str
     answer: str
     reasoning: str | None = None
-    image_urls: list[str] = field(default_factory=list)
+    image_names: list[str] = field(default_factory=list)
     image_prompt: dict[str, Any] | None = None
 
 
@@ -114,26 +124,26 @@ class HistoryStore:
                     "INSERT INTO conversations (user_id, id, title, created, updated) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (user_id, id) DO UPDATE SET updated = excluded.updated",
                     (user_id, conversation_id, turn.user_message[:80], now, now))
-                insert = ("INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_urls, "
+                insert = ("INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_names, "
                           "image_prompt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
                 self._db.execute(insert, (user_id, conversation_id, "user", turn.user_message, None, None, None, now))
                 cursor = self._db.execute(insert, (user_id, conversation_id, "assistant", turn.answer, turn.reasoning,
-                                                   json.dumps(turn.image_urls), json.dumps(turn.image_prompt), now))
+                                                   json.dumps(turn.image_names), json.dumps(turn.image_prompt), now))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         return int(cursor.lastrowid or 0)
 
-    def set_images(self, message_id: int, urls: list[str], image_prompt: dict[str, Any] | None) -> None:
-        """Record how an answer's image ended (its URLs, none if it failed or was stopped; the seed it used)."""
+    def set_images(self, message_id: int, names: list[str], image_prompt: dict[str, Any] | None) -> None:
+        """Record how an answer's image ended (its names, none if it failed or was stopped; the seed it used)."""
         with self._lock:
-            self._db.execute("UPDATE messages SET image_urls = ?, image_prompt = ? WHERE id = ?",
-                             (json.dumps(urls), json.dumps(image_prompt), message_id))
+            self._db.execute("UPDATE messages SET image_names = ?, image_prompt = ? WHERE id = ?",
+                             (json.dumps(names), json.dumps(image_prompt), message_id))
 
     def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""
-        sql = ("SELECT role, content, created, reasoning, image_urls, image_prompt FROM messages "
+        sql = ("SELECT role, content, created, reasoning, image_names, image_prompt FROM messages "
                "WHERE user_id = ? AND conversation_id = ? ORDER BY id DESC")
         args: tuple[Any, ...] = (user_id, conversation_id)
         if limit is not None:
@@ -141,9 +151,9 @@ class HistoryStore:
             args += (limit,)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [Message(role, content, created, reasoning, json.loads(urls) if urls else [],
+        return [Message(role, content, created, reasoning, json.loads(names) if names else [],
                         json.loads(prompt) if prompt else None)
-                for role, content, created, reasoning, urls, prompt in reversed(rows)]
+                for role, content, created, reasoning, names, prompt in reversed(rows)]
 
     def conversations(self, user_id: str) -> list[dict[str, Any]]:
         """The user's conversations, most recent first."""

@@ -86,16 +86,16 @@ class ChatTurnResult:
     image_generated: bool = False
     image_state: str | None = None  # queued | done | failed | filtered | None (no image)
     image_job_id: str | None = None
-    image_urls: list[str] = field(default_factory=list)
+    image_names: list[str] = field(default_factory=list)  # the HTTP layer makes them URLs
     image_prompt: dict[str, Any] | None = None
     image_error: dict[str, str] | None = None
     usage: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self, url: Callable[[str], str] = lambda p: p) -> dict[str, Any]:
-        """The JSON form, image paths made absolute by ``url``."""
+    def as_dict(self, url: Callable[[str], str]) -> dict[str, Any]:
+        """The JSON form, each image name made a URL by ``url``."""
         out = asdict(self)
-        out["image_urls"] = [url(u) for u in self.image_urls]
+        out["image_urls"] = [url(name) for name in out.pop("image_names")]
         return out
 
 
@@ -171,21 +171,21 @@ class Orchestrator:
         job = self._start_image(req, prompt, result) if prompt is not None else None
         # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
-            req.message, result.assistant_response, result.reasoning or None, result.image_urls,
+            req.message, result.assistant_response, result.reasoning or None, result.image_names,
             result.image_prompt))
         finished = job is None or not req.wait_for_image
         try:
             if result.image_prompt is not None:
                 yield "image_prompt", {"image_prompt": result.image_prompt}
             if job is not None:
-                yield "image_queued", {"job_id": job.id, "image_urls": result.image_urls}
+                yield "image_queued", {"job_id": job.id, "image_names": result.image_names}
             elif result.image_error:
                 yield "image_error", result.image_error
             if job is not None and req.wait_for_image:
                 async for event in self._wait_image(job, result):
                     yield event
                 finished = True
-                await asyncio.to_thread(self.history.set_images, message_id, result.image_urls, result.image_prompt)
+                await asyncio.to_thread(self.history.set_images, message_id, result.image_names, result.image_prompt)
         finally:
             if not finished and job is not None:  # the client left (Stop, disconnect): stop its picture too
                 job.cancel()
@@ -261,7 +261,7 @@ class Orchestrator:
             result.image_error = {"code": exc.code or "image_error", "message": exc.message}
             return None
         result.image_state, result.image_job_id = "queued", job.id
-        result.image_urls = [f"/images/{name}.png" for name in job.names]
+        result.image_names = list(job.names)
         return job
 
     async def _wait_image(self, job: ImageJob, result: ChatTurnResult) -> AsyncIterator[Event]:
@@ -277,7 +277,7 @@ class Orchestrator:
                                              "progress": round(job.progress, 4)}
             waiter.result()
         except AipcError as exc:
-            result.image_state, result.image_urls = "failed", []
+            result.image_state, result.image_names = "failed", []
             result.image_error = {"code": exc.code or "image_error", "message": exc.message}
             yield "image_error", result.image_error
             return
@@ -286,5 +286,5 @@ class Orchestrator:
         result.image_generated, result.image_state = True, "done"
         result.image_prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
         result.timings["image_s"] = round(time.perf_counter() - t0, 4)
-        yield "image_done", {"job_id": job.id, "image_urls": result.image_urls, "seeds": job.seeds}
+        yield "image_done", {"job_id": job.id, "image_names": result.image_names, "seeds": job.seeds}
 

@@ -70,3 +70,15 @@ def test_bench_startup_writes_figures(demo_models: Path, tmp_path: Path) -> None
     for key in ("ready_s", "llm_load_s", "image_load_s"):
         assert positive(result["summary"][key]["cold"]) and positive(result["summary"][key]["warm"])
     assert "cold (empty compile cache)" in out.with_suffix(".md").read_text()
+
+
+def test_bench_recovery_writes_figures(demo_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recovery"
+    run_script("bench_recovery.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--rounds", "1",
+               "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    checks = result["checks"]
+    assert positive(checks["probe_load_ms"]) and positive(checks["cached_check_us"])
+    assert len(checks["first_check_ms"]) == 5 and all(positive(v) for v in checks["first_check_ms"].values())
+    assert positive(result["llm_rebuild_s_p50"]) and positive(result["image_rebuild_s_p50"])
+    assert "LLM pipeline rebuild" in out.with_suffix(".md").read_text()

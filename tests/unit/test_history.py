@@ -12,13 +12,14 @@ from aipc_chat.history import MIGRATIONS, HistoryStore, Turn
 def test_turns_round_trip_in_order(tmp_path: Path) -> None:
     store = HistoryStore(tmp_path / "h.sqlite3")
     store.add_turn("u1", "default", Turn("hi", "hello", reasoning="greeting"))
-    store.add_turn("u1", "default", Turn("draw a cat", "here", image_urls=["/images/a.png"],
+    store.add_turn("u1", "default", Turn("draw a cat", "here", image_names=["a"],
                                          image_prompt={"prompt": "a cat"}))
     msgs = store.messages("u1", "default")
     assert [(m.role, m.content) for m in msgs] == [("user", "hi"), ("assistant", "hello"), ("user", "draw a cat"),
                                                    ("assistant", "here")]
     assert msgs[1].reasoning == "greeting"
-    assert msgs[3].image_urls == ["/images/a.png"] and msgs[3].image_prompt == {"prompt": "a cat"}
+    assert msgs[3].image_names == ["a"] and msgs[3].image_prompt == {"prompt": "a cat"}
+    assert msgs[3].as_dict(lambda n: f"/x/{n}.png")["image_urls"] == ["/x/a.png"]
     assert [m.content for m in store.messages("u1", "default", limit=2)] == ["draw a cat", "here"]
     assert store.messages("u2", "default") == []
 
@@ -42,6 +43,22 @@ def test_migrations_run_once(tmp_path: Path) -> None:
     again = HistoryStore(path)
     assert again.schema_version == len(MIGRATIONS)
     assert len(again.messages("u", "c")) == 2
+
+
+def test_version_1_urls_become_names(tmp_path: Path) -> None:
+    """A database written before names were stored (schema 1: URL paths) reads back the same images."""
+    import sqlite3
+
+    path = tmp_path / "h.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version=1")
+    db.execute("INSERT INTO messages (user_id, conversation_id, role, content, image_urls, created) "
+               "VALUES ('u', 'c', 'assistant', 'a fox', '[\"/images/0123abcd.png\"]', 1.0)")
+    db.close()
+    store = HistoryStore(path)
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.messages("u", "c")[0].image_names == ["0123abcd"]
 
 
 def test_a_killed_writer_leaves_earlier_turns_intact(tmp_path: Path) -> None:

@@ -121,7 +121,9 @@ def test_auto_with_an_image_prompt(llm: FakeLLM, images: FakeImages, history: Hi
     assert result.assistant_response == "Here is a fox." and result.reasoning == "thinking"
     assert result.image_generated and result.image_state == "done"
     assert result.image_prompt is not None and result.image_prompt["prompt"] == "a red fox in snow"
-    assert result.image_urls == [f"/images/{images.jobs[0].names[0]}.png"]
+    assert result.image_names == images.jobs[0].names
+    assert result.as_dict(lambda n: f"http://h/images/{n}.png")["image_urls"] == [
+        f"http://h/images/{images.jobs[0].names[0]}.png"]
     assert result.image_prompt["seed"] == images.jobs[0].seeds[0]
     assert events[-1] == "done" and events.index("image_queued") < events.index("image_done")
     assert "<image>" not in "".join(events)
@@ -129,7 +131,7 @@ def test_auto_with_an_image_prompt(llm: FakeLLM, images: FakeImages, history: Hi
     assert params.tag is not None and params.tag.regex == IMAGE_PROMPT_REGEX
     stored = history.messages("u", "default")
     assert [m.content for m in stored] == ["Draw a fox", "Here is a fox."]
-    assert stored[1].image_urls == result.image_urls and stored[1].reasoning == "thinking"
+    assert stored[1].image_names == result.image_names and stored[1].reasoning == "thinking"
     assert stored[1].image_prompt == result.image_prompt  # with the seed the image really used
 
 
@@ -177,7 +179,7 @@ def test_image_failure_after_a_good_answer(llm: FakeLLM, history: HistoryStore) 
     result, _ = turn(make(llm, FakeImages(fail=True), history), "Draw a fox")
     assert result.assistant_response == "Here is a fox." and not result.image_generated
     assert result.image_state == "failed" and result.image_error and result.image_error["code"] == "engine_error"
-    assert result.image_urls == [] and history.messages("u", "default")[1].image_urls == []
+    assert result.image_names == [] and history.messages("u", "default")[1].image_names == []
 
 
 def test_busy_image_queue_is_reported_with_the_answer(llm: FakeLLM, history: HistoryStore) -> None:
@@ -196,7 +198,7 @@ def test_llm_failure_raises_and_stores_nothing(llm: FakeLLM, images: FakeImages,
 def test_no_wait_returns_the_job_and_urls_at_once(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
     llm.enqueue(("r", TAGGED))
     result, events = turn(make(llm, images, history), "Draw a fox", wait_for_image=False)
-    assert result.image_state == "queued" and result.image_job_id == images.jobs[0].id and result.image_urls
+    assert result.image_state == "queued" and result.image_job_id == images.jobs[0].id and result.image_names
     assert "image_done" not in events
 
 
@@ -248,4 +250,4 @@ def test_a_client_leaving_during_the_image_stops_it(llm: FakeLLM, history: Histo
     asyncio.run(main())
     assert images.jobs[0].cancelled
     stored = history.messages("u", "default")
-    assert stored[1].content == "Here is a fox." and stored[1].image_urls == []
+    assert stored[1].content == "Here is a fox." and stored[1].image_names == []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
 from aipc_chat.api.deps import ArrivalDep, RuntimeDep
+from aipc_chat.api.routes.images import image_url
 from aipc_chat.api.schemas.chat import SAFE_ID, ChatRequest
 from aipc_chat.api.sse import SSEItem, sse_response
 from aipc_chat.orchestrator import ChatTurnResult
@@ -18,9 +19,9 @@ UserId = Annotated[str, Path(pattern=SAFE_ID)]
 ConversationId = Annotated[str | None, Query(pattern=SAFE_ID)]
 
 
-def _absolute(request: Request) -> Any:
-    base = str(request.base_url).rstrip("/")
-    return lambda path: base + path if path.startswith("/") else path
+def _urls(request: Request) -> Callable[[str], str]:
+    """Image name -> its absolute URL."""
+    return lambda name: image_url(request, name)
 
 
 @router.post("/chat", response_model=None)
@@ -29,7 +30,7 @@ async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime
     request.app.state.chat_limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
     events = runtime.orchestrator.run(body.to_turn(), arrival)
-    url = _absolute(request)
+    url = _urls(request)
     if body.stream:
         return sse_response(_named(events, url), named_errors=True, on_shutdown=runtime.interrupt_all)
     result: ChatTurnResult | None = None
@@ -40,12 +41,15 @@ async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime
     return result.as_dict(url)
 
 
-async def _named(events: AsyncIterator[tuple[str, dict[str, Any]]], url: Any) -> AsyncIterator[SSEItem]:
+async def _named(events: AsyncIterator[tuple[str, dict[str, Any]]],
+                 url: Callable[[str], str]) -> AsyncIterator[SSEItem]:
     async for kind, payload in events:
         if kind == "done":
             yield "done", payload["result"].as_dict(url)
-        elif "image_urls" in payload:
-            yield kind, {**payload, "image_urls": [url(u) for u in payload["image_urls"]]}
+        elif "image_names" in payload:
+            names = payload["image_names"]
+            yield kind, {**{k: v for k, v in payload.items() if k != "image_names"},
+                         "image_urls": [url(n) for n in names]}
         else:
             yield kind, payload
 
@@ -56,14 +60,8 @@ async def get_history(user_id: UserId, request: Request, runtime: RuntimeDep,
     """The conversation's messages, oldest first (the default conversation unless one is named)."""
     conv = conversation_id or "default"
     messages = await asyncio.to_thread(runtime.history.messages, user_id, conv)
-    url = _absolute(request)
-    out = []
-    for m in messages:
-        item = m.as_dict()
-        if "image_urls" in item:
-            item["image_urls"] = [url(u) for u in item["image_urls"]]
-        out.append(item)
-    return {"user_id": user_id, "conversation_id": conv, "messages": out}
+    url = _urls(request)
+    return {"user_id": user_id, "conversation_id": conv, "messages": [m.as_dict(url) for m in messages]}
 
 
 @router.delete("/chat/{user_id}/history")
