@@ -42,18 +42,18 @@ from aipc_chat.provision.builds import (
     staging_folder,
 )
 from aipc_chat.provision.demo_image import (
-    _copy_bpe_files,
-    _generate,
-    _load_pipeline,
-    _make_scheduler,
-    _quiet_libraries,
+    copy_bpe_files,
+    generate_image,
+    load_pipeline,
+    make_scheduler,
+    quiet_libraries,
 )
 from aipc_chat.provision.demo_llm import (
-    _QWEN2_SPLIT,
     ASSISTANT_TOKEN,
     BOS_TOKEN,
     CHAT_TEMPLATE,
     EOS_TOKEN,
+    QWEN2_SPLIT,
     THINK_CLOSE,
     THINK_OPEN,
     USER_TOKEN,
@@ -192,9 +192,9 @@ def self_test_bench_image(model_dir: Path) -> dict[str, Any]:
     if not (model_dir / "model_index.json").is_file():
         raise DemoModelError(f"no diffusers pipeline at {model_dir}")
     try:
-        pipe = _load_pipeline(model_dir)
+        pipe = load_pipeline(model_dir)
         start = time.monotonic()
-        image = _generate(pipe, width=64, height=64, seed=1)
+        image = generate_image(pipe, width=64, height=64, seed=1)
         seconds = time.monotonic() - start
         tokens = len(pipe.tokenizer)
     except DemoModelError:
@@ -398,7 +398,7 @@ def _make_llm_tokenizer() -> Any:
 
     vocab, merges = _llm_vocab()
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    qwen2_byte_level(tok, _QWEN2_SPLIT)
+    qwen2_byte_level(tok, QWEN2_SPLIT)
     # The specials are in the BPE vocabulary too, so adding them keeps their (real DeepSeek) ids.
     specials = [t for t in _LLM_SPECIAL_IDS.values() if t not in _LLM_NON_SPECIAL]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
@@ -588,7 +588,7 @@ def _greedy_continuous_batching(model_dir: Path, ov_genai: Any, prompt: str) -> 
 
 def _build_image_into(staging: Path) -> dict[str, Any]:
     """Build the random SD 1.5 diffusers pipeline, export it with INT8 weights into ``staging``; return facts."""
-    with tempfile.TemporaryDirectory(prefix="aipc-bench-sd15-src-") as tmp, _quiet_libraries():
+    with tempfile.TemporaryDirectory(prefix="aipc-bench-sd15-src-") as tmp, quiet_libraries():
         src = Path(tmp)
         params = _save_random_sd15(src)
         logger.info("exporting the benchmark SD 1.5 pipeline (INT8 weights) to %s", staging)
@@ -605,7 +605,7 @@ def _build_image_into(staging: Path) -> dict[str, Any]:
 
 def _build_torch_image_into(staging: Path) -> dict[str, Any]:
     """Save the random SD 1.5 diffusers pipeline (fp32 safetensors) into ``staging``; return facts."""
-    with _quiet_libraries():
+    with quiet_libraries():
         params = _save_random_sd15(staging)
     return {"architecture": "stable-diffusion-1.5", "parameters": params, "format": "diffusers, fp32 safetensors"}
 
@@ -691,7 +691,7 @@ def _save_random_sd15(dst: Path) -> dict[str, int]:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_make_scheduler(),
+        scheduler=make_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         image_encoder=None,
@@ -700,7 +700,7 @@ def _save_random_sd15(dst: Path) -> dict[str, int]:
     pipe.save_pretrained(dst, safe_serialization=True)
     del pipe, unet, vae, text_encoder
     gc.collect()
-    _copy_bpe_files(dst / "_bpe", dst / "tokenizer")
+    copy_bpe_files(dst / "_bpe", dst / "tokenizer")
     shutil.rmtree(dst / "_bpe", ignore_errors=True)
     return params
 
@@ -765,7 +765,7 @@ def _export_image(src: Path, dst: Path) -> None:
     finally:
         gc.unfreeze()
         gc.collect()
-    _copy_bpe_files(src / "tokenizer", dst / "tokenizer")
+    copy_bpe_files(src / "tokenizer", dst / "tokenizer")
     for config in [dst / "model_index.json", *dst.glob("*/config.json")]:
         data = json.loads(config.read_text(encoding="utf-8"))
         if isinstance(data, dict) and "_name_or_path" in data:  # the deleted temporary source folder

@@ -102,11 +102,11 @@ def self_test_image(model_dir: Path) -> None:
     if not (model_dir / "model_index.json").is_file():
         raise DemoModelError(f"no diffusers pipeline at {model_dir}")
     try:
-        pipe = _load_pipeline(model_dir)
-        first = _generate(pipe, width=64, height=64, seed=1)
-        again = _generate(pipe, width=64, height=64, seed=1)
-        other = _generate(pipe, width=64, height=64, seed=2)
-        wide = _generate(pipe, width=128, height=64, seed=1)
+        pipe = load_pipeline(model_dir)
+        first = generate_image(pipe, width=64, height=64, seed=1)
+        again = generate_image(pipe, width=64, height=64, seed=1)
+        other = generate_image(pipe, width=64, height=64, seed=2)
+        wide = generate_image(pipe, width=128, height=64, seed=1)
     except DemoModelError:
         raise
     except Exception as exc:
@@ -118,7 +118,7 @@ def self_test_image(model_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- self-test
 
 
-def _load_pipeline(model_dir: Path) -> Any:
+def load_pipeline(model_dir: Path) -> Any:
     """Load the OpenVINO pipeline on CPU with dynamic shapes and no progress bars."""
     from optimum.intel import OVStableDiffusionPipeline
 
@@ -134,7 +134,7 @@ def _load_pipeline(model_dir: Path) -> Any:
     return pipe
 
 
-def _generate(pipe: Any, *, width: int, height: int, seed: int) -> Any:
+def generate_image(pipe: Any, *, width: int, height: int, seed: int) -> Any:
     """Run two denoising steps and return the image as a uint8 HxWx3 array."""
     import numpy as np
     import torch
@@ -171,13 +171,13 @@ def _check_images(first: Any, again: Any, other: Any, wide: Any) -> None:
 
 def _build_into(staging: Path) -> None:
     """Build the torch pipeline in a temporary folder and export it to OpenVINO into ``staging``."""
-    with tempfile.TemporaryDirectory(prefix="aipc-sd15-src-") as tmp, _quiet_libraries():
+    with tempfile.TemporaryDirectory(prefix="aipc-sd15-src-") as tmp, quiet_libraries():
         src = Path(tmp)
         logger.info("building tiny SD 1.5 diffusers pipeline in %s", src)
         _save_diffusers_pipeline(src)
         logger.info("exporting it to OpenVINO IR in %s", staging)
         _export_openvino(src, staging)
-        _copy_bpe_files(src / "tokenizer", staging / "tokenizer")
+        copy_bpe_files(src / "tokenizer", staging / "tokenizer")
     _check_export(staging)
 
 
@@ -194,14 +194,14 @@ def _save_diffusers_pipeline(dst: Path) -> None:
             text_encoder=_make_text_encoder(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id),
             tokenizer=tokenizer,
             unet=_make_unet(),
-            scheduler=_make_scheduler(),
+            scheduler=make_scheduler(),
             safety_checker=None,
             feature_extractor=None,
             image_encoder=None,
             requires_safety_checker=False,
         )
         pipe.save_pretrained(dst, safe_serialization=True)
-    _copy_bpe_files(dst / "_bpe", dst / "tokenizer")
+    copy_bpe_files(dst / "_bpe", dst / "tokenizer")
     shutil.rmtree(dst / "_bpe", ignore_errors=True)
 
 
@@ -272,7 +272,7 @@ def _make_text_encoder(vocab_size: int, eos_token_id: int, bos_token_id: int) ->
     return CLIPTextModel(config).eval()
 
 
-def _make_scheduler() -> Any:
+def make_scheduler() -> Any:
     """Return the PNDM scheduler configured exactly like SD 1.5's."""
     from diffusers import PNDMScheduler
 
@@ -349,7 +349,7 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
     return tuple(out)
 
 
-def _copy_bpe_files(src: Path, dst: Path) -> None:
+def copy_bpe_files(src: Path, dst: Path) -> None:
     """Copy vocab.json and merges.txt (CLIP's classic tokenizer files) from ``src`` to ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.json", "merges.txt"):
@@ -357,7 +357,7 @@ def _copy_bpe_files(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """Silence tracer warnings and library progress bars while building (restored afterwards)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

@@ -103,7 +103,7 @@ SELF_TEST_PROMPTS: tuple[str, ...] = (
 SELF_TEST_MAX_NEW_TOKENS = 200
 
 # Qwen2's pre-tokenizer split pattern (tokenizer.json of Qwen2 / DeepSeek-R1-Distill-Qwen).
-_QWEN2_SPLIT = (
+QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
@@ -772,7 +772,7 @@ def _make_tokenizer(corpus: Sequence[_Example]) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    qwen2_byte_level(tok, _QWEN2_SPLIT)
+    qwen2_byte_level(tok, QWEN2_SPLIT)
     trainer = trainers.BpeTrainer(
         vocab_size=_VOCAB_SIZE,
         min_frequency=2,

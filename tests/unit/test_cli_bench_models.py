@@ -26,3 +26,18 @@ def test_bench_models_builds_the_asked_models(args: list[str], built: list[str],
     assert cli.main(["bench-models", "--models-dir", str(tmp_path), *args]) == 0
     assert [c[0] for c in calls] == built
     assert all(out == tmp_path / "bench" / kind and force is False for kind, out, force in calls)
+
+
+def test_a_failed_demo_build_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """DemoModelError belongs to the error tree the CLI reports: a clear line, no traceback."""
+    from aipc_chat.errors import DemoModelError
+    from aipc_chat.provision import demo_llm
+
+    def broken(out: Path, *, force: bool = False) -> Path:
+        raise DemoModelError(f"refusing to replace {out}: it exists and is not a demo LLM folder")
+
+    monkeypatch.setattr(demo_llm, "build_demo_llm", broken)
+    assert cli.main(["demo-models", "--only", "llm", "--models-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aipc-chat: refusing to replace") and "Traceback" not in err
