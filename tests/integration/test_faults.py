@@ -273,3 +273,23 @@ def test_an_image_engine_whose_rebuilds_fail_says_failed(demo_models: Path, tmp_
             engine.submit(ImageParams(prompt="x", width=64, height=64, steps=2))
     finally:
         engine.close()
+
+
+def test_the_serial_npu_loop_fails_the_request_and_rebuilds(demo_models: Path) -> None:
+    """The NPU path (one request at a time through LLMPipeline), run here on the CPU through the factory."""
+    import openvino_genai as ov_genai
+
+    settings = llm_settings(demo_models)
+    factories = Factories(lambda: ov_genai.LLMPipeline(str(demo_models / "llm"), "CPU"),
+                          lambda p: Faulty(p, "generate", after=1))
+    engine = LLMEngine(settings, demo_models / "llm", "demo", "NPU", pipelines=factories)
+    engine.load()
+    try:
+        assert serves(engine)  # the first generate passes
+        (failed,) = run_together(engine, GenParams(max_tokens=8))
+        assert isinstance(failed, EngineFailure)
+        wait_state(engine)
+        assert serves(engine) and engine.restarts == 1 and factories.builds == 2
+        assert owner_threads() == ["llm-owner-serial"]
+    finally:
+        engine.close()
