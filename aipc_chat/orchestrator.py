@@ -15,9 +15,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from aipc_chat.engines.admission import Arrival
-from aipc_chat.engines.contract import Delta, Done, GenParams, ImageJob, ImageParams, LLMStream, TagConstraint
-from aipc_chat.engines.stream import batches
+from aipc_chat.engines.contract import (
+    Arrival,
+    Delta,
+    Done,
+    GenParams,
+    ImageJob,
+    ImageParams,
+    LLMStream,
+    TagConstraint,
+    batches,
+)
 from aipc_chat.errors import AipcError
 from aipc_chat.history import HistoryStore, Turn
 from aipc_chat.prompts import Prompts, fit_to_context, window

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aipc_chat.engines.admission import Arrivals
-from aipc_chat.engines.contract import Done, ImageEngineClient, ImageJob, LLMEngineClient
+from aipc_chat.engines.contract import Arrivals, Done, ImageEngineClient, ImageJob, LLMEngineClient
 from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
 from aipc_chat.errors import ModelSetupError, NotReady
 from aipc_chat.history import HistoryStore

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from aipc_chat.engines.admission import Arrival
+from aipc_chat.engines.contract import Arrival
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 

@@ -26,10 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from aipc_chat.engines.admission import Arrival
+from aipc_chat.engines.admission import Arrival, Arrivals
 from aipc_chat.engines.store import ImageStore
-from aipc_chat.engines.stream import ThreadToAsync
+from aipc_chat.engines.stream import ThreadToAsync, batches
 from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, RequestTimeout
+
+__all__ = [  # what the layers above the engines use, admission and stream helpers included
+    "FILTERED", "SCHEDULERS", "Arrival", "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged",
+    "GenParams", "ImageEngineClient", "ImageJob", "ImageParams", "Interrupted", "JobState", "LLMEngineClient",
+    "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "batches", "constrains_whole_reply",
+]
 
 EngineState = Literal["loading", "ready", "recovering", "unreachable", "failed"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -137,7 +143,30 @@ class LLMStream(ThreadToAsync[Delta | Done]):
         self.prompt_tokens = prompt_tokens
 
 
-class LLMEngineClient(Protocol):
+class SupervisedEngine(Protocol):
+    """The life cycle and health every engine has, local or remote, LLM or image."""
+
+    @property
+    def restarts(self) -> int:
+        """Pipelines rebuilt after a failure."""
+
+    def health(self) -> EngineHealth:
+        """The engine's state now (a remote one is asked)."""
+
+    def check_serving(self) -> None:
+        """Raise NotReady (503, Retry-After while recovering) unless new work can be taken now; cheap."""
+
+    def load(self) -> None:
+        """Build the pipeline and start serving (blocking)."""
+
+    def close(self) -> None:
+        """Cancel what is in flight and stop."""
+
+    def cancel_all(self) -> None:
+        """Cancel all work in flight."""
+
+
+class LLMEngineClient(SupervisedEngine, Protocol):
     """What the runtime, the orchestrator and the routes use of an LLM engine (local or remote)."""
 
     model_name: str
@@ -153,25 +182,6 @@ class LLMEngineClient(Protocol):
     @property
     def waiting(self) -> int:
         """Requests admitted and not yet generating."""
-
-    @property
-    def restarts(self) -> int:
-        """Pipelines rebuilt after a failure."""
-
-    def health(self) -> EngineHealth:
-        """The engine's state now (a remote one is asked)."""
-
-    def check_serving(self) -> None:
-        """Raise NotReady (503, Retry-After while recovering) unless new requests can be taken now; cheap."""
-
-    def load(self) -> None:
-        """Build the pipeline and start serving (blocking)."""
-
-    def close(self) -> None:
-        """Cancel what is in flight and stop."""
-
-    def cancel_all(self) -> None:
-        """Cancel every request in flight."""
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens the templated messages take."""
@@ -305,7 +315,7 @@ class ImageJob:
         }
 
 
-class ImageEngineClient(Protocol):
+class ImageEngineClient(SupervisedEngine, Protocol):
     """What the runtime, the orchestrator and the routes use of an image engine (local or remote)."""
 
     load_seconds: float | None
@@ -336,22 +346,6 @@ class ImageEngineClient(Protocol):
     def queue_depth(self) -> int:
         """Jobs waiting."""
 
-    @property
-    def restarts(self) -> int:
-        """Pipelines rebuilt after a failure."""
-
-    def health(self) -> EngineHealth:
-        """The engine's state now (a remote one is asked)."""
-
-    def check_serving(self) -> None:
-        """Raise NotReady (503, Retry-After while recovering) unless new jobs can be taken now; cheap."""
-
-    def load(self) -> None:
-        """Build the pipeline and start serving (blocking)."""
-
-    def close(self) -> None:
-        """Cancel what is in flight and stop."""
-
     def submit(self, params: ImageParams) -> ImageJob:
         """Validate and queue a job; Busy when the queue is full."""
 
@@ -360,9 +354,6 @@ class ImageEngineClient(Protocol):
 
     def interrupt(self) -> None:
         """Cancel the running job."""
-
-    def cancel_all(self) -> None:
-        """Cancel every queued and running job."""
 
     def info(self) -> dict[str, Any]:
         """What the engine serves."""

@@ -12,8 +12,7 @@ from fastapi import APIRouter
 from aipc_chat.api.deps import ArrivalDep, RuntimeDep, SettingsDep
 from aipc_chat.api.schemas.openai import ChatCompletionRequest
 from aipc_chat.api.sse import sse_response
-from aipc_chat.engines.contract import Delta, Done, LLMEngineClient, LLMStream
-from aipc_chat.engines.stream import batches
+from aipc_chat.engines.contract import Delta, Done, LLMEngineClient, LLMStream, batches
 from aipc_chat.errors import ModelNotFound
 
 router = APIRouter(tags=["openai"])
