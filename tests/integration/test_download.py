@@ -265,9 +265,12 @@ def test_an_interrupted_download_resumes_next_time(hub: FakeHub, tmp_path: Path,
     fetch(hub, tmp_path, progress=lambda done, total: seen.append((done, total)))
 
     assert [p for p in hub.fetched(served_before) if p < BIG] == []  # finished files are kept, not fetched again
-    # The last transfer of BIG is the resume. (Whether the interrupted one got logged is a race: the fake hub logs a
-    # transfer once its last byte is written; seen on a fresh clone.)
-    big = hub.downloads(BIG)[-1]
+    # The fake hub logs a transfer once its last byte is written, which can come after the client has read it all,
+    # and the interrupted transfer may not be logged at all (seen on a fresh clone): wait for the ranged one.
+    deadline = time.monotonic() + 5
+    while not [s for s in hub.downloads(BIG) if s.range] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (big,) = [s for s in hub.downloads(BIG) if s.range]
     assert big.range == f"bytes={kept}-" and big.body_bytes == size - kept
     assert seen[0][0] == before_big + kept  # progress starts where the last attempt stopped
     assert verify_manifest(dest, full=True) == []
