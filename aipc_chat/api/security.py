@@ -59,15 +59,35 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+_HOST = re.compile(r"^(?P<name>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?$")
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 def host_allowed(host_header: str | None, extra: list[str]) -> bool:
-    """Whether a Host header names this machine (or a configured name)."""
+    """Whether a Host header is ``name[:port]`` naming this machine (or a configured name); userinfo
+    (``localhost:80@evil.example``), paths and anything else malformed are refused."""
     if "*" in extra:
         return True
-    if not host_header:
+    match = _HOST.match((host_header or "").strip().lower())
+    if match is None or (match["port"] is not None and not 0 < int(match["port"]) < 65536):
         return False
-    host = host_header.strip().lower()
-    name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
-    return name in LOCAL_HOSTS or name in extra
+    return match["name"] in LOCAL_HOSTS or match["name"] in extra
+
+
+def cross_site_write(method: str, origin: str | None, fetch_site: str | None, extra: list[str]) -> str | None:
+    """Why a state-changing request is refused as cross-site, or None.
+
+    ``Origin: null`` (sandboxed iframes, ``data:`` and ``file:`` pages) never writes. A browser's
+    ``Sec-Fetch-Site: cross-site`` is refused unless the request's Origin is one this server allows (a page on
+    ``localhost:3000`` calling ``127.0.0.1:8000`` is cross-site too, and allowed).
+    """
+    if method not in STATE_CHANGING:
+        return None
+    if origin == "null":
+        return "Requests from an opaque origin (Origin: null) may not change anything here."
+    if fetch_site == "cross-site" and (origin is None or not origin_allowed(origin, extra)):
+        return "Cross-site requests may not change anything here (Sec-Fetch-Site: cross-site)."
+    return None
 
 
 def origin_allowed(origin: str, extra: list[str]) -> bool:
@@ -130,6 +150,11 @@ class GuardMiddleware:
         if origin is not None and origin != "null" and not origin_allowed(origin, self.origins):
             await _reply(send, 403, f"Origin {origin} may not call this server (set AIPC_ALLOWED_ORIGINS).",
                          "permission_error", "forbidden_origin")
+            return
+        refused = cross_site_write(scope.get("method", ""), origin, _header(scope, b"sec-fetch-site"), self.origins)
+        if refused is not None:
+            log.warning("refused a cross-site %s %s", scope.get("method"), scope.get("path"))
+            await _reply(send, 403, refused, "permission_error", "forbidden_origin")
             return
         path = scope.get("path", "")
         if (self.key and scope.get("method") != "OPTIONS" and path != "/" and not path.startswith(OPEN_PATHS)

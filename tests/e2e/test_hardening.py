@@ -55,6 +55,30 @@ def test_foreign_host_is_refused(base_url: str) -> None:
         assert httpx.get(f"{base_url}/health", headers={"host": host}).status_code == 200
 
 
+def test_a_host_with_userinfo_is_refused(base_url: str) -> None:
+    for host in ("localhost:80@evil.example", "localhost:99999", "localhost/x"):
+        r = httpx.get(f"{base_url}/v1/models", headers={"host": host})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_host", host
+
+
+def test_cross_site_writes_are_refused_before_any_work(base_url: str) -> None:
+    turn = httpx.post(f"{base_url}/chat", json={"user_id": "carol", "message": "Remember me.", "image": "never"},
+                      timeout=60)
+    assert turn.status_code == 200
+    history = f"{base_url}/chat/carol/history"
+    for headers in ({"origin": "null"}, {"sec-fetch-site": "cross-site"},
+                    {"origin": "https://evil.example", "sec-fetch-site": "cross-site"}):
+        r = httpx.delete(history, headers=headers)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin", headers
+        r = httpx.post(f"{base_url}/sdapi/v1/interrupt", content=b"{}",
+                       headers={**headers, "content-type": "text/plain"})
+        assert r.status_code == 403, headers
+    assert len(httpx.get(history).json()["messages"]) == 2  # nothing was deleted
+    # the same requests from the page's own origin, or from a client that is no browser, still work
+    assert httpx.post(f"{base_url}/sdapi/v1/interrupt", headers={"sec-fetch-site": "same-origin"}).status_code == 200
+    assert httpx.delete(history).json()["deleted_messages"] == 2
+
+
 def test_cors_localhost_origin_granted_foreign_refused(base_url: str) -> None:
     local = "http://localhost:5173"
     r = httpx.options(f"{base_url}/v1/chat/completions", headers={
