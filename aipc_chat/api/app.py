@@ -7,11 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from aipc_chat import __version__
 from aipc_chat.api import metrics as metrics_routes
+from aipc_chat.api.deps import no_lone_surrogates
 from aipc_chat.api.errors import install_error_handlers
 from aipc_chat.api.metrics import Metrics, MetricsMiddleware
 from aipc_chat.api.ratelimit import RateLimiter
@@ -34,7 +35,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         await asyncio.to_thread(rt.close)
 
     app = FastAPI(title="aipc-chat", version=__version__, lifespan=lifespan,
-                  description="Local chat + image server for Intel AI PCs.")
+                  description="Local chat + image server for Intel AI PCs.",
+                  dependencies=[Depends(no_lone_surrogates)])
     app.state.settings = settings
     app.state.runtime = rt
     app.state.chat_limiter = RateLimiter(settings.chat_rate_per_minute)

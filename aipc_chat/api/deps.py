@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from aipc_chat.engines.contract import Arrival
+from aipc_chat.errors import InvalidRequest
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 
@@ -36,6 +39,49 @@ async def arrival(request: Request) -> AsyncIterator[Arrival]:
         yield handle
     finally:
         handle.settle()
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # \ud800-\udfff, either case
+
+
+async def no_lone_surrogates(request: Request) -> None:
+    """Refuse a JSON body holding a lone UTF-16 surrogate (``"\\ud800"``): Python's JSON parser accepts it, but
+    the text cannot be encoded as UTF-8 for the model (a 500, before this check). The 400 names the field.
+
+    Cheap for everyone else: the body is only parsed again when it holds a surrogate escape at all.
+    """
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    body = await request.body()  # Starlette keeps it: the route's own parsing reads it again for free
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return  # the route's own body parsing answers that
+    where = _lone_surrogate(data, "")
+    if where is not None:
+        raise InvalidRequest(f"{where or 'The body'} holds a lone UTF-16 surrogate (\\ud800-\\udfff without its "
+                             "pair): send valid Unicode text.", param=where or None)
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (or key) that is not valid Unicode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and _lone_surrogate(key, where) is not None:
+            return where
+        found = _lone_surrogate(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

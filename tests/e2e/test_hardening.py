@@ -278,3 +278,41 @@ def test_sigkill_mid_turn_keeps_earlier_history(demo_models: Path, tmp_path: Pat
         assert users[:2] == ["Hello!", "What is an NPU?"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ('{"messages": [{"role": "user", "content": "a \\ud800"}], "max_tokens": 4}', "messages.0.content"),
+    ('{"messages": [{"role": "system", "content": "\\udfff x"}, {"role": "user", "content": "hi"}], "max_tokens": 4}',
+     "messages.0.content"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\uD800"], "max_tokens": 4}', "stop.0"),
+    ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "x\\ud834"}]}]}',
+     "messages.0.content.0.text"),
+])
+def test_lone_surrogates_are_a_400_naming_the_field(base_url: str, body: str, param: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as client:  # one kept-alive connection
+        r = client.post("/v1/chat/completions", content=body.encode(), headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert "surrogate" in r.json()["error"]["message"]
+        pair = b'{"messages": [{"role": "user", "content": "a \\ud83d\\ude00"}], "max_tokens": 4}'
+        ok = client.post("/v1/chat/completions", content=pair, headers={"content-type": "application/json"})
+        assert ok.status_code == 200  # the same connection serves on; a valid pair is fine
+        chat = client.post("/chat", content=b'{"user_id": "s", "message": "\\ud800", "image": "never"}',
+                           headers={"content-type": "application/json"})
+        assert chat.status_code == 400 and chat.json()["error"]["param"] == "message"
+
+
+def test_message_shapes_follow_openai(base_url: str) -> None:
+    url = f"{base_url}/v1/chat/completions"
+    for role in ("user", "system"):
+        messages = [{"role": role}, {"role": "user", "content": "hi"}] if role == "system" else [{"role": role}]
+        r = httpx.post(url, json={"messages": messages})
+        assert r.status_code == 400 and "needs content" in r.json()["error"]["message"], r.text
+    image = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+    r = httpx.post(url, json={"messages": [image]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content.1"
+    assert "Image input is not supported by this model" in r.json()["error"]["message"]
+    # an assistant turn without content (one that called tools) is accepted, as OpenAI accepts it
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"},
+                                           {"role": "user", "content": "again"}], "max_tokens": 4})
+    assert r.status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aipc_chat.engines.contract import GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
@@ -13,11 +13,13 @@ from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 MAX_MESSAGE_CHARS = 200_000
 
 
-class TextPart(BaseModel):
-    """A text part of a message's content (other part types are not supported by this LLM)."""
+class ContentPart(BaseModel):
+    """A part of a message's content; only ``text`` parts are served (``check_supported`` says so of the others)."""
 
-    type: Literal["text"]
-    text: str = Field(max_length=MAX_MESSAGE_CHARS)
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=64)
+    text: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
 
 
 class ChatMessage(BaseModel):
@@ -26,8 +28,15 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    content: str | list[ContentPart] | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
     name: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        # OpenAI: only an assistant message (one with tool calls) may come without content
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def text(self) -> str:
         """The message's text, parts joined."""
@@ -35,7 +44,7 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text or "" for part in self.content)
 
 
 class StreamOptions(BaseModel):
@@ -112,6 +121,13 @@ class ChatCompletionRequest(BaseModel):
         for i, message in enumerate(self.messages):
             if message.role == "tool":
                 raise UnsupportedParameter("Tool messages are not supported.", param=f"messages.{i}.role")
+            for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+                if part.type in ("image_url", "input_image", "image"):
+                    raise UnsupportedParameter("Image input is not supported by this model; send text only.",
+                                               param=f"messages.{i}.content.{j}")
+                if part.type != "text" or part.text is None:
+                    raise UnsupportedParameter(f"Content parts of type '{part.type}' are not supported; send text "
+                                               "parts.", param=f"messages.{i}.content.{j}")
         if all(m.role in ("system", "developer") for m in self.messages):
             raise InvalidRequest("messages needs at least one user or assistant message.", param="messages")
 
