@@ -292,6 +292,9 @@ class ImageJob:
         except asyncio.TimeoutError:
             self.cancel()
             raise RequestTimeout(f"The image took longer than {timeout:g} s and was cancelled.") from None
+        except asyncio.CancelledError:  # whoever waited is gone (a client that disconnected): so is the job
+            self.cancel()
+            raise
         self.raise_for_state()
 
     def raise_for_state(self) -> None:

@@ -316,3 +316,39 @@ def test_message_shapes_follow_openai(base_url: str) -> None:
     r = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"},
                                            {"role": "user", "content": "again"}], "max_tokens": 4})
     assert r.status_code == 200
+
+
+def cancelled_jobs(base_url: str) -> float:
+    try:
+        return metric(base_url, 'aipc_image_jobs_total{state="cancelled"}')
+    except AssertionError:
+        return 0.0
+
+
+def leave_after(seconds: float, base_url: str, path: str, body: dict[str, object]) -> float:
+    """Send a non-streamed request and leave (close the connection) after ``seconds``; when it was left."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base_url}{path}", json=body, timeout=httpx.Timeout(60, read=seconds))
+    return time.monotonic()
+
+
+def test_a_client_that_leaves_a_non_streamed_request_stops_its_work(base_url: str) -> None:
+    """4,000 tokens or 100 steps at 512x512 take the demo models several seconds; each stops within about a second
+    of the client leaving (the gauges are back to 0), and the pictures count as cancelled."""
+    long_reply = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 4000, "ignore_eos": True}
+    generated = metric(base_url, "aipc_llm_generated_tokens_total")
+    left = leave_after(1.0, base_url, "/v1/chat/completions", long_reply)
+    wait_for(lambda: metric(base_url, "aipc_llm_active_requests") == 0, timeout=10)
+    assert time.monotonic() - left < 1.5
+    assert metric(base_url, "aipc_llm_generated_tokens_total") == generated  # cancelled: it never finished
+
+    picture = {"prompt": "a lighthouse", "size": "512x512", "num_inference_steps": 100}
+    for path, body in (("/v1/images/generations", picture),
+                       ("/sdapi/v1/txt2img", {"prompt": "a lighthouse", "steps": 100, "width": 512, "height": 512}),
+                       ("/chat", {"user_id": "leaver", "message": "Draw a lighthouse.", "image": "always",
+                                  "image_options": {"steps": 100, "size": "512x512"}})):
+        before = cancelled_jobs(base_url)
+        left = leave_after(1.5, base_url, path, body)
+        wait_for(lambda: metric(base_url, "aipc_image_active_jobs") == 0, timeout=5)
+        assert time.monotonic() - left < 1.5, path
+        wait_for(lambda b=before: cancelled_jobs(base_url) == b + 1, timeout=5)  # type: ignore[misc]

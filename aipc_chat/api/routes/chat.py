@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 
 from aipc_chat.api.deps import ArrivalDep, RuntimeDep
+from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.routes.images import image_url
 from aipc_chat.api.schemas.chat import SAFE_ID, ChatRequest
 from aipc_chat.api.sse import SSEItem, sse_response
@@ -33,12 +34,17 @@ async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime
     url = _urls(request)
     if body.stream:
         return sse_response(_named(events, url), named_errors=True, on_shutdown=runtime.interrupt_all)
+    result = await unless_disconnected(request, _last_result(events))
+    return result.as_dict(url)
+
+
+async def _last_result(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> ChatTurnResult:
     result: ChatTurnResult | None = None
     async for kind, payload in events:
         if kind == "done":
             result = payload["result"]
     assert result is not None
-    return result.as_dict(url)
+    return result
 
 
 async def _named(events: AsyncIterator[tuple[str, dict[str, Any]]],

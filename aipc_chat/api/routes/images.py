@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from aipc_chat.api.deps import RuntimeDep, SettingsDep
+from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.images import ImageGenerationRequest
 from aipc_chat.engines.contract import ImageEngineClient, ImageJob
 from aipc_chat.engines.store import ImageStore
@@ -32,7 +33,7 @@ async def generate_images(body: ImageGenerationRequest, request: Request, runtim
         raise ModelNotFound(f"The image model '{body.model}' is not served here; use '{engine.model_name}'.",
                             param="model")
     job = engine.submit(body.to_params())
-    await job.wait(settings.request_timeout)
+    await unless_disconnected(request, job.wait(settings.request_timeout))
     data: list[dict[str, Any]] = []
     for name in job.images:
         if body.response_format == "url":

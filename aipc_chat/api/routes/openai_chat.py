@@ -7,9 +7,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from aipc_chat.api.deps import ArrivalDep, RuntimeDep, SettingsDep
+from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.openai import ChatCompletionRequest
 from aipc_chat.api.sse import sse_response
 from aipc_chat.engines.contract import Delta, Done, LLMEngineClient, LLMStream, batches
@@ -38,7 +39,7 @@ def _check_model(requested: str | None, engine: LLMEngineClient) -> None:
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(arrival: ArrivalDep, body: ChatCompletionRequest, runtime: RuntimeDep,
+async def chat_completions(arrival: ArrivalDep, body: ChatCompletionRequest, request: Request, runtime: RuntimeDep,
                            settings: SettingsDep) -> Any:
     """Chat completion, whole or streamed as SSE; reasoning goes in ``reasoning_content``."""
     engine = runtime.require_llm()
@@ -51,7 +52,7 @@ async def chat_completions(arrival: ArrivalDep, body: ChatCompletionRequest, run
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_chunks(stream, engine.model_name, include_usage, settings.request_timeout),
                             on_close=stream.cancel, on_shutdown=runtime.interrupt_all, done="[DONE]")
-    return await _complete(stream, engine.model_name, settings.request_timeout)
+    return await unless_disconnected(request, _complete(stream, engine.model_name, settings.request_timeout))
 
 
 async def _complete(stream: LLMStream, model: str, timeout: float) -> dict[str, Any]:

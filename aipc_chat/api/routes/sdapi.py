@@ -9,9 +9,10 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
 from aipc_chat.api.deps import RuntimeDep, SettingsDep
+from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.images import Txt2ImgRequest
 from aipc_chat.engines.contract import SCHEDULERS, ImageEngineClient
 from aipc_chat.errors import Cancelled, InvalidRequest
@@ -26,13 +27,13 @@ def _model_entry(engine: ImageEngineClient) -> dict[str, Any]:
 
 
 @router.post("/txt2img")
-async def txt2img(body: Txt2ImgRequest, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+async def txt2img(body: Txt2ImgRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
     """Generate; ``images`` are base64 PNGs (with the ``parameters`` chunk), ``info`` a JSON string."""
     engine = runtime.require_image()
     params = body.to_params()
     job = engine.submit(params)
     with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the images finished before it
-        await job.wait(settings.request_timeout)
+        await unless_disconnected(request, job.wait(settings.request_timeout))
     images = [base64.b64encode(engine.store.read(name) or b"").decode() for name in job.images]
     count = len(job.seeds)
     info = {
