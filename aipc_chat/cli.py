@@ -7,9 +7,13 @@ the subcommand that needs them, so ``aipc-chat --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
+import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from aipc_chat import __version__
-from aipc_chat.errors import ModelSetupError
+from aipc_chat.errors import DataDirUnwritable, ModelSetupError, PortInUse, StartupError
 from aipc_chat.settings import Settings
 
 log = logging.getLogger("aipc_chat")
@@ -36,11 +40,49 @@ def _setup_logging(level: str) -> None:
         handler.addFilter(RequestIdFilter())
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now (before any model loads) so a taken port is one clear line at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name != "nt":  # as uvicorn does; on Windows SO_REUSEADDR would let two servers share the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+            raise PortInUse(f"Port {port} on {host} is already in use (another aipc-chat?): stop that server, or "
+                            f"choose another port with --port or AIPC_PORT.") from None
+        raise StartupError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another address with "
+                           "--host / --port (AIPC_HOST, AIPC_PORT).") from None
+    return sock
+
+
+def check_data_dir(path: Path) -> None:
+    """Create the data folder and write to it once, so a read-only or uncreatable one is one clear line."""
+    try:
+        (path / "images").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise DataDirUnwritable(f"The data folder {path} cannot be written ({exc.strerror or exc}): fix its "
+                                "permissions, free the disk, or choose another with AIPC_DATA_DIR.") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the models and serve the API."""
     settings = _settings({"demo": True if args.demo else None, "host": args.host, "port": args.port,
                           "log_level": args.log_level})
     _setup_logging(settings.log_level)
+    sock = bind(settings.host, settings.port)
+    try:
+        return _serve(settings, sock)
+    finally:
+        sock.close()
+
+
+def _serve(settings: Settings, sock: socket.socket) -> int:
+    check_data_dir(settings.data_dir)
     from aipc_chat.runtime import Runtime
 
     runtime = Runtime(settings)
@@ -57,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), host=settings.host, port=settings.port,
                                            log_level=settings.log_level, timeout_graceful_shutdown=30))
     runtime.on_fatal = lambda _: setattr(server, "should_exit", True)
-    server.run()
+    server.run(sockets=[sock])
     if runtime.fatal:
         raise ModelSetupError(runtime.fatal)
     return 0
@@ -157,6 +199,16 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """Each invalid setting on one line: ``AIPC_PORT: Input should be ... (got 'abc')``."""
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+        got = f" (got {error['input']!r})" if isinstance(error.get("input"), str | int | float) else ""
+        problems.append(f"AIPC_{name.upper()}: {error.get('msg', 'invalid')}{got}")
+    return "; ".join(problems)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="aipc-chat", description="Local chat + image server for Intel AI PCs.")
@@ -218,10 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ModelSetupError as exc:
+    except StartupError as exc:
         print(f"aipc-chat: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     except ValidationError as exc:
-        print(f"aipc-chat: invalid configuration:\n{exc}", file=sys.stderr)  # noqa: T201
+        print(f"aipc-chat: invalid configuration: {settings_problems(exc)}", file=sys.stderr)  # noqa: T201
         return 2
     return code

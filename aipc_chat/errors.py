@@ -14,13 +14,16 @@
     ├── EngineFailure               500 code=engine_error
     ├── UpstreamError               502 code=upstream_error (a remote engine failed)
     └── UpstreamUnavailable         503 code=upstream_unavailable (a remote engine is unreachable)
-    ModelSetupError                 (start-up and CLI only: a missing or unusable model, with what to run)
-    ├── HubUnreachable              offline, HF_HUB_OFFLINE=1, hub down: what is missing and what to run
-    ├── HubAccessDenied             gated or private repository: missing, refused or invalid token
-    ├── HubRepoNotFound             no such repository, revision or file
-    ├── DownloadCorrupted           a downloaded file's size or sha256 differs from the hub's (it was deleted)
-    ├── ConversionFailed            optimum-intel could not convert a model
-    └── DemoModelError              a demo or benchmark model could not be built, loaded or failed its self-test
+    StartupError                    (start-up and CLI only: one line saying what to fix, exit status 2)
+    ├── PortInUse                   the port is taken; checked before any model loads
+    ├── DataDirUnwritable           the data folder cannot be created or written
+    └── ModelSetupError             a missing or unusable model, with what to run
+        ├── HubUnreachable          offline, HF_HUB_OFFLINE=1, hub down: what is missing and what to run
+        ├── HubAccessDenied         gated or private repository: missing, refused or invalid token
+        ├── HubRepoNotFound         no such repository, revision or file
+        ├── DownloadCorrupted       a downloaded file's size or sha256 differs from the hub's (it was deleted)
+        ├── ConversionFailed        optimum-intel could not convert a model
+        └── DemoModelError          a demo or benchmark model could not be built, loaded or failed its self-test
 
 Engines raise these; they never know about HTTP. ``error_body`` is the one place the JSON error shape is built.
 """
@@ -156,7 +159,19 @@ class UpstreamUnavailable(AipcError):
     code = "upstream_unavailable"
 
 
-class ModelSetupError(Exception):
+class StartupError(Exception):
+    """The server or a command cannot start; the message is one line saying what to fix."""
+
+
+class PortInUse(StartupError):
+    """The port to listen on is taken."""
+
+
+class DataDirUnwritable(StartupError):
+    """The data folder (history, images) cannot be created or written."""
+
+
+class ModelSetupError(StartupError):
     """A model is missing or unusable at start-up; the message says what to run."""
 
 
