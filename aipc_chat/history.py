@@ -47,8 +47,16 @@ def _m2_image_names(db: sqlite3.Connection) -> None:
         db.execute("UPDATE messages SET image_names = ? WHERE id = ?", (json.dumps(names), message_id))
 
 
+def _m3_image_state(db: sqlite3.Connection) -> None:
+    """How an answer's picture stands (pending, done, failed, cancelled, interrupted), so history never lists a
+    picture that does not exist."""
+    db.execute("ALTER TABLE messages ADD COLUMN image_state TEXT")
+    db.execute("UPDATE messages SET image_state = 'done' WHERE image_names IS NOT NULL AND image_names != '[]'")
+
+
 # Append-only: each function moves the schema one version on (PRAGMA user_version counts them).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_image_names]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_image_names, _m3_image_state]
+SHOWN_STATES = (None, "done")  # the picture exists: its URLs are listed
 
 
 @dataclass(frozen=True)
@@ -61,13 +69,15 @@ class Message:
     reasoning: str | None = None
     image_names: list[str] = field(default_factory=list)
     image_prompt: dict[str, Any] | None = None
+    image_state: str | None = None  # pending | done | failed | cancelled | interrupted | filtered (None: no picture)
 
     def as_dict(self, url: Callable[[str], str]) -> dict[str, Any]:
-        """The JSON form, each image name made a URL by ``url``."""
+        """The JSON form, each image name made a URL by ``url``; only pictures that exist are listed."""
         out: dict[str, Any] = {"role": self.role, "content": self.content, "created": self.created}
         if self.role == "assistant":
-            out.update(reasoning=self.reasoning, image_urls=[url(n) for n in self.image_names],
-                       image_prompt=self.image_prompt)
+            names = self.image_names if self.image_state in SHOWN_STATES else []
+            out.update(reasoning=self.reasoning, image_urls=[url(n) for n in names], image_prompt=self.image_prompt,
+                       image_state=self.image_state)
         return out
 
 
@@ -80,6 +90,7 @@ class Turn:
     reasoning: str | None = None
     image_names: list[str] = field(default_factory=list)
     image_prompt: dict[str, Any] | None = None
+    image_state: str | None = None
 
 
 class HistoryStore:
@@ -125,25 +136,36 @@ class HistoryStore:
                     "ON CONFLICT (user_id, id) DO UPDATE SET updated = excluded.updated",
                     (user_id, conversation_id, turn.user_message[:80], now, now))
                 insert = ("INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_names, "
-                          "image_prompt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-                self._db.execute(insert, (user_id, conversation_id, "user", turn.user_message, None, None, None, now))
+                          "image_prompt, image_state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                self._db.execute(insert, (user_id, conversation_id, "user", turn.user_message, None, None, None, None,
+                                          now))
                 cursor = self._db.execute(insert, (user_id, conversation_id, "assistant", turn.answer, turn.reasoning,
-                                                   json.dumps(turn.image_names), json.dumps(turn.image_prompt), now))
+                                                   json.dumps(turn.image_names), json.dumps(turn.image_prompt),
+                                                   turn.image_state, now))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         return int(cursor.lastrowid or 0)
 
-    def set_images(self, message_id: int, names: list[str], image_prompt: dict[str, Any] | None) -> None:
-        """Record how an answer's image ended (its names, none if it failed or was stopped; the seed it used)."""
+    def set_images(self, message_id: int, names: list[str], image_prompt: dict[str, Any] | None,
+                   state: str) -> None:
+        """Record how an answer's picture ended: its state, its names (none unless done), the seed it used."""
         with self._lock:
-            self._db.execute("UPDATE messages SET image_names = ?, image_prompt = ? WHERE id = ?",
-                             (json.dumps(names), json.dumps(image_prompt), message_id))
+            self._db.execute("UPDATE messages SET image_names = ?, image_prompt = ?, image_state = ? WHERE id = ?",
+                             (json.dumps(names if state == "done" else []), json.dumps(image_prompt), state,
+                              message_id))
+
+    def interrupt_pending(self) -> int:
+        """At start: pictures still pending were in flight when the process died; mark them interrupted."""
+        with self._lock:
+            cursor = self._db.execute("UPDATE messages SET image_state = 'interrupted', image_names = '[]' "
+                                      "WHERE image_state = 'pending'")
+        return int(cursor.rowcount)
 
     def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""
-        sql = ("SELECT role, content, created, reasoning, image_names, image_prompt FROM messages "
+        sql = ("SELECT role, content, created, reasoning, image_names, image_prompt, image_state FROM messages "
                "WHERE user_id = ? AND conversation_id = ? ORDER BY id DESC")
         args: tuple[Any, ...] = (user_id, conversation_id)
         if limit is not None:
@@ -152,8 +174,8 @@ class HistoryStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return [Message(role, content, created, reasoning, json.loads(names) if names else [],
-                        json.loads(prompt) if prompt else None)
-                for role, content, created, reasoning, names, prompt in reversed(rows)]
+                        json.loads(prompt) if prompt else None, state)
+                for role, content, created, reasoning, names, prompt, state in reversed(rows)]
 
     def conversations(self, user_id: str) -> list[dict[str, Any]]:
         """The user's conversations, most recent first."""

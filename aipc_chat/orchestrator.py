@@ -163,6 +163,7 @@ class Orchestrator:
         self._llm, self._images = llm, images
         self.history, self.prompts, self.safety = history, prompts, safety
         self.history_limit, self.max_tokens, self.timeout = history_limit, max_tokens, timeout
+        self._followers: set[asyncio.Task[None]] = set()  # pictures a turn did not wait for, recorded as they end
 
     async def run(self, req: ChatTurnRequest, arrival: Arrival | None = None) -> AsyncIterator[Event]:
         """Run one turn; yield its events, the last being ``done``. ``arrival`` is the turn's admission handle."""
@@ -180,7 +181,9 @@ class Orchestrator:
         # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
             req.message, result.assistant_response, result.reasoning or None, result.image_names,
-            result.image_prompt))
+            result.image_prompt, "pending" if job is not None else result.image_state))
+        if job is not None and not req.wait_for_image:
+            self._follow(job, message_id, result)
         finished = job is None or not req.wait_for_image
         try:
             if result.image_prompt is not None:
@@ -193,13 +196,35 @@ class Orchestrator:
                 async for event in self._wait_image(job, result):
                     yield event
                 finished = True
-                await asyncio.to_thread(self.history.set_images, message_id, result.image_names, result.image_prompt)
+                await asyncio.to_thread(self.history.set_images, message_id, result.image_names,
+                                        result.image_prompt, result.image_state or "done")
         finally:
             if not finished and job is not None:  # the client left (Stop, disconnect): stop its picture too
                 job.cancel()
-                self.history.set_images(message_id, [], result.image_prompt)
+                self.history.set_images(message_id, [], result.image_prompt, "cancelled")
         result.timings["total_s"] = round(time.perf_counter() - t0, 4)
         yield "done", {"result": result}
+
+    async def followed(self) -> None:
+        """Wait until every picture a turn did not wait for has been recorded."""
+        if self._followers:
+            await asyncio.gather(*self._followers, return_exceptions=True)
+
+    def _follow(self, job: ImageJob, message_id: int, result: ChatTurnResult) -> None:
+        """Record in history how a picture the turn did not wait for ends (done, failed or cancelled)."""
+
+        async def follow() -> None:
+            state = "done"
+            try:
+                await job.wait(self.timeout)
+            except AipcError:
+                state = "cancelled" if job.state == "cancelled" else "failed"
+            prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
+            await asyncio.to_thread(self.history.set_images, message_id, list(job.images), prompt, state)
+
+        task = asyncio.get_running_loop().create_task(follow())
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
 
     async def _answer(self, llm: ChatLLM, req: ChatTurnRequest, result: ChatTurnResult, tags: TagFilter,
                       arrival: Arrival | None) -> AsyncIterator[Event]:

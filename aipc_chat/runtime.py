@@ -69,6 +69,9 @@ class Runtime:
         self.arrivals = Arrivals()  # LLM requests the HTTP layer is reading: the engine's admission waits for them
         self.engines = EngineFactory(settings, self.arrivals, pipelines)
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
+        interrupted = self.history.interrupt_pending()
+        if interrupted:
+            log.warning("%d picture(s) were in flight when the server last stopped: marked interrupted", interrupted)
         self.orchestrator = Orchestrator(
             self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
             PromptFilter.load(settings.blocked_terms_file), history_limit=settings.conversation_history_limit,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -164,3 +165,28 @@ def test_history_survives_a_restart(demo_models: Path, tmp_path: Path) -> None:
         assert httpx.get(url).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_picture_cut_by_sigkill_is_marked_interrupted_after_restart(demo_models: Path, tmp_path: Path) -> None:
+    """History never points at a picture that does not exist: one in flight when the process died is marked."""
+    server = start_server(demo_models.parent, tmp_path / "data", tmp_path / "one.log")
+    body = {"user_id": "kim", "message": "Draw a lighthouse.", "image": "always", "stream": True,
+            "image_options": {"steps": 100, "size": "512x512"}}
+    try:
+        with contextlib.suppress(httpx.HTTPError), \
+                httpx.stream("POST", f"{server.base_url}/chat", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line == "event: image_progress":
+                    assert server.stop(signal.SIGKILL) != 0
+                    break
+    finally:
+        server.stop(signal.SIGKILL)
+    again = start_server(demo_models.parent, tmp_path / "data", tmp_path / "two.log")
+    try:
+        messages = httpx.get(f"{again.base_url}/chat/kim/history").json()["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        assert messages[1]["image_state"] == "interrupted" and messages[1]["image_urls"] == []
+        assert messages[1]["content"] and messages[1]["image_prompt"]  # the answer itself was kept
+        assert "marked interrupted" in again.log()
+    finally:
+        again.stop()

@@ -24,6 +24,20 @@ def test_turns_round_trip_in_order(tmp_path: Path) -> None:
     assert store.messages("u2", "default") == []
 
 
+def test_only_pictures_that_exist_are_listed(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    ids = [store.add_turn("u", "c", Turn(f"draw {i}", "here", image_names=[f"n{i}"], image_state="pending"))
+           for i in range(4)]
+    store.set_images(ids[0], ["n0"], None, "done")
+    store.set_images(ids[1], ["n1"], None, "failed")
+    store.set_images(ids[2], ["n2"], None, "cancelled")
+    assert store.interrupt_pending() == 1  # the fourth: in flight when the process died
+    answers = [m for m in store.messages("u", "c") if m.role == "assistant"]
+    assert [m.image_state for m in answers] == ["done", "failed", "cancelled", "interrupted"]
+    assert [m.as_dict(str)["image_urls"] for m in answers] == [["n0"], [], [], []]
+    assert store.interrupt_pending() == 0
+
+
 def test_conversations_and_delete(tmp_path: Path) -> None:
     store = HistoryStore(tmp_path / "h.sqlite3")
     store.add_turn("u1", "a", Turn("1", "one"))

@@ -202,6 +202,35 @@ def test_no_wait_returns_the_job_and_urls_at_once(llm: FakeLLM, images: FakeImag
     assert "image_done" not in events
 
 
+@pytest.mark.parametrize(("fail", "state"), [(False, "done"), (True, "failed")])
+def test_a_picture_not_waited_for_is_recorded_as_it_ends(llm: FakeLLM, history: HistoryStore, fail: bool,
+                                                         state: str) -> None:
+    images = FakeImages(fail=fail)
+    orch = make(llm, images, history)
+    llm.enqueue(("r", TAGGED))
+
+    async def main() -> None:
+        async for _ in orch.run(ChatTurnRequest(user_id="u", message="Draw a fox", wait_for_image=False)):
+            pass
+        await orch.followed()
+
+    asyncio.run(main())
+    answer = history.messages("u", "default")[1]
+    assert answer.image_state == state
+    assert answer.image_names == (images.jobs[0].names if state == "done" else [])
+
+
+def test_a_picture_in_flight_is_pending_until_it_ends(llm: FakeLLM, history: HistoryStore) -> None:
+    """While a picture renders, history says pending and lists no URL; at the next start it is interrupted."""
+    llm.enqueue(("r", TAGGED))
+    turn(make(llm, FakeImages(hang=True), history), "Draw a fox", wait_for_image=False)
+    answer = history.messages("u", "default")[1]
+    assert answer.image_state == "pending" and answer.as_dict(str)["image_urls"] == []
+    assert history.interrupt_pending() == 1
+    answer = history.messages("u", "default")[1]
+    assert answer.image_state == "interrupted" and answer.image_names == []
+
+
 def test_history_window_and_no_reasoning_fed_back(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
     for i in range(3):
         history.add_turn("u", "default", Turn(f"question {i}", f"answer {i}", reasoning=f"secret {i}"))
