@@ -12,6 +12,7 @@
     ├── RequestTimeout              504 code=timeout
     ├── Cancelled                   499 (client went away; never sent to a live client)
     ├── EngineFailure               500 code=engine_error
+    ├── StorageError                507 code=storage_error (disk full, read-only or failing data folder)
     ├── UpstreamError               502 code=upstream_error (a remote engine failed)
     └── UpstreamUnavailable         503 code=upstream_unavailable (a remote engine is unreachable)
     StartupError                    (start-up and CLI only: one line saying what to fix, exit status 2)
@@ -141,6 +142,14 @@ class EngineFailure(AipcError):
     status = 500
     type = "server_error"
     code = "engine_error"
+
+
+class StorageError(AipcError):
+    """History or an image could not be written (disk full, read-only, I/O error); what is stored stays."""
+
+    status = 507
+    type = "storage_error"
+    code = "storage_error"
 
 
 class UpstreamError(AipcError):

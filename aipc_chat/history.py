@@ -6,14 +6,17 @@ crash mid-turn loses at most that turn and never leaves half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aipc_chat.errors import StorageError
 
 DEFAULT_CONVERSATION = "default"
 
@@ -119,6 +122,17 @@ class HistoryStore:
                     raise
                 self._db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the lock for a write; a write the disk refuses (full, read-only, I/O error) is a StorageError."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                raise StorageError(f"The conversation history could not be saved ({exc}): free some disk space or "
+                                   f"check that {self.path.parent} is writable. What is already stored is kept.",
+                                   ) from None
+
     @property
     def schema_version(self) -> int:
         """The migrations applied."""
@@ -128,7 +142,7 @@ class HistoryStore:
     def add_turn(self, user_id: str, conversation_id: str, turn: Turn) -> int:
         """Store the user's message and the answer together, in one transaction; the answer's message id."""
         now = time.time()
-        with self._lock:
+        with self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
@@ -151,14 +165,14 @@ class HistoryStore:
     def set_images(self, message_id: int, names: list[str], image_prompt: dict[str, Any] | None,
                    state: str) -> None:
         """Record how an answer's picture ended: its state, its names (none unless done), the seed it used."""
-        with self._lock:
+        with self._writing():
             self._db.execute("UPDATE messages SET image_names = ?, image_prompt = ?, image_state = ? WHERE id = ?",
                              (json.dumps(names if state == "done" else []), json.dumps(image_prompt), state,
                               message_id))
 
     def interrupt_pending(self) -> int:
         """At start: pictures still pending were in flight when the process died; mark them interrupted."""
-        with self._lock:
+        with self._writing():
             cursor = self._db.execute("UPDATE messages SET image_state = 'interrupted', image_names = '[]' "
                                       "WHERE image_state = 'pending'")
         return int(cursor.rowcount)
@@ -193,10 +207,15 @@ class HistoryStore:
         if conversation_id is not None:
             where += " AND {col} = ?"
             args.append(conversation_id)
-        with self._lock:
+        with self._writing():
             self._db.execute("BEGIN IMMEDIATE")
-            n = self._db.execute(f"DELETE FROM messages WHERE {where.format(col='conversation_id')}", args).rowcount
-            self._db.execute(f"DELETE FROM conversations WHERE {where.format(col='id')}", args)
+            try:
+                n = self._db.execute(f"DELETE FROM messages WHERE {where.format(col='conversation_id')}",
+                                     args).rowcount
+                self._db.execute(f"DELETE FROM conversations WHERE {where.format(col='id')}", args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
         return int(n)
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from aipc_chat.engines.contract import Arrivals, Done, ImageEngineClient, ImageJob, LLMEngineClient
 from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
+from aipc_chat.engines.store import free_mb
 from aipc_chat.errors import ModelSetupError, NotReady
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
@@ -197,6 +198,14 @@ class Runtime:
             out["image"]["active_jobs"] = int(self.image.current is not None)
             out["image"]["queued_jobs"] = self.image.queue_depth
         return out
+
+    def storage(self) -> dict[str, object]:
+        """The data folder's state for /ready (it does not change /ready's status: that is the models')."""
+        free = free_mb(self.settings.data_dir)
+        minimum = self.settings.min_free_mb
+        low = bool(minimum) and free is not None and free < minimum
+        return {"data_dir": str(self.settings.data_dir), "free_mb": free, "min_free_mb": minimum,
+                "state": "low" if low else "ok"}
 
     @property
     def ready(self) -> bool:

@@ -207,6 +207,10 @@ class Settings(BaseSettings):
         8, ge=1, le=256, validation_alias=_env("image_queue_size"),
         description="Image jobs that may wait before new ones are refused with 503.",
     )
+    min_free_mb: int = Field(
+        200, ge=0, validation_alias=_env("min_free_mb"),
+        description="Free disk space (MB) the data folder must have before a picture is rendered; 0 turns the "
+                    "check off.")
     image_retention: int = Field(
         1000, ge=1, validation_alias=_env("image_retention"),
         description="Generated images kept on disk; the oldest are pruned beyond it.",

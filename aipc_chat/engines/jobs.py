@@ -179,6 +179,7 @@ class ImageEngine:
         """Queue a job; Busy when the queue is full, NotReady while the pipeline is rebuilt."""
         self.check_serving()
         self.check(params)
+        self.store.check_free_space(self.settings.min_free_mb)
         job = ImageJob(params, names=[self.store.new_name() for _ in range(params.n)])
         try:
             self._queue.put_nowait(job)

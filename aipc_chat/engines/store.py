@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import re
 import secrets
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from aipc_chat.errors import StorageError
 
 if TYPE_CHECKING:
     from aipc_chat.engines.contract import ImageParams
@@ -25,6 +29,24 @@ def _quote(value: object) -> str:
     if any(c in text for c in ',:\n"'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text
+
+
+def free_mb(folder: Path) -> int | None:
+    """Free space on the disk that holds ``folder`` (or its nearest existing parent), in MB."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            try:
+                return int(shutil.disk_usage(path).free // 1_000_000)
+            except OSError:
+                return None
+    return None
+
+
+def storage_error(folder: Path, exc: OSError) -> StorageError:
+    """The client's error for a write the disk refused, saying what to free or fix."""
+    reason = exc.strerror or str(exc)
+    hint = "free some disk space" if exc.errno == errno.ENOSPC else "check that the data folder is writable"
+    return StorageError(f"Could not write to {folder} ({reason}): {hint}. What is already stored is kept.")
 
 
 def infotext(params: ImageParams, *, seed: int, sampler: str, model: str) -> str:
@@ -63,15 +85,29 @@ class ImageStore:
         return secrets.token_hex(16)
 
     def save(self, image: Any, parameters: str, name: str | None = None) -> str:
-        """Write atomically (temp file + rename, so a crash never leaves half a PNG); return the name."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write atomically (temp file + rename, so a crash never leaves half a PNG); return the name.
+
+        A write the disk refuses (full, read-only, I/O error) is a StorageError, and leaves no partial file.
+        """
         name = name or self.new_name()
         data = png_bytes(image, parameters)
         tmp = self.folder / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.folder / f"{name}.png")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, self.folder / f"{name}.png")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(self.folder, exc) from None
         self._prune()
         return name
+
+    def check_free_space(self, min_free_mb: int) -> None:
+        """Raise StorageError when the images folder's disk has less than ``min_free_mb`` free (0: no check)."""
+        free = free_mb(self.folder)
+        if min_free_mb and free is not None and free < min_free_mb:
+            raise StorageError(f"Only {free} MB are free for pictures in {self.folder}; at least {min_free_mb} MB "
+                               "are needed (AIPC_MIN_FREE_MB): free some disk space.")
 
     def path(self, name: str) -> Path | None:
         """The file of a stored image, or None (unknown or malformed names never touch the file system)."""
