@@ -96,8 +96,11 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         log.warning("Binding %s without AIPC_API_KEY: anyone on the network can use this server. Add the names "
                     "clients use to AIPC_ALLOWED_HOSTS.", settings.host)
+    from aipc_chat.api.protocol import guarded_protocol
+
     server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), host=settings.host, port=settings.port,
-                                           log_level=settings.log_level, timeout_graceful_shutdown=30))
+                                           log_level=settings.log_level, timeout_graceful_shutdown=30,
+                                           http=guarded_protocol(settings.max_connections)))
     runtime.on_fatal = lambda _: setattr(server, "should_exit", True)
     server.run(sockets=[sock])
     if runtime.fatal:

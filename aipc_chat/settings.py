@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         "", validation_alias=_env("allowed_origins"),
         description="Comma-separated browser origins allowed besides http(s)://localhost / 127.0.0.1 / [::1].",
     )
+    max_connections: int = Field(
+        256, ge=1, le=100_000, validation_alias=_env("max_connections"),
+        description="Most open connections at once; past it a new one gets 503. A request head must also arrive "
+                    "within 10 s (else 408).")
     max_body_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, validation_alias=_env("max_body_bytes"),
         description="Largest request body accepted; larger ones get 413.",
