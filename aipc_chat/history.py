@@ -130,7 +130,7 @@ class HistoryStore:
                 yield
             except sqlite3.OperationalError as exc:
                 raise StorageError(f"The conversation history could not be saved ({exc}): free some disk space or "
-                                   f"check that {self.path.parent} is writable. What is already stored is kept.",
+                                   f"check that {self.path.parent} is writable. What is already stored is kept."
                                    ) from None
 
     @property

@@ -220,7 +220,10 @@ class Orchestrator:
             except AipcError:
                 state = "cancelled" if job.state == "cancelled" else "failed"
             prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
-            await asyncio.to_thread(self.history.set_images, message_id, list(job.images), prompt, state)
+            try:
+                await asyncio.to_thread(self.history.set_images, message_id, list(job.images), prompt, state)
+            except AipcError as exc:  # no client is waiting: a full disk is logged; the row stays pending
+                log.warning("could not record picture %s of message %d: %s", job.id, message_id, exc.message)
 
         task = asyncio.get_running_loop().create_task(follow())
         self._followers.add(task)

@@ -9,7 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aipc_chat.engines.contract import Arrivals, Done, ImageEngineClient, ImageJob, LLMEngineClient
+from aipc_chat.engines.contract import (
+    RETRY_AFTER_SECONDS,
+    Arrivals,
+    Done,
+    ImageEngineClient,
+    ImageJob,
+    LLMEngineClient,
+)
 from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
 from aipc_chat.engines.store import free_mb
 from aipc_chat.errors import ModelSetupError, NotReady
@@ -24,7 +31,7 @@ from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
-State = Literal["pending", "downloading", "loading", "ready", "recovering", "unreachable", "failed"]
+State = Literal["pending", "downloading", "loading", "ready", "failed"]  # before the engine exists; then its health
 
 
 @dataclass
@@ -254,11 +261,11 @@ def retry_after(models: dict[str, dict[str, object]]) -> int | None:
     waits = [int(m["retry_after"]) for m in models.values()  # type: ignore[call-overload]
              if m.get("retry_after") is not None and m["state"] != "failed"]
     pending = any(m["state"] in ("pending", "downloading", "loading") for m in models.values())
-    return max(waits) if waits else (5 if pending else None)
+    return max(waits) if waits else (RETRY_AFTER_SECONDS if pending else None)
 
 
 def _not_ready(status: ModelStatus) -> NotReady:
     if status.state == "failed":
         return NotReady(f"The {status.choice.kind} model failed to load: {status.error}")
     return NotReady(f"The {status.choice.kind} model '{status.choice.name}' is {status.state}; retry shortly.",
-                    retry_after=5)
+                    retry_after=RETRY_AFTER_SECONDS)

@@ -32,14 +32,16 @@ from aipc_chat.engines.stream import ThreadToAsync, batches
 from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, RequestTimeout
 
 __all__ = [  # what the layers above the engines use, admission and stream helpers included
-    "FILTERED", "SCHEDULERS", "Arrival", "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged",
-    "GenParams", "ImageEngineClient", "ImageJob", "ImageParams", "Interrupted", "JobState", "LLMEngineClient",
-    "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "batches", "constrains_whole_reply",
+    "FILTERED", "RETRY_AFTER_SECONDS", "SCHEDULERS", "Arrival", "Arrivals", "Delta", "Done", "EngineHealth",
+    "EngineState", "Flagged", "GenParams", "ImageEngineClient", "ImageJob", "ImageParams", "Interrupted",
+    "JobState", "LLMEngineClient", "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "batches",
+    "constrains_whole_reply",
 ]
 
 EngineState = Literal["loading", "ready", "recovering", "unreachable", "failed"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FILTERED = "content_filter"
+RETRY_AFTER_SECONDS = 5  # what a client is told to wait while a model loads or recovers
 # AUTOMATIC1111's sampler names and the diffusers schedulers behind them (what the local engine can switch to).
 SCHEDULERS: dict[str, str] = {
     "PLMS": "PNDMScheduler",

@@ -42,12 +42,17 @@ def image_ov_config(settings: Settings) -> dict[str, str]:
     return {"CACHE_DIR": str(settings.compile_cache_dir / "image")}
 
 
+def npu_static_size(settings: Settings, device: str) -> tuple[int, int] | None:
+    """The one size an NPU pipeline is compiled for (NPUs compile static shapes only); None elsewhere."""
+    return (settings.npu_image_width, settings.npu_image_height) if device == "NPU" else None
+
+
 class OpenVINOImagePipelines:
     """The default pipeline factory: the SD pipeline compiled for its device (static shapes on NPU)."""
 
     def __init__(self, settings: Settings, model_dir: Path, device: str) -> None:
         self.settings, self.model_dir, self.device = settings, model_dir, device
-        self.static_size = (settings.npu_image_width, settings.npu_image_height) if device == "NPU" else None
+        self.static_size = npu_static_size(settings, device)
 
     def __call__(self) -> Any:
         from optimum.intel import OVStableDiffusionPipeline
@@ -75,7 +80,7 @@ class DiffusersRenderer:
         self.max_size = max_size
         self.step_multiple = 64
         self.sampler = self.default_sampler = "PLMS"
-        self.static_size = (settings.npu_image_width, settings.npu_image_height) if device == "NPU" else None
+        self.static_size = npu_static_size(settings, device)
         self._pipelines = pipelines if pipelines is not None else OpenVINOImagePipelines(settings, model_dir, device)
         self._pipe: Any = None
         self._schedulers: dict[str, Any] = {}

@@ -18,11 +18,13 @@ from typing import Any, Protocol
 
 from aipc_chat.engines.contract import (
     FILTERED,
+    RETRY_AFTER_SECONDS,
     EngineHealth,
     Flagged,
     ImageJob,
     ImageParams,
     Interrupted,
+    JobState,
 )
 from aipc_chat.engines.store import ImageStore
 from aipc_chat.engines.supervisor import Supervisor
@@ -126,7 +128,7 @@ class ImageEngine:
     def check_serving(self) -> None:
         """Raise NotReady unless new jobs can be taken now."""
         if self._thread is None:
-            raise NotReady("The image model is not loaded.", retry_after=5)
+            raise NotReady("The image model is not loaded.", retry_after=RETRY_AFTER_SECONDS)
         self.supervisor.check_serving()
 
     def info(self) -> dict[str, Any]:
@@ -152,14 +154,14 @@ class ImageEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    def _end_queued(self, state: str, error: str, failure: AipcError | None = None) -> None:
+    def _end_queued(self, state: JobState, error: str, failure: AipcError | None = None) -> None:
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
             if job is not None:
-                job.end("cancelled" if state == "cancelled" else "failed", error, failure)
+                job.end(state, error, failure)
                 self._notify(job)
 
     def check(self, params: ImageParams) -> None:

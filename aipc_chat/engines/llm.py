@@ -21,6 +21,7 @@ from typing import Any
 from aipc_chat.engines.admission import Arrival, Arrivals
 from aipc_chat.engines.bytelevel import ByteLevelDecoder
 from aipc_chat.engines.contract import (
+    RETRY_AFTER_SECONDS,
     Done,
     EngineHealth,
     GenParams,
@@ -28,7 +29,7 @@ from aipc_chat.engines.contract import (
     constrains_whole_reply,
 )
 from aipc_chat.engines.grammar import ConstraintChecker
-from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary
+from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
 from aipc_chat.engines.supervisor import Supervisor
 from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, NotReady
 from aipc_chat.reasoning import THINK_OPEN, ReasoningSplitter, strip_reasoning
@@ -206,7 +207,7 @@ class LLMEngine:
     @property
     def capacity(self) -> int:
         """Requests admitted at once: generating plus waiting."""
-        return self.settings.max_num_seqs + self.settings.llm_queue_size
+        return capacity(self.settings)
 
     @property
     def restarts(self) -> int:
@@ -222,7 +223,7 @@ class LLMEngine:
     def check_serving(self) -> None:
         """Raise NotReady unless new requests can be taken now."""
         if self._loop is None:
-            raise NotReady("The LLM is not loaded.", retry_after=5)
+            raise NotReady("The LLM is not loaded.", retry_after=RETRY_AFTER_SECONDS)
         self.supervisor.check_serving()
 
     def load(self) -> None:
@@ -287,7 +288,7 @@ class LLMEngine:
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """Apply the model's own chat template; earlier answers go in without their reasoning."""
         if self._tokenizer is None:
-            raise NotReady("The LLM is not loaded yet.", retry_after=5)
+            raise NotReady("The LLM is not loaded yet.", retry_after=RETRY_AFTER_SECONDS)
         history = [
             {"role": m["role"], "content": strip_reasoning(m["content"]) if m["role"] == "assistant"
              else m["content"]}

@@ -89,7 +89,7 @@ class OwnerLoop:
     @property
     def capacity(self) -> int:
         """Requests admitted at once: generating plus waiting."""
-        return self.settings.max_num_seqs + self.settings.llm_queue_size
+        return capacity(self.settings)
 
     @property
     def waiting(self) -> int:
@@ -492,6 +492,11 @@ class SerialLoop(OwnerLoop):
         self.flush(req)
         self.finish(req, Done("length" if n >= req.max_new_tokens else "stop", len(req.prompt_ids), n, req.timing))
         return True
+
+
+def capacity(settings: Settings) -> int:
+    """Requests the LLM admits at once: generating plus waiting."""
+    return settings.max_num_seqs + settings.llm_queue_size
 
 
 def as_array(ids: list[int]) -> Any:

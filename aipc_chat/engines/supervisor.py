@@ -14,14 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from aipc_chat.engines.contract import EngineHealth, EngineState
+from aipc_chat.engines.contract import RETRY_AFTER_SECONDS, EngineHealth, EngineState
 from aipc_chat.errors import EngineFailure, NotReady
 
 log = logging.getLogger(__name__)
 
 MAX_REBUILDS = 3
 REBUILD_BACKOFF_SECONDS = (0.0, 0.5, 2.0)  # before each attempt of one recovery
-RECOVERING_RETRY_AFTER = 5
+RECOVERING_RETRY_AFTER = RETRY_AFTER_SECONDS
 
 
 class Supervisor:
