@@ -163,7 +163,9 @@ def test_a_really_broken_pipeline_recovers(demo_models: Path) -> None:
     engine.constraints.available = False
     try:
         bad, other = run_together(engine, GenParams(json_schema='{"type": "objectt"}', max_tokens=8), LONG)
-        assert isinstance(bad, EngineFailure) and isinstance(other, EngineFailure)
+        assert isinstance(bad, EngineFailure)
+        # the other fails with it if it shared the broken step, else it waited and the new pipeline served it whole
+        assert isinstance(other, EngineFailure) or isinstance(other, Done) and other.completion_tokens == 40
         wait_state(engine)
         assert serves(engine) and serves(engine)
         assert engine.restarts == 1 and factories.builds == 2
