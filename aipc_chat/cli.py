@@ -93,9 +93,10 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
 
     from aipc_chat.api.app import create_app
 
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-        log.warning("Binding %s without AIPC_API_KEY: anyone on the network can use this server. Add the names "
-                    "clients use to AIPC_ALLOWED_HOSTS.", settings.host)
+    unkeyed = settings.api_key is None and settings.users_file is None
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and unkeyed:
+        log.warning("Binding %s without AIPC_API_KEY or AIPC_USERS_FILE: anyone on the network can use this "
+                    "server. Add the names clients use to AIPC_ALLOWED_HOSTS.", settings.host)
     from aipc_chat.api.protocol import guarded_protocol
 
     server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), host=settings.host, port=settings.port,
@@ -206,10 +207,40 @@ def settings_problems(exc: ValidationError) -> str:
     """Each invalid setting on one line: ``AIPC_PORT: Input should be ... (got 'abc')``."""
     problems = []
     for error in exc.errors():
-        name = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+        name = ".".join(str(part) for part in error.get("loc", ()))
+        if not name:  # a rule across settings: its message names them
+            problems.append(str(error.get("msg", "invalid")).removeprefix("Value error, "))
+            continue
         got = f" (got {error['input']!r})" if isinstance(error.get("input"), str | int | float) else ""
         problems.append(f"AIPC_{name.upper()}: {error.get('msg', 'invalid')}{got}")
     return "; ".join(problems)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Add, remove or list the per-user keys of a users file (AIPC_USERS_FILE)."""
+    from aipc_chat.users import UsersFileError, add_user, read_users, remove_user
+
+    path = Path(args.file) if args.file else _settings({}).users_file
+    if path is None:
+        raise UsersFileError("Name the users file with --file or AIPC_USERS_FILE.")
+    if args.action != "list" and not args.name:
+        raise UsersFileError(f"Name the user: aipc-chat users {args.action} NAME.")
+    if args.action == "add":
+        key = add_user(path, args.name)
+        print(f"Key for {args.name} (shown once; {path} keeps only its sha256):\n{key}")  # noqa: T201
+        if _settings({}).users_file is None:
+            print(f"Serve with AIPC_USERS_FILE={path}")  # noqa: T201
+    elif args.action == "remove":
+        removed = remove_user(path, args.name)
+        print(f"Removed {removed} key(s) of {args.name} from {path}")  # noqa: T201
+        return 0 if removed else 1
+    else:
+        counts: dict[str, int] = {}
+        for entry in read_users(path):
+            counts[entry.user] = counts.get(entry.user, 0) + 1
+        for user, count in sorted(counts.items()):
+            print(f"{user}\t{count} key(s)")  # noqa: T201
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "time OpenVINO against PyTorch")
     bench.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
     bench.set_defaults(func=cmd_bench_models)
+
+    users = sub.add_parser("users", help="per-user keys for a shared server (AIPC_USERS_FILE)")
+    users.add_argument("action", choices=["add", "remove", "list"],
+                       help="add: make a new key for NAME and print it once; remove: delete NAME's keys; list")
+    users.add_argument("name", nargs="?", help="the user id (for add and remove)")
+    users.add_argument("--file", help="the users file (default AIPC_USERS_FILE)")
+    users.set_defaults(func=cmd_users)
     return parser
 
 

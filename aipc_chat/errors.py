@@ -5,6 +5,7 @@
     │   ├── ContextLengthExceeded   400 code=context_length_exceeded
     │   ├── UnsupportedParameter    400 code=unsupported_parameter
     │   └── ContentFiltered         400 code=content_filter
+    ├── Forbidden                   403 permission_error (a per-user key acting as another user)
     ├── NotFound                    404 not_found_error
     │   └── ModelNotFound           404 code=model_not_found
     ├── Busy                        503 code=server_busy, or 429 rate_limit_exceeded (Retry-After)
@@ -17,6 +18,7 @@
     └── UpstreamUnavailable         503 code=upstream_unavailable (a remote engine is unreachable)
     StartupError                    (start-up and CLI only: one line saying what to fix, exit status 2)
     ├── PortInUse                   the port is taken; checked before any model loads
+    ├── UsersFileError              AIPC_USERS_FILE is missing or malformed (aipc_chat/users.py)
     ├── DataDirUnwritable           the data folder cannot be created or written
     └── ModelSetupError             a missing or unusable model, with what to run
         ├── HubUnreachable          offline, HF_HUB_OFFLINE=1, hub down: what is missing and what to run
@@ -82,6 +84,14 @@ class ContentFiltered(InvalidRequest):
     """A safety check refused the content (an image prompt, or the image itself)."""
 
     code = "content_filter"
+
+
+class Forbidden(AipcError):
+    """The caller's key may not do this (with AIPC_USERS_FILE: another user's data)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden_user"
 
 
 class NotFound(AipcError):

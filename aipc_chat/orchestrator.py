@@ -56,7 +56,7 @@ class ChatLLM(Protocol):
 class ChatImages(Protocol):
     """What the orchestrator needs of an image engine."""
 
-    def submit(self, params: ImageParams) -> ImageJob: ...
+    def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob: ...
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ class Orchestrator:
                                   "message": f"The image prompt was refused by the content filter ({verdict.term})."}
             return None
         try:
-            job = self._images().submit(params)
+            job = self._images().submit(params, owner=req.user_id)
         except AipcError as exc:
             result.image_state = "failed"
             result.image_error = {"code": exc.code or "image_error", "message": exc.message}

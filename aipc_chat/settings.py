@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVICE_PATTERN = r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?)$"
@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, validation_alias=_env("api_key"),
         description="When set, every API route needs `Authorization: Bearer KEY` (or Basic with KEY as password).",
+    )
+    users_file: Path | None = Field(
+        None, validation_alias=_env("users_file"),
+        description="A file of per-user keys (`user_id:sha256-of-key` lines, made by `aipc-chat users add NAME`): "
+                    "each key acts as its user only. Replaces AIPC_API_KEY (set one of them).",
     )
     allowed_hosts: str = Field(
         "", validation_alias=_env("allowed_hosts"),
@@ -256,6 +261,12 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _one_kind_of_key(self) -> Settings:
+        if self.users_file is not None and self.api_key is not None:
+            raise ValueError("set AIPC_USERS_FILE (a key per user) or AIPC_API_KEY (one key for all), not both")
+        return self
 
     @property
     def extra_hosts(self) -> list[str]:

@@ -20,6 +20,7 @@ from aipc_chat.api.routes import chat, health, images, openai_chat, sdapi, web
 from aipc_chat.api.security import LOCAL_ORIGIN, GuardMiddleware
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
+from aipc_chat.users import UserKeys
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """Build the application; the models load in the background once it starts."""
     rt = runtime if runtime is not None else Runtime(settings)
+    users = UserKeys(settings.users_file) if settings.users_file is not None else None  # read now: a bad file stops
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,6 +49,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # Last added runs first: metrics see every request, the guard refuses before CORS or a route runs.
     app.add_middleware(CORSMiddleware, allow_origin_regex=LOCAL_ORIGIN.pattern, allow_origins=settings.extra_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id", "retry-after"])
-    app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(GuardMiddleware, settings=settings, users=users)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from aipc_chat.api.security import USER_SCOPE_KEY
 from aipc_chat.engines.contract import Arrival
-from aipc_chat.errors import InvalidRequest
+from aipc_chat.errors import Forbidden, InvalidRequest
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 
@@ -25,6 +26,18 @@ def get_settings(request: Request) -> Settings:
     """The settings the app was built with."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_caller(request: Request) -> str | None:
+    """The user whose key made the request (AIPC_USERS_FILE), or None when users are not separated."""
+    user: str | None = request.scope.get(USER_SCOPE_KEY)
+    return user
+
+
+def act_as(caller: str | None, user_id: str) -> None:
+    """Refuse acting as ``user_id`` with another user's key (403); anyone may when users are not separated."""
+    if caller is not None and caller != user_id:
+        raise Forbidden(f"This key belongs to user '{caller}'; it cannot act as '{user_id}'.", param="user_id")
 
 
 async def arrival(request: Request) -> AsyncIterator[Arrival]:
@@ -86,4 +99,5 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[str | None, Depends(get_caller)]
 ArrivalDep = Annotated[Arrival, Depends(arrival, scope="function")]

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aipc_chat.errors import error_body
 from aipc_chat.settings import Settings
+from aipc_chat.users import UserKeys
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
 OPEN_PATHS = ("/health", "/ready", "/images/", "/web/")
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
+USER_SCOPE_KEY = "aipc.user"  # the user a per-user key belongs to (AIPC_USERS_FILE), set on the ASGI scope
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -95,30 +97,37 @@ def origin_allowed(origin: str, extra: list[str]) -> bool:
     return bool(LOCAL_ORIGIN.match(origin)) or origin.rstrip("/") in extra or "*" in extra
 
 
-def key_matches(authorization: str | None, key: str) -> bool:
-    """``Bearer KEY``, or ``Basic`` whose password is KEY (what A1111 clients such as Open WebUI send)."""
+def presented_key(authorization: str | None) -> str | None:
+    """The key of ``Bearer KEY``, or the password of ``Basic`` (what A1111 clients such as Open WebUI send)."""
     if not authorization:
-        return False
+        return None
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer":
-        return hmac.compare_digest(value.strip().encode(), key.encode())
+        return value.strip()
     if scheme.lower() == "basic":
         try:
             _, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
-            return False
-        return hmac.compare_digest(password.encode(), key.encode())
-    return False
+            return None
+        return password
+    return None
+
+
+def key_matches(authorization: str | None, key: str) -> bool:
+    """Whether the Authorization header carries KEY (compared in constant time)."""
+    given = presented_key(authorization)
+    return given is not None and hmac.compare_digest(given.encode(), key.encode())
 
 
 class GuardMiddleware:
     """Request id, Host and Origin checks, API key and body-size limit, in that order."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, users: UserKeys | None = None) -> None:
         self.app = app
         self.hosts = settings.extra_hosts
         self.origins = settings.extra_origins
         self.key = settings.api_key.get_secret_value() if settings.api_key else None
+        self.users = users
         self.max_body = settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,9 +165,7 @@ class GuardMiddleware:
             log.warning("refused a cross-site %s %s", scope.get("method"), scope.get("path"))
             await _reply(send, 403, refused, "permission_error", "forbidden_origin")
             return
-        path = scope.get("path", "")
-        if (self.key and scope.get("method") != "OPTIONS" and path != "/" and not path.startswith(OPEN_PATHS)
-                and not key_matches(_header(scope, b"authorization"), self.key)):
+        if not self._authenticated(scope):
             await _reply(send, 401, "A valid API key is required (Authorization: Bearer KEY).",
                          "authentication_error", "invalid_api_key", [(b"www-authenticate", b"Bearer")])
             return
@@ -168,6 +175,19 @@ class GuardMiddleware:
                          "invalid_request_error", "request_too_large")
             return
         await self.app(scope, _limited(receive, self.max_body), send)
+
+
+    def _authenticated(self, scope: Scope) -> bool:
+        """Whether the request may go on; with per-user keys, the key's user is put on the scope."""
+        path = scope.get("path", "")
+        open_path = scope.get("method") == "OPTIONS" or path == "/" or path.startswith(OPEN_PATHS)
+        if self.users is not None:
+            given = presented_key(_header(scope, b"authorization"))
+            user = self.users.user_for(given) if given is not None else None
+            if user is not None:
+                scope[USER_SCOPE_KEY] = user
+            return user is not None or open_path
+        return open_path or self.key is None or key_matches(_header(scope, b"authorization"), self.key)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

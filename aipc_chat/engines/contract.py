@@ -228,6 +228,7 @@ class ImageJob:
     """A queued or running generation; the owner thread updates it, any thread reads it."""
 
     params: ImageParams
+    owner: str | None = None  # the user who asked (its job is listed only to that user when users are separated)
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     state: JobState = "queued"
     step: int = 0  # steps done, over all images of the job
@@ -351,14 +352,14 @@ class ImageEngineClient(SupervisedEngine, Protocol):
     def queue_depth(self) -> int:
         """Jobs waiting."""
 
-    def submit(self, params: ImageParams) -> ImageJob:
-        """Validate and queue a job; Busy when the queue is full."""
+    def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
+        """Validate and queue a job for ``owner``; Busy when the queue is full."""
 
     def get_job(self, job_id: str) -> ImageJob | None:
         """A recent job by id."""
 
-    def interrupt(self) -> None:
-        """Cancel the running job."""
+    def interrupt(self, owner: str | None = None) -> None:
+        """Cancel the running job (only if it is ``owner``'s, when one is named)."""
 
     def info(self) -> dict[str, Any]:
         """What the engine serves."""

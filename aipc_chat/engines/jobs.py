@@ -177,12 +177,12 @@ class ImageEngine:
                 raise InvalidRequest(
                     f"{name} must be a multiple of {step} from {step} to {biggest}; got {value}.", param=name)
 
-    def submit(self, params: ImageParams) -> ImageJob:
-        """Queue a job; Busy when the queue is full, NotReady while the pipeline is rebuilt."""
+    def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
+        """Queue a job for ``owner``; Busy when the queue is full, NotReady while the pipeline is rebuilt."""
         self.check_serving()
         self.check(params)
         self.store.check_free_space(self.settings.min_free_mb)
-        job = ImageJob(params, names=[self.store.new_name() for _ in range(params.n)])
+        job = ImageJob(params, owner=owner, names=[self.store.new_name() for _ in range(params.n)])
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -201,10 +201,10 @@ class ImageEngine:
             if job.finished is None:
                 job.cancel()
 
-    def interrupt(self) -> None:
-        """Cancel the running job (AUTOMATIC1111's /interrupt)."""
+    def interrupt(self, owner: str | None = None) -> None:
+        """Cancel the running job (AUTOMATIC1111's /interrupt); only ``owner``'s, when one is named."""
         job = self._current
-        if job is not None:
+        if job is not None and (owner is None or job.owner == owner):
             job.cancel()
 
     def _forget_old_jobs(self, keep: int = 256) -> None:

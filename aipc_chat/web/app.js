@@ -73,6 +73,20 @@ function ensureUserId() {
   return id;
 }
 
+// With per-user keys (AIPC_USERS_FILE) the key decides who the user is: ask the server before any history call.
+async function resolveUser() {
+  try {
+    const res = await api("/chat/me");
+    if (res.ok) {
+      const body = await res.json();
+      if (body.user_id) state.userId = body.user_id;
+    }
+  } catch {
+    // Unreachable for now: keep this browser's own id.
+  }
+  document.body.dataset.userId = state.userId;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // HTTP: every request carries the API key once one is known; a 401 asks for it (once for all requests waiting)
 // and retries, until the user cancels the dialog.
@@ -910,7 +924,7 @@ function init() {
   renderConversationOptions();
   updateEmptyHint();
   pollReady();
-  loadHistory().then(loadConversations);
+  resolveUser().then(() => loadHistory()).then(() => loadConversations());
 }
 
 init();

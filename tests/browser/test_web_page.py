@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aipc_chat.users import add_user
 from tests.browser.conftest import VIEWPORT
 from tests.conftest import REPO
 from tests.e2e.conftest import LiveServer, start_server
@@ -407,3 +408,32 @@ def test_api_key_is_asked_for_then_sent(new_page: Callable[..., Any], keyed_serv
     page.reload()  # the key is remembered: no dialog, the history loads
     expect(page.locator("#messages article")).to_have_count(2)
     expect(dialog).to_be_hidden()
+
+
+@pytest.fixture(scope="module")
+def users_server(browser: Any, demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("web-users")
+    keys = {name: add_user(root / "users.txt", name) for name in ("alice", "bob")}
+    server = start_server(demo_models.parent, root / "data", root / "server.log",
+                          env={"AIPC_USERS_FILE": str(root / "users.txt")})
+    yield server, keys
+    server.stop()
+
+
+def test_with_per_user_keys_the_key_decides_the_user(new_page: Callable[..., Any], users_server: Any) -> None:
+    server, keys = users_server
+    page = new_page(server.base_url)
+    bodies: list[str] = []
+    page.on("request", lambda r: bodies.append(r.post_data or "") if r.url.endswith("/chat") else None)
+    dialog = page.get_by_role("dialog", name="API key needed")
+    expect(dialog).to_be_visible()
+    page.get_by_role("textbox", name="API key").fill(keys["alice"])
+    page.get_by_role("textbox", name="API key").press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("body")).to_have_attribute("data-user-id", "alice")
+    wait_ready(page)
+    send(page, "Hello")
+    wait_turn(page)
+    assert [json.loads(b)["user_id"] for b in bodies] == ["alice"]
+    history = httpx.get(f"{server.base_url}/chat/alice/history", headers={"authorization": f"Bearer {keys['alice']}"})
+    assert [m["role"] for m in history.json()["messages"]] == ["user", "assistant"]

@@ -79,3 +79,17 @@ def test_bad_settings(demo_models: Path, tmp_path: Path, env: dict[str, str], sa
     code, stderr, _ = serve(demo_models.parent, tmp_path / "data", env=env)
     line = one_clear_line(stderr)
     assert code == 2 and "invalid configuration" in line and said in line
+
+
+def test_a_bad_users_file(demo_models: Path, tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("# ours\nalice:not-a-hash\n")
+    code, stderr, took = serve(demo_models.parent, tmp_path / "data", "--port", str(free_port()),
+                               env={"AIPC_USERS_FILE": str(users)})
+    line = one_clear_line(stderr)
+    assert code == 2 and "line 2" in line and "aipc-chat users add" in line and took < 30
+    code, stderr, _ = serve(demo_models.parent, tmp_path / "data", env={"AIPC_USERS_FILE": str(tmp_path / "none")})
+    assert code == 2 and "Cannot read AIPC_USERS_FILE" in one_clear_line(stderr)
+    code, stderr, _ = serve(demo_models.parent, tmp_path / "data",
+                            env={"AIPC_USERS_FILE": str(users), "AIPC_API_KEY": "k"})
+    assert code == 2 and "not both" in one_clear_line(stderr)

@@ -63,10 +63,10 @@ class FakeImages:
         self.jobs: list[ImageJob] = []
         self._names = (f"{i:032x}" for i in itertools.count(1))
 
-    def submit(self, params: ImageParams) -> ImageJob:
+    def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
         if self.busy:
             raise Busy("full")
-        job = ImageJob(params, names=[next(self._names) for _ in range(params.n)])
+        job = ImageJob(params, owner=owner, names=[next(self._names) for _ in range(params.n)])
         job.seeds = [params.seed or 1]
         if self.hang:  # still rendering
             job.state = "running"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from aipc_chat.api.deps import ArrivalDep, RuntimeDep
+from aipc_chat.api.deps import ArrivalDep, CallerDep, RuntimeDep, act_as
 from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.routes.images import image_url
 from aipc_chat.api.schemas.chat import SAFE_ID, ChatRequest
@@ -26,8 +26,10 @@ def _urls(request: Request) -> Callable[[str], str]:
 
 
 @router.post("/chat", response_model=None)
-async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime: RuntimeDep) -> Any:
+async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime: RuntimeDep,
+               caller: CallerDep) -> Any:
     """One turn: the answer (reasoning apart) and, when a picture helps, an image the assistant prompted."""
+    act_as(caller, body.user_id)
     request.app.state.chat_limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
     events = runtime.orchestrator.run(body.to_turn(), arrival)
@@ -60,10 +62,17 @@ async def _named(events: AsyncIterator[tuple[str, dict[str, Any]]],
             yield kind, payload
 
 
+@router.get("/chat/me")
+async def me(caller: CallerDep) -> dict[str, Any]:
+    """Who the key belongs to: ``user_id`` with per-user keys (AIPC_USERS_FILE), else null (any user id goes)."""
+    return {"user_id": caller, "users_separated": caller is not None}
+
+
 @router.get("/chat/{user_id}/history")
-async def get_history(user_id: UserId, request: Request, runtime: RuntimeDep,
+async def get_history(user_id: UserId, request: Request, runtime: RuntimeDep, caller: CallerDep,
                       conversation_id: ConversationId = None) -> dict[str, Any]:
     """The conversation's messages, oldest first (the default conversation unless one is named)."""
+    act_as(caller, user_id)
     conv = conversation_id or "default"
     messages = await asyncio.to_thread(runtime.history.messages, user_id, conv)
     url = _urls(request)
@@ -71,16 +80,18 @@ async def get_history(user_id: UserId, request: Request, runtime: RuntimeDep,
 
 
 @router.delete("/chat/{user_id}/history")
-async def delete_history(user_id: UserId, runtime: RuntimeDep,
+async def delete_history(user_id: UserId, runtime: RuntimeDep, caller: CallerDep,
                          conversation_id: ConversationId = None) -> dict[str, Any]:
     """Delete one conversation, or all of the user's when none is named."""
+    act_as(caller, user_id)
     deleted = await asyncio.to_thread(runtime.history.delete, user_id, conversation_id)
     return {"user_id": user_id, "conversation_id": conversation_id, "deleted_messages": deleted}
 
 
 @router.get("/chat/{user_id}/conversations")
-async def conversations(user_id: UserId, runtime: RuntimeDep) -> dict[str, Any]:
+async def conversations(user_id: UserId, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """The user's conversations, most recent first."""
+    act_as(caller, user_id)
     return {"user_id": user_id, "conversations": await asyncio.to_thread(runtime.history.conversations, user_id)}
 
 

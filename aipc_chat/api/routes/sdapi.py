@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
-from aipc_chat.api.deps import RuntimeDep, SettingsDep
+from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.images import Txt2ImgRequest
 from aipc_chat.engines.contract import SCHEDULERS, ImageEngineClient
@@ -27,11 +27,12 @@ def _model_entry(engine: ImageEngineClient) -> dict[str, Any]:
 
 
 @router.post("/txt2img")
-async def txt2img(body: Txt2ImgRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+async def txt2img(body: Txt2ImgRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep,
+                  caller: CallerDep) -> dict[str, Any]:
     """Generate; ``images`` are base64 PNGs (with the ``parameters`` chunk), ``info`` a JSON string."""
     engine = runtime.require_image()
     params = body.to_params()
-    job = engine.submit(params)
+    job = engine.submit(params, owner=caller)
     with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the images finished before it
         await unless_disconnected(request, job.wait(settings.request_timeout))
     images = [base64.b64encode(engine.store.read(name) or b"").decode() for name in job.images]
@@ -51,12 +52,16 @@ async def txt2img(body: Txt2ImgRequest, request: Request, runtime: RuntimeDep, s
 
 
 @router.get("/progress")
-async def progress(runtime: RuntimeDep, skip_current_image: bool = False) -> dict[str, Any]:
-    """Progress of the running job, 0..1, with an ETA; zeros when idle."""
+async def progress(runtime: RuntimeDep, caller: CallerDep, skip_current_image: bool = False) -> dict[str, Any]:
+    """Progress of the running job, 0..1, with an ETA; zeros when idle. With per-user keys a caller sees only its
+    own job (another user's running job reads as idle)."""
     engine = runtime.require_image()
     job = engine.current
+    if job is not None and caller is not None and job.owner != caller:
+        job = None
     if job is None:
-        state = {"skipped": False, "interrupted": False, "job": "", "job_count": engine.queue_depth,
+        queued = engine.queue_depth if caller is None else 0
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": queued,
                  "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     elapsed = time.time() - (job.started or time.time())
@@ -70,17 +75,17 @@ async def progress(runtime: RuntimeDep, skip_current_image: bool = False) -> dic
 
 
 @router.post("/interrupt")
-async def interrupt(runtime: RuntimeDep) -> dict[str, Any]:
-    """Stop the running job; always 200, idempotent, as in A1111."""
+async def interrupt(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    """Stop the running job (with per-user keys, only the caller's own); always 200, idempotent, as in A1111."""
     if runtime.image is not None:
-        runtime.image.interrupt()
+        runtime.image.interrupt(owner=caller)
     return {}
 
 
 @router.post("/skip")
-async def skip(runtime: RuntimeDep) -> dict[str, Any]:
+async def skip(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """A1111's skip: here the same as interrupt (one image per job step loop)."""
-    return await interrupt(runtime)
+    return await interrupt(runtime, caller)
 
 
 @router.get("/sd-models")
