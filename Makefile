@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo demo-models test browser-deps check bench bench-full clean
+.PHONY: install run demo demo-models test browser-deps check bench bench-full soak clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ bench: demo-models
 	$(BIN)/python scripts/bench_image.py --model demo --size 512 --steps 20 --runs 3 --out bench-results/image
 	$(BIN)/python scripts/bench_startup.py --rounds 2 --out bench-results/startup.json
 	$(BIN)/python scripts/bench_recovery.py --model demo --rounds 3 --out bench-results/recovery
+	$(BIN)/python scripts/soak.py --bursts 20 --concurrency 200 --out bench-results/soak
+
+# Memory under load: 20 bursts of 200 concurrent requests; fails if RSS grows 20 MB or more over the last 10.
+soak: demo-models
+	$(BIN)/python scripts/soak.py --bursts 20 --concurrency 200 --out bench-results/soak
 
 bench-full: install
 	$(BIN)/aipc-chat bench-models --torch

@@ -168,7 +168,8 @@ class Settings(BaseSettings):
     )
     kv_cache_gb: int = Field(
         1, ge=1, le=64, validation_alias=_env("kv_cache_gb"),
-        description="KV-cache size in GB for continuous batching (CPU/GPU).",
+        description="Most KV cache for continuous batching, in GB (CPU/GPU): it fills as new prompts arrive and "
+                    "is kept (prefix cache); capped lower when every sequence at full context needs less.",
     )
     max_num_seqs: int = Field(
         16, ge=1, le=256, validation_alias=_env("max_num_seqs"),

@@ -43,21 +43,55 @@ MIN_SAMPLING_TEMPERATURE = 1e-5  # below this, sampling is argmax in effect (and
 PipelineFactory = Callable[[], Any]  # builds a fresh pipeline (ContinuousBatchingPipeline, or LLMPipeline on NPU)
 
 
-def scheduler_config(settings: Settings) -> Any:
-    """The continuous-batching scheduler configuration for these settings."""
+KV_BLOCK_TOKENS = {"CPU": 32}  # tokens per KV-cache block on each device (openvino-genai); 16 elsewhere
+KV_BYTES_PER_VALUE = 4  # at most f32 per cached value (CPU keeps u8 for most models, more for tiny heads)
+
+
+def kv_bytes_per_token(config: dict[str, Any] | None) -> int | None:
+    """KV-cache bytes one token takes at most (keys and values of every layer), from config.json; None if unknown."""
+    if config is None:
+        return None
+    try:
+        layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return 2 * layers * kv_heads * head_dim * KV_BYTES_PER_VALUE
+
+
+def scheduler_config(settings: Settings, context_length: int | None = None, kv_bytes: int | None = None,
+                     device: str = "CPU") -> Any:
+    """The continuous-batching scheduler configuration for these settings.
+
+    The KV cache grows as requests need blocks and keeps what it grew (as the prefix cache) up to its limit,
+    ``AIPC_KV_CACHE_GB``. When every sequence at full context needs less than that (small models), the limit is
+    that need instead, in blocks: otherwise a small model's RSS would rise for millions of tokens before levelling.
+    """
     import openvino_genai as ov_genai
 
     cfg = ov_genai.SchedulerConfig()
     cfg.cache_size = settings.kv_cache_gb
+    if context_length and kv_bytes:
+        tokens = settings.max_num_seqs * context_length
+        if tokens * kv_bytes < settings.kv_cache_gb * 2**30:
+            cfg.cache_size = 0
+            cfg.num_kv_blocks = -(-tokens // KV_BLOCK_TOKENS.get(device.split(".")[0], 16))
     cfg.max_num_seqs = settings.max_num_seqs
     cfg.enable_prefix_caching = settings.prefix_caching
     cfg.dynamic_split_fuse = True
     return cfg
 
 
+CPU_RUNTIME_CACHE_SHAPES = 16  # input shapes whose executors the CPU plugin keeps per compiled LLM (default 5000)
+
+
 def device_properties(settings: Settings, device: str) -> dict[str, Any]:
-    """OpenVINO properties for compiling the LLM on ``device`` (compile cache, NPU static shapes)."""
+    """OpenVINO properties for compiling the LLM on ``device`` (compile cache, NPU static shapes, and on CPU a
+    bounded cache of per-shape executors: see ``aipc_chat/engines/__init__.py``)."""
     props: dict[str, Any] = {"CACHE_DIR": str(settings.compile_cache_dir / "llm")}
+    if device == "CPU":
+        props["CPU_RUNTIME_CACHE_CAPACITY"] = CPU_RUNTIME_CACHE_SHAPES
     if device == "NPU":
         props.update(
             MAX_PROMPT_LEN=settings.npu_max_prompt_len,
@@ -157,6 +191,9 @@ class OpenVINOPipelines:
 
     def __init__(self, settings: Settings, model_dir: Path, device: str) -> None:
         self.settings, self.model_dir, self.device = settings, model_dir, device
+        config = _model_config(model_dir)
+        self.scheduler = None if device == "NPU" else scheduler_config(
+            settings, _context_length(config, settings.context_length), kv_bytes_per_token(config), device)
 
     def __call__(self) -> Any:
         import openvino_genai as ov_genai
@@ -164,8 +201,7 @@ class OpenVINOPipelines:
         props = device_properties(self.settings, self.device)
         if self.device == "NPU":
             return ov_genai.LLMPipeline(str(self.model_dir), self.device, **props)
-        return ov_genai.ContinuousBatchingPipeline(str(self.model_dir), scheduler_config(self.settings), self.device,
-                                                   props)
+        return ov_genai.ContinuousBatchingPipeline(str(self.model_dir), self.scheduler, self.device, props)
 
 
 class LLMEngine:

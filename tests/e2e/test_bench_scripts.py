@@ -30,7 +30,7 @@ def test_bench_llm_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     run_script("bench_llm.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--runs", "2",
                "--max-tokens", "16", "--prompt-tokens", "32", "--history-tokens", "64", "--concurrency", "1,2",
                "--sweep-rounds", "2", "--ttft-runs", "3", "--out", str(out))
-    result = json.loads(out.with_suffix(".json").read_text())
+    result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     for path in ("raw", "raw_cb", "server"):
         assert positive(result[path]["tok_s"]["p50"]) and positive(result[path]["ttft_ms"]["p50"])
     assert positive(result["ratio_tok_s"]) and math.isfinite(result["ttft_overhead_ms"])
@@ -46,7 +46,7 @@ def test_bench_llm_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     assert all(len(row["ratios"]) == 2 and positive(row["ratio"]) for row in result["sweep"])
     assert positive(result["multi_turn"]["followup_ttft_ms"]) and positive(result["peak_rss_mib"]["server_both_models"])
     assert result["machine"]["cores"] >= 1 and result["machine"]["openvino"]
-    report = out.with_suffix(".md").read_text()
+    report = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "server/raw LLMPipeline token rate" in report and "## TTFT alone" in report
     for plot in (".sweep.png", ".ttft.png"):
         assert out.with_suffix(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,29 +56,43 @@ def test_bench_image_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "image"
     run_script("bench_image.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--size", "64",
                "--steps", "2", "--runs", "1", "--out", str(out))
-    result = json.loads(out.with_suffix(".json").read_text())
+    result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert positive(result["raw_s"]["p50"]) and positive(result["server_s"]["p50"]) and positive(result["ratio"])
     assert result["torch_runs"] == []  # no diffusers folder given: PyTorch is not timed
-    assert "server/raw" in out.with_suffix(".md").read_text()
+    assert "server/raw" in out.with_suffix(".md").read_text(encoding="utf-8")
     assert out.with_suffix(".latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_startup_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "startup.json"
     run_script("bench_startup.py", "--models-dir", str(demo_models.parent), "--rounds", "1", "--out", str(out))
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     for key in ("ready_s", "llm_load_s", "image_load_s"):
         assert positive(result["summary"][key]["cold"]) and positive(result["summary"][key]["warm"])
-    assert "cold (empty compile cache)" in out.with_suffix(".md").read_text()
+    assert "cold (empty compile cache)" in out.with_suffix(".md").read_text(encoding="utf-8")
 
 
 def test_bench_recovery_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "recovery"
     run_script("bench_recovery.py", "--model", "demo", "--models-dir", str(demo_models.parent), "--rounds", "1",
                "--out", str(out))
-    result = json.loads(out.with_suffix(".json").read_text())
+    result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     checks = result["checks"]
     assert positive(checks["probe_load_ms"]) and positive(checks["cached_check_us"])
     assert len(checks["first_check_ms"]) == 5 and all(positive(v) for v in checks["first_check_ms"].values())
     assert positive(result["llm_rebuild_s_p50"]) and positive(result["image_rebuild_s_p50"])
-    assert "LLM pipeline rebuild" in out.with_suffix(".md").read_text()
+    assert "LLM pipeline rebuild" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_soak_reports_rss_per_burst(demo_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "soak"
+    run_script("soak.py", "--bursts", "3", "--concurrency", "40", "--tail", "2", "--max-growth-mb", "1000",
+               "--models-dir", str(demo_models.parent), "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    rss = result["rss_mb"]
+    assert len(rss) == 3 and all(positive(x) for x in rss) and positive(result["rss_after_load_mb"])
+    assert result["tail_growth_mb"] == round(rss[-1] - rss[-2], 1) and result["passed"]
+    outcomes = result["outcomes"]
+    assert outcomes["400"] == 3 * 8 and outcomes["200"] > 0 and sum(outcomes.values()) == 3 * 40
+    assert set(outcomes) <= {"200", "400", "503", "left"}  # never a 5xx other than a full queue, nor a reset
+    assert "growth over the last 2 bursts" in out.with_suffix(".md").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ import pytest
 
 from aipc_chat.engines.contract import ImageParams
 from aipc_chat.engines.image import local_image_engine
-from aipc_chat.engines.llm import device_properties, scheduler_config
+from aipc_chat.engines.llm import device_properties, kv_bytes_per_token, scheduler_config
 from aipc_chat.errors import InvalidRequest, ModelSetupError
 from aipc_chat.provision.devices import available_devices, resolve_device
 from aipc_chat.provision.resolve import choose_model
@@ -52,8 +52,25 @@ def test_npu_llm_properties_and_compile_cache(tmp_path: Path) -> None:
     assert npu["MAX_PROMPT_LEN"] == 2048 and npu["MIN_RESPONSE_LEN"] == 512
     assert npu["CACHE_DIR"] == str(tmp_path / "ov_cache" / "llm")
     assert "MAX_PROMPT_LEN" not in device_properties(s, "CPU")
+    assert device_properties(s, "CPU")["CPU_RUNTIME_CACHE_CAPACITY"] == 16  # bounded per-shape executors
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in device_properties(s, "GPU")
     cfg = scheduler_config(Settings(kv_cache_gb=3, max_num_seqs=8, prefix_caching=False))
     assert (cfg.cache_size, cfg.max_num_seqs, cfg.enable_prefix_caching) == (3, 8, False)
+
+
+QWEN_1_5B = {"num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2, "hidden_size": 1536}
+DEMO = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 128}
+
+
+def test_the_kv_cache_is_capped_at_what_full_contexts_need() -> None:
+    assert kv_bytes_per_token(QWEN_1_5B) == 2 * 28 * 2 * 128 * 4 and kv_bytes_per_token({"hidden_size": 8}) is None
+    settings = Settings(kv_cache_gb=1, max_num_seqs=16)
+    big = scheduler_config(settings, 32768, kv_bytes_per_token(QWEN_1_5B))  # 16 x 32k tokens need far more
+    assert (big.cache_size, big.num_kv_blocks) == (1, 0)
+    small = scheduler_config(settings, 4096, kv_bytes_per_token(DEMO))  # 16 x 4096 tokens fit in a few MB
+    assert (small.cache_size, small.num_kv_blocks) == (0, 16 * 4096 // 32)
+    assert scheduler_config(settings, 4096, kv_bytes_per_token(DEMO), "GPU.1").num_kv_blocks == 16 * 4096 // 16
+    assert scheduler_config(settings, 4096, None).cache_size == 1  # unknown shape: the configured size
 
 
 def test_npu_uses_the_channel_wise_llm_variant_by_default() -> None:
