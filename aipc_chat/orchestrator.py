@@ -28,6 +28,7 @@ from aipc_chat.engines.contract import (
 )
 from aipc_chat.errors import AipcError
 from aipc_chat.history import HistoryStore, Turn
+from aipc_chat.intent import about_subject, asks_for_picture, picture_subject
 from aipc_chat.prompts import Prompts, fit_to_context, window
 from aipc_chat.reasoning import partial_tag_suffix
 from aipc_chat.safety import PromptFilter
@@ -46,6 +47,7 @@ class ChatLLM(Protocol):
     """What the orchestrator needs of an LLM engine."""
 
     context_length: int
+    reasons: bool
 
     def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
                arrival: Arrival | None = None) -> LLMStream: ...
@@ -82,6 +84,8 @@ class ChatTurnRequest:
     image_options: ImageOptions = field(default_factory=ImageOptions)
     wait_for_image: bool = True
     max_tokens: int | None = None
+    temperature: float | None = None  # the answer's sampling (None: the engine's default); seed for repeatable turns
+    seed: int | None = None
 
 
 @dataclass
@@ -90,7 +94,7 @@ class ChatTurnResult:
 
     conversation_id: str
     assistant_response: str = ""
-    reasoning: str = ""
+    reasoning: str | None = ""  # None when the model does not reason
     image_generated: bool = False
     image_state: str | None = None  # queued | done | failed | filtered | None (no image)
     image_job_id: str | None = None
@@ -174,9 +178,7 @@ class Orchestrator:
         async for event in self._answer(llm, req, result, tags, arrival):
             yield event
         result.timings["llm_s"] = round(time.perf_counter() - t0, 4)
-        prompt = None if req.image == "never" else parse_image_prompt(tags.captured)
-        if prompt is None and req.image == "always":
-            prompt = await self._ask_image_prompt(llm, req.message)
+        prompt = await self._image_prompt(llm, req, tags.captured)
         job = self._start_image(req, prompt, result) if prompt is not None else None
         # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
@@ -238,18 +240,21 @@ class Orchestrator:
             lambda kept: self.prompts.messages(kept, req.message, image_auto=req.image != "never"),
             window(earlier, self.history_limit), llm.prompt_tokens, llm.context_length - max_tokens)
         params = GenParams(max_tokens=max_tokens, tag=None if req.image == "never" else IMAGE_TAG,
-                           constraint_param="image")
+                           temperature=GenParams.temperature if req.temperature is None else req.temperature,
+                           seed=req.seed, constraint_param="image")
+        thought: list[str] = []
         async for kind, payload in self._generate(llm, messages, params, tags, arrival):
             if kind == "done":
                 done: Done = payload["done"]
                 result.usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
                 continue
             if kind == "reasoning":
-                result.reasoning += payload["text"]
+                thought.append(payload["text"])
             else:
                 result.assistant_response += payload["text"]
             yield kind, payload
-        result.assistant_response, result.reasoning = result.assistant_response.strip(), result.reasoning.strip()
+        result.assistant_response = result.assistant_response.strip()
+        result.reasoning = "".join(thought).strip() if llm.reasons else None
 
     async def _generate(self, llm: ChatLLM, messages: list[dict[str, str]], params: GenParams,
                         tags: TagFilter, arrival: Arrival | None = None) -> AsyncIterator[Event]:
@@ -268,14 +273,28 @@ class Orchestrator:
                         yield "content", {"text": tail}
                     yield "done", {"done": item}
 
+    async def _image_prompt(self, llm: ChatLLM, req: ChatTurnRequest, tag: str | None) -> str | None:
+        """The picture's prompt: the one the model wrote in its tag; else, with ``always`` or a message that asks
+        for a picture outright (``image: auto``; the model may not have written the tag), one asked for apart."""
+        if req.image == "never":
+            return None
+        prompt = parse_image_prompt(tag)
+        if prompt is None and (req.image == "always" or asks_for_picture(req.message)):
+            prompt = await self._ask_image_prompt(llm, req.message)
+        return prompt
+
     async def _ask_image_prompt(self, llm: ChatLLM, message: str) -> str:
-        """Image "always": ask for a prompt under a bounded grammar; the user's words if it comes back empty."""
+        """Ask for a prompt under a bounded grammar. For an explicit request, the subject it names when the model's
+        prompt is not about it (a small model's may not be); else the user's words if it comes back empty."""
         params = GenParams(max_tokens=256, regex=IMAGE_PROMPT_REGEX, temperature=0.6, constraint_param="image")
         text = ""
         async for kind, payload in self._generate(llm, self.prompts.image_request(message), params, TagFilter()):
             if kind == "content":
                 text += payload["text"]
-        return parse_image_prompt(text) or message.strip()
+        prompt, subject = parse_image_prompt(text), picture_subject(message)
+        if subject is not None and (prompt is None or not about_subject(prompt, subject)):
+            return subject
+        return prompt or message.strip()
 
     def _start_image(self, req: ChatTurnRequest, prompt: str, result: ChatTurnResult) -> ImageJob | None:
         opts = req.image_options

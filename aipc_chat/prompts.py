@@ -29,10 +29,10 @@ class Prompts:
         return cls(system, _package_text("image_auto.md"), _package_text("image_always.md"))
 
     def messages(self, history: list[Message], message: str, *, image_auto: bool) -> list[dict[str, str]]:
-        """System (+ developer) prompt, the earlier exchanges (answers only, never reasoning), the new message."""
-        out = [{"role": "system", "content": self.system}]
-        if image_auto:
-            out.append({"role": "system", "content": self.image_auto})
+        """The system prompt (with the image instructions in ``auto``), the earlier exchanges (answers only, never
+        reasoning), the new message. One system message: many chat templates take no second one."""
+        system = f"{self.system}\n\n{self.image_auto}" if image_auto else self.system
+        out = [{"role": "system", "content": system}]
         out += [{"role": m.role, "content": m.content} for m in history]
         out.append({"role": "user", "content": message})
         return out

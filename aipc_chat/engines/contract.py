@@ -174,6 +174,7 @@ class LLMEngineClient(SupervisedEngine, Protocol):
     model_name: str
     device: str
     context_length: int
+    reasons: bool  # the model writes <think> reasoning (split into reasoning_content); False: all is answer
     load_seconds: float | None
     observers: list[Callable[[Done], None]]
 

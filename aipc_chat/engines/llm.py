@@ -32,7 +32,7 @@ from aipc_chat.engines.grammar import ConstraintChecker
 from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
 from aipc_chat.engines.supervisor import Supervisor
 from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, NotReady
-from aipc_chat.reasoning import THINK_OPEN, ReasoningSplitter, strip_reasoning
+from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, strip_reasoning
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,22 @@ def structured_output_config(params: GenParams) -> Any | None:
     return so
 
 
+def think_tags(chat_template: str, think_ids: list[int]) -> bool:
+    """Whether a model reasons in ``<think>`` blocks: its chat template names the tags, or ``<think>`` is one token
+    of its vocabulary. Other models' replies are all answer (no ``reasoning_content``)."""
+    return THINK_OPEN in chat_template or THINK_CLOSE in chat_template or len(think_ids) == 1
+
+
 def _model_config(model_dir: Path) -> dict[str, Any] | None:
-    """The model's config.json, or None when it cannot be read."""
+    """The model's config.json (for a GGUF file, the same keys from its metadata), or None when unreadable."""
+    if model_dir.suffix.lower() == ".gguf":
+        from aipc_chat.errors import ModelSetupError
+        from aipc_chat.provision.gguf import read_gguf
+
+        try:
+            return read_gguf(model_dir).config
+        except ModelSetupError:
+            return None
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -215,6 +229,7 @@ class LLMEngine:
         self.device = device
         self._config = _model_config(model_dir)
         self.context_length = _context_length(self._config, settings.context_length)
+        self.reasons = True  # known at load: whether the template or vocabulary has think tags
         self.load_seconds: float | None = None
         self.observers: list[Callable[[Done], None]] = []  # called on the owner thread for each finished request
         self.arrivals = arrivals if arrivals is not None else Arrivals()
@@ -267,6 +282,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         pipe = self._pipelines()
         self._tokenizer = pipe.get_tokenizer()
+        self.reasons = think_tags(str(self._tokenizer.chat_template or ""), self._encode(THINK_OPEN))
         self._table_decode = ByteLevelDecoder.load(self.model_dir, self._decode_with_openvino,
                                                    (self._config or {}).get("vocab_size"))
         log.info("LLM detokenizing with %s", "a byte-level table" if self._table_decode else "openvino-tokenizers")
@@ -379,10 +395,11 @@ class LLMEngine:
             self.constraints.check(params, structured)
         stream = LLMStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
         budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
-        opened = prompt.rstrip().endswith(THINK_OPEN)
+        opened = self.reasons and prompt.rstrip().endswith(THINK_OPEN)
         self._loop.admit(LoopRequest(
             stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
-            budget=budget if opened or budget > 0 else None, splitter=ReasoningSplitter(in_think=opened),
+            budget=budget if self.reasons and (opened or budget > 0) else None,
+            splitter=ReasoningSplitter(in_think=opened, tags=self.reasons),
         ))
         return stream
 

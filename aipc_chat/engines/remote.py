@@ -103,6 +103,7 @@ class RemoteLLM:
         self.model_name = model or ""
         self.device = "remote"
         self.context_length = settings.context_length or REMOTE_CONTEXT
+        self.reasons = True  # a remote model's reasoning, if any, arrives apart as reasoning_content
         self.load_seconds: float | None = None
         self.active = 0
         self.waiting = 0

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 from aipc_chat.errors import ModelSetupError
+from aipc_chat.provision.gguf import OLLAMA_PREFIX, check_gguf, find_ollama_model, link_as_gguf
 from aipc_chat.settings import DEFAULT_LLM_REPO, Settings
 
 Kind = Literal["llm", "image"]
-Source = Literal["remote", "path", "demo", "repo"]
+Source = Literal["remote", "path", "ollama", "demo", "repo"]
 
 NPU_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-cw-ov"
 DEMO_NAMES: dict[Kind, str] = {"llm": "aipc-demo-deepseek-r1", "image": "aipc-demo-sd15"}
@@ -39,10 +40,17 @@ class ModelChoice:
             raise ValueError(f"the {self.kind} model is not a hub repository")
         return self.repo, self.revision, self.path
 
+    @property
+    def gguf(self) -> bool:
+        """True for an LLM given as one ``.gguf`` file (its own, or one of Ollama's)."""
+        return self.path is not None and self.path.suffix.lower() == ".gguf"
+
     def missing_files(self) -> list[str]:
         """Required files absent from a local model folder (empty for remote models)."""
         if self.path is None:
             return []
+        if self.gguf:
+            return [] if self.path.is_file() else [self.path.name]
         return [f for f in REQUIRED_FILES[self.kind] if not (self.path / f).is_file()]
 
 
@@ -60,7 +68,12 @@ def choose_model(settings: Settings, kind: Kind) -> ModelChoice:
     if endpoint:
         return ModelChoice(kind, "remote", name=endpoint, endpoint=endpoint.rstrip("/"))
     if path is not None:
-        return ModelChoice(kind, "path", name=path.resolve().name, path=path)
+        if kind == "llm" and str(path).startswith(OLLAMA_PREFIX):  # a model in Ollama's store, by name
+            name = str(path)[len(OLLAMA_PREFIX):]
+            blob = find_ollama_model(name)
+            return ModelChoice(kind, "ollama", name=name, path=link_as_gguf(blob, name, settings.models_dir / "ollama"))
+        gguf_file = kind == "llm" and path.suffix.lower() == ".gguf"
+        return ModelChoice(kind, "path", name=path.stem if gguf_file else path.resolve().name, path=path)
     if settings.demo:
         return ModelChoice(kind, "demo", name=DEMO_NAMES[kind], path=settings.demo_models_dir / kind)
     repo = settings.llm_repo if kind == "llm" else settings.image_repo
@@ -77,12 +90,15 @@ def check_present(choice: ModelChoice) -> None:
     """Raise ModelSetupError, saying what to run, when a local model folder is missing or incomplete."""
     missing = choice.missing_files()
     if not missing:
+        if choice.gguf and choice.path is not None:
+            check_gguf(choice.path)  # an architecture or quantization openvino-genai cannot run: say so now
         return
     where = choice.path
     if choice.source == "demo":
         hint = "Build the demo models with `aipc-chat demo-models` (or `make demo`)."
     elif choice.source == "path":
-        hint = f"Point AIPC_{choice.kind.upper()}_PATH at an OpenVINO model folder."
+        hint = f"Point AIPC_{choice.kind.upper()}_PATH at an OpenVINO model folder" + (
+            ", a .gguf file, or ollama:NAME." if choice.kind == "llm" else ".")
     else:
         hint = (
             "Run `aipc-chat download` on a connected machine (or enable AUTO_DOWNLOAD_MODELS), "

@@ -28,6 +28,7 @@ class FakeLLM:
     """Replies from a script, in order; records what it was asked."""
 
     context_length = 4096
+    reasons = True
 
     def __init__(self) -> None:
         self.script: list[tuple[str, str] | Exception] = []
@@ -280,3 +281,39 @@ def test_a_client_leaving_during_the_image_stops_it(llm: FakeLLM, history: Histo
     assert images.jobs[0].cancelled
     stored = history.messages("u", "default")
     assert stored[1].content == "Here is a fox." and stored[1].image_names == []
+
+
+def test_an_explicit_ask_is_drawn_when_the_model_writes_no_tag(llm: FakeLLM, images: FakeImages,
+                                                                history: HistoryStore) -> None:
+    llm.enqueue(("", "Cats are lovely."), ("", '{"prompt": "a cat on a windowsill, soft light"}'))
+    result, _ = turn(make(llm, images, history), "Draw a cat sitting on a windowsill")
+    assert result.image_generated and result.image_prompt is not None
+    assert result.image_prompt["prompt"] == "a cat on a windowsill, soft light"  # the model's, being about it
+    assert llm.calls[1][1].regex == IMAGE_PROMPT_REGEX
+
+
+def test_a_prompt_that_wandered_off_the_ask_gives_way_to_the_asked_subject(llm: FakeLLM, images: FakeImages,
+                                                                          history: HistoryStore) -> None:
+    llm.enqueue(("", "Sure."), ("", '{"prompt": "a light street at dusk"}'))
+    result, _ = turn(make(llm, images, history), "Can you paint a bowl of fruit, please?")
+    assert result.image_prompt is not None and result.image_prompt["prompt"] == "a bowl of fruit"
+
+
+@pytest.mark.parametrize("message", ["What does the word draw mean?", "Don't draw anything, just explain rain.",
+                                     "Who painted the Mona Lisa?"])
+def test_no_picture_for_what_is_not_an_ask(llm: FakeLLM, images: FakeImages, history: HistoryStore,
+                                           message: str) -> None:
+    llm.enqueue(("", "An answer."))
+    result, _ = turn(make(llm, images, history), message)
+    assert not result.image_generated and len(llm.calls) == 1 and not images.jobs
+
+
+def test_a_model_that_does_not_reason_gives_reasoning_null(llm: FakeLLM, images: FakeImages,
+                                                           history: HistoryStore) -> None:
+    llm.reasons = False
+    llm.enqueue(("", "Paris."))
+    result, _ = turn(make(llm, images, history), "Capital of France?", image="never", temperature=0.0, seed=7)
+    assert result.reasoning is None and result.as_dict(str)["reasoning"] is None
+    assert (llm.calls[0][1].temperature, llm.calls[0][1].seed) == (0.0, 7)
+    system = [m for m in llm.calls[0][0] if m["role"] == "system"]
+    assert len(system) == 1  # one system message: many chat templates take no second one

@@ -50,3 +50,18 @@ def test_strip_reasoning() -> None:
     assert strip_reasoning("a</think>B") == "B"
     assert strip_reasoning("plain") == "plain"
     assert strip_reasoning("<think>never closed") == ""
+
+
+def test_a_model_that_does_not_reason_keeps_everything_as_answer() -> None:
+    splitter = ReasoningSplitter(in_think=False, tags=False)
+    parts = [splitter.feed(chunk) for chunk in ("  <thi", "nk>not a thought</think> ", "answer")]
+    assert "".join(r for r, _ in parts) == "" and splitter.reasoning == ""
+    assert splitter.content + splitter.finish()[1] == "<think>not a thought</think> answer"
+
+
+def test_which_models_reason() -> None:
+    from aipc_chat.engines.llm import think_tags
+
+    assert think_tags("...{{'<｜Assistant｜><think>\\n'}}", [1, 2, 3])  # DeepSeek-R1 opens the block in its template
+    assert think_tags("{{ message['content'] }}", [151648])  # <think> is one token of the vocabulary
+    assert not think_tags("<|im_start|>{{ message['content'] }}<|im_end|>", [27, 26865, 29])  # SmolLM2

@@ -38,6 +38,8 @@ class ChatRequest(BaseModel):
     stream: bool = False
     wait_for_image: bool = Field(default=True, description="false: return at once with the job id and URLs.")
     max_tokens: int | None = Field(default=None, ge=16, le=131072)
+    temperature: float | None = Field(default=None, ge=0, le=2, description="The answer's sampling temperature.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Repeatable answers with a seed.")
 
     @field_validator("message")
     @classmethod
@@ -54,4 +56,5 @@ class ChatRequest(BaseModel):
                                seed=None if o.seed == -1 else o.seed, width=width, height=height)
         return ChatTurnRequest(user_id=self.user_id, message=self.message.strip(),
                                conversation_id=self.conversation_id, image=self.image, image_options=options,
-                               wait_for_image=self.wait_for_image, max_tokens=self.max_tokens)
+                               wait_for_image=self.wait_for_image, max_tokens=self.max_tokens,
+                               temperature=self.temperature, seed=self.seed)
