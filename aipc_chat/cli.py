@@ -151,13 +151,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models present: source, name, kind, size, verified."""
+    from aipc_chat.provision.gguf import list_gguf_models
     from aipc_chat.provision.hub import list_models, verify_manifest
 
     settings = _settings({"models_dir": args.models_dir})
-    rows = list_models(settings.models_dir)
+    rows = list_models(settings.models_dir) + list_gguf_models(settings.models_dir)
     if args.full:
         for row in rows:
-            if row["source"] != "demo":
+            if row["source"] in ("hub", "converted"):
                 row["problems"] = verify_manifest(Path(row["path"]), full=True)
                 row["verified"] = not row["problems"]
     if args.json:
@@ -166,8 +167,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'source':<10} {'kind':<6} {'size MB':>9}  {'verified':<9} name")  # noqa: T201
     for row in rows:
         problem = f"  ({row['problems'][0]})" if row.get("problems") else ""
+        quantization = f" [{row['architecture']} {row['quantization']}]" if row.get("quantization") else ""
         print(f"{row['source']:<10} {row['kind'] or '?':<6} {row['size_bytes'] / 1e6:>9.1f}  "  # noqa: T201
-              f"{'yes' if row['verified'] else 'no':<9} {row['name']}{problem}")
+              f"{'yes' if row['verified'] else 'no':<9} {row['name']}{quantization}{problem}")
     if not rows:
         print(f"No models in {settings.models_dir}. Run `aipc-chat download` or `aipc-chat demo-models`.")  # noqa: T201
     return 0

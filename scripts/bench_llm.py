@@ -25,6 +25,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from aipc_chat.provision.gguf import OLLAMA_PREFIX, find_ollama_model, link_as_gguf  # noqa: E402
 from scripts.bench_common import (  # noqa: E402
     PeakRSS,
     machine,
@@ -242,7 +243,7 @@ def multi_turn(args: argparse.Namespace, tok: Any, server: LiveServer, model: st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="demo, bench, or a model folder")
+    parser.add_argument("--model", default="demo", help="demo, bench, a model folder, a .gguf file or ollama:NAME")
     parser.add_argument("--models-dir", default=str(REPO / "models"))
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--prompt-tokens", type=int, default=64)
@@ -259,6 +260,9 @@ def main() -> int:
 
     models = Path(args.models_dir)
     model_dir = {"demo": models / "demo" / "llm", "bench": models / "bench" / "llm"}.get(args.model, Path(args.model))
+    if args.model.startswith(OLLAMA_PREFIX):  # a model in Ollama's store: its blob, linked as a .gguf file
+        name = args.model[len(OLLAMA_PREFIX):]
+        model_dir = link_as_gguf(find_ollama_model(name), name, models / "ollama")
     image_dir = model_dir.parent / "image"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

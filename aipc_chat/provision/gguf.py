@@ -181,6 +181,28 @@ def list_ollama_models(store: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def describe_gguf(path: Path, source: str, name: str) -> dict[str, Any]:
+    """A row of ``aipc-chat models`` for a GGUF file: its architecture, tensor types, and whether it can run."""
+    try:
+        info = read_gguf(path)
+        problem = info.problem()
+        extra: dict[str, Any] = {"architecture": info.architecture, "quantization": info.quantization}
+    except ModelSetupError as exc:
+        problem, extra = str(exc), {}
+    serve = f"{OLLAMA_PREFIX}{name}" if source == "ollama" else str(path)
+    return {"source": source, "name": name, "revision": None, "commit": None, "kind": "llm", "path": str(path),
+            "files": 1, "size_bytes": path.stat().st_size, "verified": problem is None,
+            "problems": [problem] if problem else [], "serve_with": f"AIPC_LLM_PATH={serve}", **extra}
+
+
+def list_gguf_models(models_dir: Path, store: Path | None = None) -> list[dict[str, Any]]:
+    """The GGUF files under ``models_dir`` (one folder deep, Ollama links aside) and the models in Ollama's store."""
+    rows = [describe_gguf(path, "gguf", path.stem)
+            for path in sorted(models_dir.glob("*/*.gguf")) if path.parent.name != "ollama" and path.is_file()]
+    rows += [describe_gguf(row["path"], "ollama", row["name"]) for row in list_ollama_models(store)]
+    return rows
+
+
 def link_as_gguf(blob: Path, name: str, folder: Path) -> Path:
     """``<folder>/<name>.gguf`` pointing at ``blob``: a symbolic link, else a hard link, else a copy."""
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)

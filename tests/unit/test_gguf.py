@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from aipc_chat.provision.gguf import (
 )
 from aipc_chat.provision.resolve import check_present, choose_model
 from aipc_chat.settings import Settings
+from tests.stores import ollama_store
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +29,6 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
     write_probe_model(path)  # a one-layer Llama with F16 and F32 tensors
     return path
-
-
-def ollama_store(root: Path, blob_source: Path, name: str = "library/tiny", tag: str = "latest") -> Path:
-    """A store laid out as Ollama's: a manifest naming a config, the model blob and a template."""
-    store = root / "ollama"
-    data = blob_source.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    (store / "blobs" / f"sha256-{digest}").write_bytes(data)
-    manifest = store / "manifests" / "registry.ollama.ai" / name / tag
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:" + "0" * 64}, "layers": [
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "1" * 64, "size": 10},
-        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": len(data)}]}))
-    return store
 
 
 def test_metadata_as_config(tiny_gguf: Path) -> None:

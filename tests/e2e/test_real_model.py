@@ -1,0 +1,133 @@
+"""A real instruct model through the server: SmolLM2-135M-Instruct as a GGUF file (no reasoning), then as a model
+in a store laid out like Ollama's. Right answers, no reasoning fields, multi-turn memory, a drawing when asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import LiveServer, free_port, start_server
+from tests.stores import ollama_store
+
+pytestmark = pytest.mark.e2e
+SMALL_PICTURE = {"steps": 2, "size": "256x256"}
+
+
+@pytest.fixture(scope="module")
+def smol_server(smollm2: Path, demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """SmolLM2 as the LLM (its .gguf file), the demo image model beside it."""
+    root = tmp_path_factory.mktemp("smol")
+    server = start_server(demo_models.parent, root / "data", root / "server.log", env={"AIPC_LLM_PATH": str(smollm2)})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(smol_server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{smol_server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def chat(server: LiveServer, **body: Any) -> dict[str, Any]:
+    r = httpx.post(f"{server.base_url}/chat", json={"temperature": 0, "max_tokens": 80, **body}, timeout=120)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def test_the_gguf_model_is_served_under_its_name(smol_server: LiveServer, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data][0] == "SmolLM2-135M-Instruct.Q4_1"
+    ready = httpx.get(f"{smol_server.base_url}/ready").json()
+    assert ready["models"]["llm"]["state"] == "ready"
+
+
+@pytest.mark.parametrize(("question", "answer"), [("What is the capital of France?", "Paris"),
+                                                  ("What is the largest planet in the solar system?", "Jupiter")])
+def test_factual_answers_without_reasoning(client: openai.OpenAI, question: str, answer: str) -> None:
+    reply = client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", temperature=0, max_tokens=40,
+                                           messages=[{"role": "user", "content": question}])
+    message = reply.choices[0].message
+    assert answer in (message.content or "") and reply.choices[0].finish_reason == "stop"
+    assert "reasoning_content" not in (message.model_extra or {})
+
+
+def test_streaming_without_reasoning(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", temperature=0, max_tokens=40, stream=True,
+        messages=[{"role": "user", "content": "What is the capital of France?"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text and len(chunks) > 3
+    assert not any("reasoning_content" in (c.choices[0].delta.model_extra or {}) for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_a_conversation_remembers(smol_server: LiveServer) -> None:
+    first = chat(smol_server, user_id="alice", message="My name is Alice and I love hiking.", image="never")
+    second = chat(smol_server, user_id="alice", message="What is my name?", image="never")
+    assert "Alice" in second["assistant_response"]
+    assert first["reasoning"] is None and second["reasoning"] is None
+    history = httpx.get(f"{smol_server.base_url}/chat/alice/history").json()["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"] * 2 and history[1]["reasoning"] is None
+
+
+def test_a_drawing_asked_for_in_auto_is_drawn(smol_server: LiveServer) -> None:
+    result = chat(smol_server, user_id="bob", message="Draw a cat sitting on a windowsill", image="auto",
+                  wait_for_image=False, image_options=SMALL_PICTURE)
+    assert result["image_state"] == "queued" and result["image_job_id"] and result["reasoning"] is None
+    assert "cat" in result["image_prompt"]["prompt"]
+    job = f"{smol_server.base_url}/v1/images/jobs/{result['image_job_id']}"
+    deadline = time.monotonic() + 60
+    while (state := httpx.get(job).json())["state"] != "done":
+        assert state["state"] in ("queued", "running") and time.monotonic() < deadline, state
+        time.sleep(0.1)
+    assert httpx.get(state["images"][0]).content[:8] == b"\x89PNG\r\n\x1a\n"
+    plain = chat(smol_server, user_id="bob", message="What is the capital of France?", image="auto")
+    assert plain["image_state"] is None and "Paris" in plain["assistant_response"]
+
+
+def test_the_image_endpoints_are_unchanged(smol_server: LiveServer, client: openai.OpenAI) -> None:
+    r = httpx.post(f"{smol_server.base_url}/sdapi/v1/txt2img", timeout=60,
+                   json={"prompt": "a red cube", "steps": 2, "width": 256, "height": 256})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
+    image = client.images.generate(model="aipc-demo-sd15", prompt="a red cube", size="256x256",
+                                   extra_body={"num_inference_steps": 2})
+    assert image.data and image.data[0].url
+
+
+@pytest.fixture(scope="module")
+def store(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ollama's layout around the SmolLM2 file: manifests/registry.ollama.ai/library/smollm2/135m -> a blob."""
+    return ollama_store(tmp_path_factory.mktemp("ollama"), smollm2, name="library/smollm2", tag="135m")
+
+
+def test_an_ollama_model_by_name(store: Path, demo_models: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OLLAMA_MODELS": str(store)}
+    listed = subprocess.run([sys.executable, "-m", "aipc_chat", "models", "--json", "--models-dir",
+                             str(tmp_path / "models")], env=env, capture_output=True, text=True, check=True)
+    rows = [r for r in json.loads(listed.stdout) if r["source"] == "ollama"]
+    assert [(r["name"], r["architecture"], r["verified"]) for r in rows] == [("smollm2:135m", "llama", True)]
+    assert rows[0]["serve_with"] == "AIPC_LLM_PATH=ollama:smollm2:135m"
+
+    server = start_server(demo_models.parent, tmp_path / "data", tmp_path / "server.log",
+                          env={"AIPC_LLM_PATH": "ollama:smollm2:135m", "OLLAMA_MODELS": str(store)})
+    try:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data][0] == "smollm2:135m"
+        reply = client.chat.completions.create(model="smollm2:135m", temperature=0, max_tokens=30,
+                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in (reply.choices[0].message.content or "")
+    finally:
+        server.stop()
+    env.update(AIPC_LLM_PATH="ollama:nothing:1b", AIPC_MODELS_DIR=str(demo_models.parent))
+    missing = subprocess.run([sys.executable, "-m", "aipc_chat", "serve", "--demo", "--port", str(free_port())],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode == 2 and "has no model 'nothing:1b' (models there: smollm2:135m)" in missing.stderr
