@@ -93,3 +93,19 @@ def test_a_bad_users_file(demo_models: Path, tmp_path: Path) -> None:
     code, stderr, _ = serve(demo_models.parent, tmp_path / "data",
                             env={"AIPC_USERS_FILE": str(users), "AIPC_API_KEY": "k"})
     assert code == 2 and "not both" in one_clear_line(stderr)
+
+
+def test_a_gguf_openvino_cannot_run(demo_models: Path, tmp_path: Path) -> None:
+    import gguf
+
+    path = tmp_path / "gemma.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma2")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code, stderr, took = serve(demo_models.parent, tmp_path / "data", "--port", str(free_port()),
+                               env={"AIPC_LLM_PATH": str(path)})
+    line = one_clear_line(stderr)
+    assert code == 2 and "gemma.gguf cannot be served" in line and "architecture 'gemma2'" in line and took < 30
