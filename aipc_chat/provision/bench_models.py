@@ -19,7 +19,6 @@ import gc
 import json
 import logging
 import math
-import resource
 import shutil
 import string
 import sys
@@ -124,6 +123,17 @@ _SD_IMAGE_PARTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 # --------------------------------------------------------------------------------------------------- public
 
+
+
+def peak_rss_mib() -> int | None:
+    """This process's peak RSS in MiB (the build's peak when run alone); None where the OS does not say (Windows:
+    ``resource`` is POSIX-only, so it is imported here, not at the top)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024))
 
 def is_bench_llm_built(out_dir: Path) -> bool:
     """Return True when ``out_dir`` holds a finished benchmark LLM of the current format version."""
@@ -299,8 +309,7 @@ def _write_marker(folder: Path, kind: str, facts: dict[str, Any]) -> None:
         **facts,
         "size_bytes": sum(sizes.values()),
         "file_sizes": {name: size for name, size in sizes.items() if size >= 1 << 20},
-        # ru_maxrss is in KiB on Linux; it covers the whole process, so it is the build's peak when run alone.
-        "process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "process_peak_rss_mib": peak_rss_mib(),
         "created_unix": int(time.time()),
     }
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
