@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# A checkout keeps its models and data in the checkout (an installed aipc-chat uses the per-user folder).
+export AIPC_MODELS_DIR ?= $(CURDIR)/models
+export AIPC_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: install run demo demo-models real-model test browser-deps check bench bench-full soak clean
 

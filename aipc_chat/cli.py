@@ -72,7 +72,7 @@ def check_data_dir(path: Path) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the models and serve the API."""
     settings = _settings({"demo": True if args.demo else None, "host": args.host, "port": args.port,
-                          "log_level": args.log_level})
+                          "log_level": args.log_level, "models_dir": args.models_dir, "data_dir": args.data_dir})
     _setup_logging(settings.log_level)
     sock = bind(settings.host, settings.port)
     try:
@@ -256,23 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
+    serve.add_argument("--data-dir", help="history and images (default AIPC_DATA_DIR or the per-user folder)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo-models", help="build the tiny offline demo models")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.add_argument("--only", choices=["llm", "image"], help="build only one of them")
-    demo.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    demo.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     demo.set_defaults(func=cmd_demo_models)
 
     download = sub.add_parser("download", help="fetch the configured hub models (AIPC_LLM_REPO, AIPC_IMAGE_REPO)")
     download.add_argument("--kind", choices=["llm", "image", "all"], default="all")
-    download.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    download.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     download.set_defaults(func=cmd_download)
 
     models = sub.add_parser("models", help="list the models present, their size and whether they verify")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.add_argument("--full", action="store_true", help="re-hash every file against its manifest")
-    models.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    models.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     models.set_defaults(func=cmd_models)
 
     convert = sub.add_parser("convert", help="convert a Hugging Face model to OpenVINO IR (INT4 LLM, FP16/INT8 SD)")
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--revision", help="hub revision of MODEL")
     convert.add_argument("--force", action="store_true", help="replace an earlier conversion")
     convert.add_argument("--no-self-test", action="store_true", help="skip the quick generation check")
-    convert.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    convert.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     convert.set_defaults(func=cmd_convert)
 
     bench = sub.add_parser("bench-models", help="build the shape-alike benchmark models (1.5B LLM, SD 1.5)")
@@ -296,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--torch", action="store_true",
                        help="also save the SD 1.5 pipeline for diffusers on PyTorch (image-torch, 4.3 GB), to "
                             "time OpenVINO against PyTorch")
-    bench.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or models/)")
+    bench.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     bench.set_defaults(func=cmd_bench_models)
 
     users = sub.add_parser("users", help="per-user keys for a shared server (AIPC_USERS_FILE)")

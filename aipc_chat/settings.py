@@ -18,6 +18,15 @@ DEFAULT_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-ov"
 DEFAULT_IMAGE_REPO = "OpenVINO/stable-diffusion-v1-5-int8-ov"
 
 
+def user_folder() -> Path:
+    """Where an installed aipc-chat keeps its models and data unless told otherwise: the platform's per-user data
+    folder (``%LOCALAPPDATA%\\aipc-chat`` on Windows, ``~/.local/share/aipc-chat`` on Linux, ``~/Library/Application
+    Support/aipc-chat`` on macOS), never the working directory."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("aipc-chat", appauthor=False))
+
+
 def _env(name: str, *seed_names: str) -> AliasChoices:
     """Accept the field name, ``AIPC_<NAME>`` and the seed project's environment names."""
     return AliasChoices(name, f"AIPC_{name.upper()}", *seed_names)
@@ -79,16 +88,18 @@ class Settings(BaseSettings):
         description="Serve the tiny built-in demo models (built offline by `aipc-chat demo-models`).",
     )
     models_dir: Path = Field(
-        Path("models"), validation_alias=_env("models_dir", "MODELS_CACHE_DIR"),
-        description="Where downloaded, converted and demo models live.",
+        default_factory=lambda: user_folder() / "models", validation_alias=_env("models_dir", "MODELS_CACHE_DIR"),
+        description="Where downloaded, converted and demo models live (default: `models` in the per-user folder; "
+                    "a checkout's Makefile sets `./models`).",
     )
     cache_dir: Path | None = Field(
         None, validation_alias=_env("cache_dir"),
         description="OpenVINO compile cache (CACHE_DIR); default `<models_dir>/ov_cache`.",
     )
     data_dir: Path = Field(
-        Path("data"), validation_alias=_env("data_dir"),
-        description="Conversation history and generated images.",
+        default_factory=lambda: user_folder() / "data", validation_alias=_env("data_dir"),
+        description="Conversation history and generated images (default: `data` in the per-user folder; a "
+                    "checkout's Makefile sets `./data`).",
     )
     auto_download_models: bool = Field(
         True, validation_alias=_env("auto_download_models", "AUTO_DOWNLOAD_MODELS"),
@@ -299,6 +310,6 @@ def config_table() -> str:
         alias = info.validation_alias
         names = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else []
         seed = ", ".join(f"`{n}`" for n in names if n != name and not n.startswith("AIPC_")) or ""
-        default = "" if info.default is None else f"`{info.default}`"
+        default = "per-user folder" if info.default_factory else "" if info.default is None else f"`{info.default}`"
         rows.append(f"| `AIPC_{name.upper()}` | {seed} | {default} | {info.description} |")
     return "\n".join(rows)

@@ -17,11 +17,12 @@ SEED_NAMES = ("USE_MOCKS", "AUTO_DOWNLOAD_MODELS", "MODELS_CACHE_DIR", "DEEPSEEK
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's AIPC_* or seed configuration."""
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's AIPC_* or seed configuration, nor writes to the real per-user folder."""
     for name in list(os.environ):
         if name.upper().startswith("AIPC_") or name.upper() in SEED_NAMES:
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
 
 
 @pytest.fixture(scope="session")

@@ -652,7 +652,7 @@ def _unreachable(where: _Where, reason: str, missing: list[str] | None = None) -
         f"The {where.kind} model {where.repo}@{where.revision} {state} in {where.dest}, and the Hugging "
         f"Face hub at {where.endpoint} cannot be reached ({reason}). On a connected machine run "
         f"`aipc-chat download` and copy the models folder here (downloads resume where they stopped), or try the "
-        "offline demo models with `make demo` (`aipc-chat demo-models`, then `aipc-chat serve --demo`)."
+        "offline demo models with `aipc-chat serve --demo`."
     )
 
 

@@ -95,14 +95,14 @@ def check_present(choice: ModelChoice) -> None:
         return
     where = choice.path
     if choice.source == "demo":
-        hint = "Build the demo models with `aipc-chat demo-models` (or `make demo`)."
+        hint = "Build the demo models with `aipc-chat demo-models`."
     elif choice.source == "path":
         hint = f"Point AIPC_{choice.kind.upper()}_PATH at an OpenVINO model folder" + (
             ", a .gguf file, or ollama:NAME." if choice.kind == "llm" else ".")
     else:
         hint = (
             "Run `aipc-chat download` on a connected machine (or enable AUTO_DOWNLOAD_MODELS), "
-            "or try the offline demo models with `make demo`."
+            "or try the offline demo models with `aipc-chat serve --demo`."
         )
     raise ModelSetupError(f"The {choice.kind} model '{choice.name}' is not in {where} (missing: "
                           f"{', '.join(missing)}). {hint}")

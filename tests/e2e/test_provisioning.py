@@ -107,7 +107,7 @@ def test_serve_without_models_or_network_fails_fast_and_clearly(tmp_path: Path, 
                           capture_output=True, text=True, env=env, timeout=60)
     assert time.monotonic() - t0 < 15
     assert done.returncode == 2
-    assert "aipc-chat download" in done.stderr and "make demo" in done.stderr
+    assert "aipc-chat download" in done.stderr and "aipc-chat serve --demo" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

@@ -368,14 +368,15 @@ def test_hf_hub_offline_fails_fast_saying_what_to_run(hub: FakeHub, tmp_path: Pa
     assert time.monotonic() - start < 2
     message = str(caught.value)
     assert "llm model OpenVINO/demo-llm-int4-ov@main is not downloaded" in message
-    assert "HF_HUB_OFFLINE=1" in message and "aipc-chat download" in message and "make demo" in message
+    assert "HF_HUB_OFFLINE=1" in message and "aipc-chat download" in message and "aipc-chat serve --demo" in message
     assert hub.log == []
 
 
 def test_a_dead_endpoint_fails_fast(tmp_path: Path) -> None:
     start = time.monotonic()
 
-    with pytest.raises(HubUnreachable, match=r"cannot be reached \(ConnectError.*aipc-chat download.*make demo"):
+    said = r"cannot be reached \(ConnectError.*aipc-chat download.*aipc-chat serve --demo"
+    with pytest.raises(HubUnreachable, match=said):
         download_model(LLM, "main", tmp_path / "m", kind="llm", token=None,
                        endpoint=f"http://127.0.0.1:{free_port()}")
 

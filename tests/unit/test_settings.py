@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,14 +10,17 @@ from pydantic import ValidationError
 
 from aipc_chat.errors import ModelSetupError
 from aipc_chat.provision.resolve import check_present, choose_model
-from aipc_chat.settings import DEFAULT_IMAGE_REPO, DEFAULT_LLM_REPO, Settings
+from aipc_chat.settings import DEFAULT_IMAGE_REPO, DEFAULT_LLM_REPO, Settings, user_folder
 
 
-def test_defaults() -> None:
+def test_defaults(tmp_path: Path) -> None:
     s = Settings()
     assert (s.host, s.port, s.demo, s.auto_download_models) == ("127.0.0.1", 8000, False, True)
-    assert s.models_dir == Path("models")
-    assert s.compile_cache_dir == Path("models") / "ov_cache"
+    user = user_folder()
+    assert (s.models_dir, s.data_dir) == (user / "models", user / "data")
+    if sys.platform.startswith("linux"):  # XDG_DATA_HOME points at the test's own folder (tests/conftest.py)
+        assert user == tmp_path / "xdg" / "aipc-chat"
+    assert s.compile_cache_dir == user / "models" / "ov_cache"
     assert (s.llm_repo, s.image_repo) == (DEFAULT_LLM_REPO, DEFAULT_IMAGE_REPO)
 
 
