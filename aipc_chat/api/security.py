@@ -120,7 +120,7 @@ def key_matches(authorization: str | None, key: str) -> bool:
 
 
 class GuardMiddleware:
-    """Request id, Host and Origin checks, API key and body-size limit, in that order."""
+    """Request id, Host and Origin checks, API key (or per-user key) and body-size limit, in that order."""
 
     def __init__(self, app: ASGIApp, settings: Settings, users: UserKeys | None = None) -> None:
         self.app = app
@@ -175,7 +175,6 @@ class GuardMiddleware:
                          "invalid_request_error", "request_too_large")
             return
         await self.app(scope, _limited(receive, self.max_body), send)
-
 
     def _authenticated(self, scope: Scope) -> bool:
         """Whether the request may go on; with per-user keys, the key's user is put on the scope."""

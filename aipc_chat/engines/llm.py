@@ -31,7 +31,7 @@ from aipc_chat.engines.contract import (
 from aipc_chat.engines.grammar import ConstraintChecker
 from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
 from aipc_chat.engines.supervisor import Supervisor
-from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, NotReady
+from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, ModelSetupError, NotReady
 from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, strip_reasoning
 from aipc_chat.settings import Settings
 
@@ -175,7 +175,6 @@ def think_tags(chat_template: str, think_ids: list[int]) -> bool:
 def _model_config(model_dir: Path) -> dict[str, Any] | None:
     """The model's config.json (for a GGUF file, the same keys from its metadata), or None when unreadable."""
     if model_dir.suffix.lower() == ".gguf":
-        from aipc_chat.errors import ModelSetupError
         from aipc_chat.provision.gguf import read_gguf
 
         try:
