@@ -14,6 +14,7 @@ only opens files named ``*.gguf``, the blob is linked (not copied, where the fil
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -62,7 +63,20 @@ class GGUFInfo:
 
 
 def read_gguf(path: Path) -> GGUFInfo:
-    """The metadata of a GGUF file (memory-mapped; nothing is loaded); ModelSetupError if it is not one."""
+    """The metadata of a GGUF file (memory-mapped; nothing is loaded); ModelSetupError if it is not one.
+
+    Parsing takes seconds (the tokenizer's arrays are read field by field), and start-up asks several times (the
+    check, the pipeline factory, the engine): one parse per file version is kept.
+    """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ModelSetupError(f"{path} cannot be read ({exc.strerror or exc}).") from None
+    return _read_gguf(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_gguf(path: Path, mtime_ns: int, size: int) -> GGUFInfo:
     import gguf
 
     try:

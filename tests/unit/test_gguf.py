@@ -108,3 +108,12 @@ def test_the_store_defaults_to_the_home_folder(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("USERPROFILE", str(tmp_path))
     assert store() == Path(os.path.expanduser("~")) / ".ollama" / "models"
+
+
+def test_one_parse_per_file_version(tiny_gguf: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_gguf.read_bytes())
+    first = read_gguf(copy)
+    assert read_gguf(copy) is first  # start-up asks several times; parsing takes seconds on a real file
+    os.utime(copy, ns=(1, 1))
+    assert read_gguf(copy) is not first and read_gguf(copy) == first  # a changed file is read again
