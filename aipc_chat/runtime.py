@@ -198,6 +198,8 @@ class Runtime:
                              error=health.error, restarts=health.restarts)
             if health.retry_after is not None:
                 out[kind]["retry_after"] = health.retry_after
+            if health.on_demand:
+                out[kind]["on_demand"] = True
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
             out["llm"]["context_length"] = self.llm.context_length
@@ -253,7 +255,8 @@ class Runtime:
 
 def all_ready(models: dict[str, dict[str, object]]) -> bool:
     """Whether every model ``Runtime.describe`` lists is ready."""
-    return all(m["state"] == "ready" for m in models.values())
+    return all(m["state"] in ("ready", "unloaded") or (m["state"] == "loading" and m.get("on_demand"))
+               for m in models.values())
 
 
 def retry_after(models: dict[str, dict[str, object]]) -> int | None:

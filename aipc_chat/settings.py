@@ -27,6 +27,17 @@ def user_folder() -> Path:
     return Path(platformdirs.user_data_dir("aipc-chat", appauthor=False))
 
 
+def parse_duration(text: str) -> float | None:
+    """``30s``, ``5m``, ``1h``, ``250ms`` or plain seconds; ``-1`` (never) is None."""
+    text = text.strip().lower()
+    if text == "-1":
+        return None
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
 def _env(name: str, *seed_names: str) -> AliasChoices:
     """Accept the field name, ``AIPC_<NAME>`` and the seed project's environment names."""
     return AliasChoices(name, f"AIPC_{name.upper()}", *seed_names)
@@ -192,6 +203,12 @@ class Settings(BaseSettings):
         64, ge=1, le=4096, validation_alias=_env("llm_queue_size"),
         description="Requests that may wait for a slot before new ones are refused with 503.",
     )
+    keep_alive: str = Field(
+        "5m", validation_alias=_env("keep_alive"), pattern=r"^\s*(-1|\d+(\.\d+)?\s*(ms|s|m|h)?)\s*$",
+        description="How long a model stays loaded with nothing to do, per model (`30s`, `5m`, `1h`, seconds; `-1` "
+                    "never unloads, `0` right after each request): its memory is given back, and the next "
+                    "request loads it again (through the compile cache).",
+    )
     batch_window_ms: float = Field(
         5.0, ge=0, le=100, validation_alias=_env("batch_window_ms"),
         description="When idle, wait up to this long for requests the server is still reading, so ones sent "
@@ -281,6 +298,11 @@ class Settings(BaseSettings):
         if self.users_file is not None and self.api_key is not None:
             raise ValueError("set AIPC_USERS_FILE (a key per user) or AIPC_API_KEY (one key for all), not both")
         return self
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        """``keep_alive`` in seconds; None for never."""
+        return parse_duration(self.keep_alive)
 
     @property
     def extra_hosts(self) -> list[str]:

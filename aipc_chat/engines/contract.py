@@ -38,7 +38,7 @@ __all__ = [  # what the layers above the engines use, admission and stream helpe
     "constrains_whole_reply",
 ]
 
-EngineState = Literal["loading", "ready", "recovering", "unreachable", "failed"]
+EngineState = Literal["loading", "ready", "unloaded", "recovering", "unreachable", "failed"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FILTERED = "content_filter"
 RETRY_AFTER_SECONDS = 5  # what a client is told to wait while a model loads or recovers
@@ -61,6 +61,7 @@ class EngineHealth:
     error: str | None = None
     restarts: int = 0
     retry_after: int | None = None  # seconds a client should wait while the engine recovers
+    on_demand: bool = False  # loading again after an idle unload: requests are taken and wait for it
 
 
 # --- the LLM -------------------------------------------------------------------------------------------------------

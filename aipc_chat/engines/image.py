@@ -97,6 +97,16 @@ class DiffusersRenderer:
         self._pipe = None  # release the broken one first
         self._install(self._pipelines())
 
+    def unload(self) -> bool:
+        """Let the pipeline go (the next job loads it again)."""
+        self._pipe, self._schedulers = None, {}
+        return True
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the pipeline is held."""
+        return self._pipe is not None
+
     def _install(self, pipe: Any) -> None:
         self._pipe = pipe
         self.step_multiple = size_step(pipe)

@@ -26,6 +26,7 @@ from aipc_chat.engines.contract import (
     Interrupted,
     JobState,
 )
+from aipc_chat.engines.memory import release_memory
 from aipc_chat.engines.store import ImageStore
 from aipc_chat.engines.supervisor import Supervisor
 from aipc_chat.errors import AipcError, Busy, EngineFailure, InvalidRequest, NotReady
@@ -49,6 +50,13 @@ class Renderer(Protocol):
 
     def rebuild(self) -> None:
         """Replace a pipeline that failed with a fresh one (blocking)."""
+
+    def unload(self) -> bool:
+        """Let the pipeline go after idling (its memory is released); False when there is nothing held here."""
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a pipeline is held (a remote renderer always says yes)."""
 
     def check(self, params: ImageParams) -> None:
         """Raise InvalidRequest for what this pipeline cannot do (beyond the engine's common bounds)."""
@@ -215,15 +223,54 @@ class ImageEngine:
     # --- the owner thread ----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
+        keep_alive = self.settings.keep_alive_seconds
+        idle_since = time.monotonic()
+        while True:
+            try:
+                job = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if keep_alive is not None and time.monotonic() - idle_since >= keep_alive:
+                    self._unload(idle_since)
+                continue
+            if job is None:
+                return
             if job.cancelled:
                 job.end("cancelled")
                 self._notify(job)
+                continue
+            if not self._ensure_loaded(job):
                 continue
             if not self._serve(job):
                 failure = NotReady(f"The image engine has failed ({self.supervisor.error}); restart the server.")
                 self._end_queued("failed", failure.message, failure)
                 return
+            idle_since = time.monotonic()
+
+    def _unload(self, idle_since: float) -> None:
+        if self.renderer.loaded and self.renderer.unload():
+            release_memory()
+            self.supervisor.set_unloaded()
+            log.info("image pipeline unloaded after %.0f s idle", time.monotonic() - idle_since)
+
+    def _ensure_loaded(self, job: ImageJob) -> bool:
+        """Load the pipeline again for a job that came after an unload (it waits); False when that failed (the
+        job fails, and the next one tries again)."""
+        if self.renderer.loaded:
+            return True
+        self.supervisor.set_reloading()
+        t0 = time.perf_counter()
+        try:
+            self.renderer.load()
+        except Exception as exc:
+            log.exception("loading the image pipeline again failed")
+            self.supervisor.set_unloaded()
+            job.end("failed", f"{type(exc).__name__}: {exc}",
+                    EngineFailure("The image model could not be loaded again; retry the request."))
+            self._notify(job)
+            return False
+        self.supervisor.set_ready()
+        log.info("image pipeline loaded again in %.2f s", time.perf_counter() - t0)
+        return True
 
     def _serve(self, job: ImageJob) -> bool:
         """Render one job; False when its failure left an engine that cannot be rebuilt."""

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import Delta, Done, LLMStream, Timing
 from aipc_chat.engines.detokenize import IncrementalDetokenizer
+from aipc_chat.engines.memory import release_memory
 from aipc_chat.engines.supervisor import Supervisor, in_flight_failure
 from aipc_chat.errors import AipcError, Busy, Cancelled, EngineFailure, NotReady
 from aipc_chat.reasoning import ReasoningSplitter
@@ -79,6 +80,8 @@ class OwnerLoop:
         self._rebuild = rebuild  # builds a fresh pipeline (the engine's factory) and returns it
         self.arrivals = arrivals
         self.observers = observers
+        self.keep_alive = settings.keep_alive_seconds  # idle seconds before the pipeline is let go (None: never)
+        self._idle_since = time.monotonic()
         self.active = 0  # generating right now
         self._pending = 0  # admitted and not finished
         self._pending_lock = threading.Lock()
@@ -159,6 +162,36 @@ class OwnerLoop:
     def _build(self) -> None:
         self.pipe = self._rebuild()
 
+    def idle(self) -> None:
+        """Nothing to do (owner thread): let the pipeline go once it has idled for ``keep_alive``."""
+        if self.pipe is None or self.keep_alive is None or time.monotonic() - self._idle_since < self.keep_alive:
+            return
+        self.pipe = None
+        release_memory()
+        self.supervisor.set_unloaded()
+        log.info("LLM pipeline unloaded after %.0f s idle", time.monotonic() - self._idle_since)
+
+    def busy(self) -> None:
+        """There is work (owner thread): the idle time starts again from now."""
+        self._idle_since = time.monotonic()
+
+    def ensure_loaded(self) -> bool:
+        """Load the pipeline again for the requests that came after an unload (owner thread; they wait). False
+        when that failed: the caller fails them, and the next request tries again."""
+        if self.pipe is not None:
+            return True
+        self.supervisor.set_reloading()
+        t0 = time.perf_counter()
+        try:
+            self._build()
+        except Exception:
+            log.exception("loading the LLM pipeline again failed")
+            self.supervisor.set_unloaded()
+            return False
+        self.supervisor.set_ready()
+        log.info("LLM pipeline loaded again in %.2f s", time.perf_counter() - t0)
+        return True
+
     def _fail_remaining(self, error: AipcError) -> None:
         """The engine has failed: end what is queued (the caller ends what it holds)."""
         while True:
@@ -218,6 +251,15 @@ class BatchLoop(OwnerLoop):
         running: dict[int, LoopRequest] = {}
         while not self._take_inbox(waiting, block=not running and not waiting):
             self._drop_cancelled(waiting, running)
+            if not running and not waiting:
+                self.idle()
+                continue
+            self.busy()
+            if self.pipe is None and not self.ensure_loaded():
+                for req in waiting:
+                    self.finish(req, EngineFailure("The LLM could not be loaded again; retry the request."))
+                waiting.clear()
+                continue
             while waiting and len(running) < self.settings.max_num_seqs:
                 self._start(waiting.popleft(), running, None)
             if running and not self._step(running):
@@ -234,7 +276,7 @@ class BatchLoop(OwnerLoop):
     def _release(self) -> None:
         """Let the scheduler free the KV blocks of cancelled requests (it does so on its next step)."""
         try:
-            if self.pipe.has_non_finished_requests():
+            if self.pipe is not None and self.pipe.has_non_finished_requests():
                 self.pipe.step()
         except Exception:
             log.exception("releasing cancelled requests failed")
@@ -458,11 +500,22 @@ class SerialLoop(OwnerLoop):
 
     def run(self) -> None:
         """Serve requests in order until stopped (or failed for good)."""
-        while (req := self._inbox.get()) is not None:
+        while True:
+            try:
+                req = self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                self.idle()
+                continue
+            if req is None:
+                break
+            self.busy()
             if req.stream.cancelled:
                 self.finish(req, Cancelled("The request was cancelled."))
+            elif not self.ensure_loaded():
+                self.finish(req, EngineFailure("The LLM could not be loaded again; retry the request."))
             elif not self._serve_one(req):
                 return
+            self.busy()
         self._fail_remaining(Cancelled("The server is shutting down."))
 
     def _serve_one(self, req: LoopRequest) -> bool:

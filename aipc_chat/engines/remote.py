@@ -313,6 +313,15 @@ class A1111Renderer:
         """Nothing is held here: ask the remote again."""
         self.load()
 
+    def unload(self) -> bool:
+        """Nothing is held here."""
+        return False
+
+    @property
+    def loaded(self) -> bool:
+        """A remote is always at hand."""
+        return True
+
     def check(self, params: ImageParams) -> None:
         """The remote checks its own limits."""
 

@@ -34,17 +34,29 @@ class Supervisor:
         self.restarts = 0  # successful rebuilds
         self.last_rebuild_seconds: float | None = None
         self._lock = threading.Lock()
+        self._reloading = False  # loading again after an idle unload (requests wait) rather than at start
         self._sleep: Callable[[float], None] = time.sleep
 
     def health(self) -> EngineHealth:
         """The state as ``/ready`` reports it."""
-        retry = RECOVERING_RETRY_AFTER if self.state in ("recovering", "loading") else None
-        return EngineHealth(self.state, self.error, self.restarts, retry)
+        reloading = self.state == "loading" and self._reloading
+        retry = RECOVERING_RETRY_AFTER if self.state in ("recovering", "loading") and not reloading else None
+        return EngineHealth(self.state, self.error, self.restarts, retry, reloading)
 
     def set_ready(self) -> None:
         """The pipeline serves."""
         with self._lock:
-            self.state, self.error = "ready", None
+            self.state, self.error, self._reloading = "ready", None, False
+
+    def set_unloaded(self) -> None:
+        """The pipeline was let go after idling; the next request loads it again."""
+        with self._lock:
+            self.state, self.error, self._reloading = "unloaded", None, False
+
+    def set_reloading(self) -> None:
+        """Loading again on demand: requests are taken meanwhile and wait for it."""
+        with self._lock:
+            self.state, self._reloading = "loading", True
 
     def set_failed(self, error: str) -> None:
         """The engine cannot serve any more."""
@@ -54,8 +66,8 @@ class Supervisor:
     def check_serving(self) -> None:
         """Raise the 503 a new request gets unless the engine is ready."""
         state = self.state
-        if state == "ready":
-            return
+        if state in ("ready", "unloaded") or (state == "loading" and self._reloading):
+            return  # an unloaded model is servable: the request waits while it loads
         if state == "failed":
             raise NotReady(f"The {self.kind} engine has failed ({self.error}); restart the server.")
         if state == "recovering":

@@ -49,7 +49,7 @@ def start_server(models_dir: Path, data_dir: Path, log_path: Path, *, env: dict[
     """Start ``python -m aipc_chat serve --demo`` and wait until /ready says 200."""
     port = free_port()
     full_env = {**os.environ, "AIPC_MODELS_DIR": str(models_dir), "AIPC_DATA_DIR": str(data_dir),
-                "AIPC_LOG_LEVEL": "info", **(env or {})}
+                "AIPC_LOG_LEVEL": "info", "AIPC_KEEP_ALIVE": "-1", **(env or {})}  # idle unload only where tested
     out = log_path.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "aipc_chat", "serve", "--demo", "--port", str(port)],
                             env=full_env, stdout=out, stderr=subprocess.STDOUT)
