@@ -226,8 +226,8 @@ class ImageEngine:
         keep_alive = self.settings.keep_alive_seconds
         idle_since = time.monotonic()
         while True:
-            try:
-                job = self._queue.get(timeout=0.5)
+            try:  # with nothing to unload, wait as long as it takes
+                job = self._queue.get(timeout=None if keep_alive is None else 0.5)
             except queue.Empty:
                 if keep_alive is not None and time.monotonic() - idle_since >= keep_alive:
                     self._unload(idle_since)
@@ -255,22 +255,12 @@ class ImageEngine:
     def _ensure_loaded(self, job: ImageJob) -> bool:
         """Load the pipeline again for a job that came after an unload (it waits); False when that failed (the
         job fails, and the next one tries again)."""
-        if self.renderer.loaded:
+        if self.renderer.loaded or self.supervisor.load_again(self.renderer.load):
             return True
-        self.supervisor.set_reloading()
-        t0 = time.perf_counter()
-        try:
-            self.renderer.load()
-        except Exception as exc:
-            log.exception("loading the image pipeline again failed")
-            self.supervisor.set_unloaded()
-            job.end("failed", f"{type(exc).__name__}: {exc}",
-                    EngineFailure("The image model could not be loaded again; retry the request."))
-            self._notify(job)
-            return False
-        self.supervisor.set_ready()
-        log.info("image pipeline loaded again in %.2f s", time.perf_counter() - t0)
-        return True
+        failure = EngineFailure("The image model could not be loaded again; retry the request.")
+        job.end("failed", failure.message, failure)
+        self._notify(job)
+        return False
 
     def _serve(self, job: ImageJob) -> bool:
         """Render one job; False when its failure left an engine that cannot be rebuilt."""

@@ -178,19 +178,7 @@ class OwnerLoop:
     def ensure_loaded(self) -> bool:
         """Load the pipeline again for the requests that came after an unload (owner thread; they wait). False
         when that failed: the caller fails them, and the next request tries again."""
-        if self.pipe is not None:
-            return True
-        self.supervisor.set_reloading()
-        t0 = time.perf_counter()
-        try:
-            self._build()
-        except Exception:
-            log.exception("loading the LLM pipeline again failed")
-            self.supervisor.set_unloaded()
-            return False
-        self.supervisor.set_ready()
-        log.info("LLM pipeline loaded again in %.2f s", time.perf_counter() - t0)
-        return True
+        return self.pipe is not None or self.supervisor.load_again(self._build)
 
     def _fail_remaining(self, error: AipcError) -> None:
         """The engine has failed: end what is queued (the caller ends what it holds)."""

@@ -53,10 +53,21 @@ class Supervisor:
         with self._lock:
             self.state, self.error, self._reloading = "unloaded", None, False
 
-    def set_reloading(self) -> None:
-        """Loading again on demand: requests are taken meanwhile and wait for it."""
+    def load_again(self, load: Callable[[], None]) -> bool:
+        """Load the pipeline again after an idle unload (owner thread; requests are taken meanwhile and wait for
+        it). False when that failed: the state is ``unloaded`` again, so the next request tries again."""
         with self._lock:
             self.state, self._reloading = "loading", True
+        t0 = time.perf_counter()
+        try:
+            load()
+        except Exception:
+            log.exception("loading the %s pipeline again failed", self.kind)
+            self.set_unloaded()
+            return False
+        self.set_ready()
+        log.info("%s pipeline loaded again in %.2f s", self.kind, time.perf_counter() - t0)
+        return True
 
     def set_failed(self, error: str) -> None:
         """The engine cannot serve any more."""
