@@ -10,6 +10,7 @@
     │   └── ModelNotFound           404 code=model_not_found
     ├── Busy                        503 code=server_busy, or 429 rate_limit_exceeded (Retry-After)
     ├── NotReady                    503 code=model_not_ready (Retry-After while a model loads or recovers)
+    │   └── MemoryFull              503 code=memory_limit (a model cannot load under AIPC_MEMORY_LIMIT now)
     ├── RequestTimeout              504 code=timeout
     ├── Cancelled                   499 (client went away; never sent to a live client)
     ├── EngineFailure               500 code=engine_error
@@ -128,6 +129,13 @@ class NotReady(AipcError):
     status = 503
     type = "server_busy"
     code = "model_not_ready"
+
+
+class MemoryFull(NotReady):
+    """Loading a model would exceed the memory limit (Retry-After when another model's use is what stands in
+    the way)."""
+
+    code = "memory_limit"
 
 
 class RequestTimeout(AipcError):

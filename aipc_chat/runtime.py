@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from aipc_chat.engines.contract import (
     LLMEngineClient,
 )
 from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
+from aipc_chat.engines.memory import rss_mb
+from aipc_chat.engines.residency import Residency
 from aipc_chat.engines.store import free_mb
 from aipc_chat.errors import ModelSetupError, NotReady
 from aipc_chat.history import HistoryStore
@@ -75,7 +78,8 @@ class Runtime:
         self.llm_observers: list[Callable[[Done], None]] = []
         self.image_observers: list[Callable[[ImageJob], None]] = []
         self.arrivals = Arrivals()  # LLM requests the HTTP layer is reading: the engine's admission waits for them
-        self.engines = EngineFactory(settings, self.arrivals, pipelines)
+        self.residency = Residency(settings.memory_limit_bytes)  # the resident models and the memory budget
+        self.engines = EngineFactory(settings, self.arrivals, pipelines, self.residency)
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
         interrupted = self.history.interrupt_pending()
         if interrupted:
@@ -137,6 +141,10 @@ class Runtime:
         """
         import openvino  # noqa: F401  # once here, so the two loaders do not both import it at the same time
 
+        if self.residency.limit_mb is not None:  # one at a time, the LLM first: it gets the room when both do not fit
+            for kind in self.status:
+                self._load_one(kind)
+            return
         loaders = [threading.Thread(target=self._load_one, args=(kind,), name=f"load-{kind}", daemon=True)
                    for kind in self.status]
         for loader in loaders:
@@ -200,6 +208,13 @@ class Runtime:
                 out[kind]["retry_after"] = health.retry_after
             if health.on_demand:
                 out[kind]["on_demand"] = True
+            slot = self.residency.slots.get(kind)
+            if slot is not None and getattr(engine, "residency", None) is self.residency:
+                out[kind].update(resident_mb=slot.resident_mb if slot.loaded else None,
+                                 keep_alive_left=_seconds(slot.keeper.expires_in) if slot.loaded else None)
+                if not self.residency.fits(slot):
+                    out[kind].update(state="failed", error=f"it needs about {slot.cost_mb:.0f} MB, more than "
+                                     "AIPC_MEMORY_LIMIT allows")
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
             out["llm"]["context_length"] = self.llm.context_length
@@ -207,6 +222,12 @@ class Runtime:
             out["image"]["active_jobs"] = int(self.image.current is not None)
             out["image"]["queued_jobs"] = self.image.queue_depth
         return out
+
+    def memory(self) -> dict[str, object]:
+        """The memory budget for /ready: the limit, what the resident models count against it, the process RSS."""
+        limit = self.residency.limit_mb
+        return {"limit_mb": round(limit, 1) if limit is not None else None,
+                "models_mb": self.residency.counted_mb(), "process_rss_mb": round(rss_mb(), 1)}
 
     def storage(self) -> dict[str, object]:
         """The data folder's state for /ready (it does not change /ready's status: that is the models')."""
@@ -265,6 +286,11 @@ def retry_after(models: dict[str, dict[str, object]]) -> int | None:
              if m.get("retry_after") is not None and m["state"] != "failed"]
     pending = any(m["state"] in ("pending", "downloading", "loading") for m in models.values())
     return max(waits) if waits else (RETRY_AFTER_SECONDS if pending else None)
+
+
+def _seconds(value: float) -> float | None:
+    """Seconds for JSON (None for never)."""
+    return None if value == math.inf else round(value, 1)
 
 
 def _not_ready(status: ModelStatus) -> NotReady:

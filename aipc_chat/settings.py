@@ -7,6 +7,7 @@ import time: build one ``Settings`` and pass it down.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ def parse_duration(text: str) -> float | None:
         if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
             return float(text[: -len(unit)]) * scale
     return float(text)
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``8GB`` (8·10⁹ bytes), ``8GiB`` (8·2³⁰), ``800MB``, ``1.5GB`` or plain bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if match is None or match.group(2).lower() not in SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 8GB, 8GiB or 800MB)")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
 
 
 def _env(name: str, *seed_names: str) -> AliasChoices:
@@ -209,6 +222,16 @@ class Settings(BaseSettings):
                     "never unloads, `0` right after each request): its memory is given back, and the next "
                     "request loads it again (through the compile cache).",
     )
+    load_on_start: bool = Field(
+        True, validation_alias=_env("load_on_start"),
+        description="Load the models at start; `false` answers at once and loads each model on its first request.",
+    )
+    memory_limit: str | None = Field(
+        None, validation_alias=_env("memory_limit"), pattern=r"^\s*\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]|[bB])?\s*$",
+        description="Most memory the resident models may take (`8GB` = 8·10⁹ bytes, `8GiB`, `800MB`): loading one "
+                    "that would exceed it first unloads the least recently used idle model; a request that cannot "
+                    "fit gets 503 with Retry-After. Unset: no limit.",
+    )
     batch_window_ms: float = Field(
         5.0, ge=0, le=100, validation_alias=_env("batch_window_ms"),
         description="When idle, wait up to this long for requests the server is still reading, so ones sent "
@@ -298,6 +321,11 @@ class Settings(BaseSettings):
         if self.users_file is not None and self.api_key is not None:
             raise ValueError("set AIPC_USERS_FILE (a key per user) or AIPC_API_KEY (one key for all), not both")
         return self
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """``memory_limit`` in bytes; None for no limit."""
+        return parse_size(self.memory_limit) if self.memory_limit else None
 
     @property
     def keep_alive_seconds(self) -> float | None:

@@ -96,6 +96,7 @@ class GenParams:
     grammar: str | None = None
     tag: TagConstraint | None = None
     constraint_param: str = "response_format"  # the request field a refused constraint came from (for the 400)
+    keep_alive: float | None = None  # seconds the model stays loaded after this request (inf: never); None: default
 
 
 def constrains_whole_reply(params: GenParams) -> bool:
@@ -215,6 +216,7 @@ class ImageParams:
     seed: int | None = None
     n: int = 1
     sampler: str | None = None
+    keep_alive: float | None = None  # seconds the model stays loaded after this job (inf: never); None: default
 
 
 class Interrupted(Exception):

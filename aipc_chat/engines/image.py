@@ -18,6 +18,7 @@ from typing import Any
 
 from aipc_chat.engines.contract import SCHEDULERS, Flagged, ImageJob, ImageParams, Interrupted
 from aipc_chat.engines.jobs import ImageEngine
+from aipc_chat.engines.residency import Residency
 from aipc_chat.engines.store import ImageStore, infotext
 from aipc_chat.errors import InvalidRequest
 from aipc_chat.settings import Settings
@@ -35,6 +36,13 @@ def size_step(pipe: Any) -> int:
     blocks = pipe.unet.config.get("block_out_channels") if hasattr(pipe.unet, "config") else None
     unet_factor = 2 ** (len(blocks) - 1) if blocks else 8
     return vae_factor * unet_factor
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return config
 
 
 def image_ov_config(settings: Settings) -> dict[str, str]:
@@ -71,6 +79,8 @@ class OpenVINOImagePipelines:
 class DiffusersRenderer:
     """Renders jobs with an optimum-intel Stable Diffusion pipeline."""
 
+    local = True
+
     def __init__(self, settings: Settings, model_dir: Path, model_name: str, device: str, *, max_size: int = 1024,
                  pipelines: PipelineFactory | None = None) -> None:
         self.settings = settings
@@ -84,6 +94,25 @@ class DiffusersRenderer:
         self._pipelines = pipelines if pipelines is not None else OpenVINOImagePipelines(settings, model_dir, device)
         self._pipe: Any = None
         self._schedulers: dict[str, Any] = {}
+
+    def prepare(self) -> None:
+        """Sizes and sampler from the model's configuration files, without the pipeline (load on demand)."""
+        step = 64
+        try:
+            vae = _read_config(self.model_dir / "vae_decoder" / "config.json")
+            unet = _read_config(self.model_dir / "unet" / "config.json")
+            step = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
+            scheduler = _read_config(self.model_dir / "scheduler" / "scheduler_config.json")["_class_name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("the image model's configuration is unreadable: sizes step 64 until it loads")
+            scheduler = "PNDMScheduler"
+        self.step_multiple = step
+        self.default_sampler = self.sampler = SAMPLERS.get(scheduler, scheduler)
+
+    def imports(self) -> None:
+        """Import the libraries the pipeline needs (before a load is measured: they are not the model's cost)."""
+        import optimum.intel  # noqa: F401
+        import torch  # noqa: F401
 
     def load(self) -> None:
         """Load and compile the pipeline (blocking)."""
@@ -182,7 +211,7 @@ class DiffusersRenderer:
 
 
 def local_image_engine(settings: Settings, model_dir: Path, model_name: str, device: str, *, max_size: int = 1024,
-                       pipelines: PipelineFactory | None = None) -> ImageEngine:
+                       pipelines: PipelineFactory | None = None, residency: Residency | None = None) -> ImageEngine:
     """An image engine over a local optimum-intel pipeline."""
     return ImageEngine(settings, DiffusersRenderer(settings, model_dir, model_name, device, max_size=max_size,
-                                                   pipelines=pipelines))
+                                                   pipelines=pipelines), residency=residency)

@@ -26,10 +26,10 @@ from aipc_chat.engines.contract import (
     Interrupted,
     JobState,
 )
-from aipc_chat.engines.memory import release_memory
+from aipc_chat.engines.residency import Keeper, Residency, Slot, weights_mb
 from aipc_chat.engines.store import ImageStore
 from aipc_chat.engines.supervisor import Supervisor
-from aipc_chat.errors import AipcError, Busy, EngineFailure, InvalidRequest, NotReady
+from aipc_chat.errors import AipcError, Busy, EngineFailure, InvalidRequest, MemoryFull, NotReady
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,16 @@ class Renderer(Protocol):
     max_size: int
     step_multiple: int
     sampler: str  # the sampler the last job used (A1111's name)
+    local: bool  # holds its pipeline in this process (counted in the memory budget, unloaded when idle)
 
     def load(self) -> None:
         """Build the pipeline (blocking)."""
+
+    def prepare(self) -> None:
+        """Learn what checking requests needs (sizes, sampler) without building the pipeline."""
+
+    def imports(self) -> None:
+        """Import what building the pipeline needs (so that a load's measured cost is the model's alone)."""
 
     def rebuild(self) -> None:
         """Replace a pipeline that failed with a fresh one (blocking)."""
@@ -74,9 +81,15 @@ class Renderer(Protocol):
 class ImageEngine:
     """Serves image jobs from one renderer on its own thread."""
 
-    def __init__(self, settings: Settings, renderer: Renderer, store: ImageStore | None = None) -> None:
+    def __init__(self, settings: Settings, renderer: Renderer, store: ImageStore | None = None,
+                 residency: Residency | None = None) -> None:
         self.settings = settings
         self.renderer = renderer
+        self.residency = residency if residency is not None and renderer.local else Residency()
+        self.slot = self.residency.add(Slot(
+            "image", weights_mb(renderer.model_dir) if renderer.local else 0.0,
+            keeper=Keeper(settings.keep_alive_seconds if renderer.local else None),
+            idle=lambda: self._current is None and self._queue.empty()))
         self.store = store if store is not None else ImageStore(settings.data_dir / "images", settings.image_retention)
         self.supervisor = Supervisor("image")
         self.load_seconds: float | None = None
@@ -144,13 +157,27 @@ class ImageEngine:
         return self.renderer.info()
 
     def load(self) -> None:
-        """Build the pipeline (blocking) and start the owner thread."""
+        """Build the pipeline (blocking; unless ``load_on_start`` is off, or the memory budget has no room: then the
+        first job builds it) and start the owner thread."""
         t0 = time.perf_counter()
-        self.renderer.load()
+        self.renderer.prepare()
+        if self.settings.load_on_start:
+            try:
+                self._load_pipeline()
+            except MemoryFull as exc:
+                log.warning("the image model loads on its first job: %s", exc.message)
         self.load_seconds = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="image-owner", daemon=True)
         self._thread.start()
-        self.supervisor.set_ready()
+        if self.renderer.loaded:
+            self.supervisor.set_ready()
+        else:
+            self.supervisor.set_unloaded()
+
+    def _load_pipeline(self) -> None:
+        self.renderer.imports()
+        with self.residency.loading(self.slot):
+            self.renderer.load()
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel the running job and what is queued; stop the owner thread."""
@@ -223,41 +250,42 @@ class ImageEngine:
     # --- the owner thread ----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        keep_alive = self.settings.keep_alive_seconds
-        idle_since = time.monotonic()
+        keeper = self.slot.keeper
         while True:
-            try:  # with nothing to unload, wait as long as it takes
-                job = self._queue.get(timeout=None if keep_alive is None else 0.5)
+            try:
+                job = self._queue.get(timeout=0.5)
             except queue.Empty:
-                if keep_alive is not None and time.monotonic() - idle_since >= keep_alive:
-                    self._unload(idle_since)
+                if keeper.due():
+                    self._unload()
                 continue
             if job is None:
                 return
+            keeper.busy()
+            self.residency.used(self.slot)
             if job.cancelled:
                 job.end("cancelled")
                 self._notify(job)
-                continue
-            if not self._ensure_loaded(job):
-                continue
-            if not self._serve(job):
+            elif self._ensure_loaded(job) and not self._serve(job):
                 failure = NotReady(f"The image engine has failed ({self.supervisor.error}); restart the server.")
                 self._end_queued("failed", failure.message, failure)
                 return
-            idle_since = time.monotonic()
+            keeper.finished(job.params.keep_alive)
 
-    def _unload(self, idle_since: float) -> None:
-        if self.renderer.loaded and self.renderer.unload():
-            release_memory()
-            self.supervisor.set_unloaded()
-            log.info("image pipeline unloaded after %.0f s idle", time.monotonic() - idle_since)
+    def _unload(self) -> None:
+        if not (self.renderer.local and self.renderer.loaded):
+            self.slot.keeper.unloaded()
+            return
+        self.residency.unload(self.slot, self.renderer.unload)
+        self.supervisor.set_unloaded()
 
     def _ensure_loaded(self, job: ImageJob) -> bool:
-        """Load the pipeline again for a job that came after an unload (it waits); False when that failed (the
+        """Load the pipeline for a job that came while it was unloaded (it waits); False when that failed (the
         job fails, and the next one tries again)."""
-        if self.renderer.loaded or self.supervisor.load_again(self.renderer.load):
+        if self.renderer.loaded:
             return True
-        failure = EngineFailure("The image model could not be loaded again; retry the request.")
+        failure = self.supervisor.load_again(self._load_pipeline)
+        if failure is None:
+            return True
         job.end("failed", failure.message, failure)
         self._notify(job)
         return False

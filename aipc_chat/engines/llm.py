@@ -30,8 +30,9 @@ from aipc_chat.engines.contract import (
 )
 from aipc_chat.engines.grammar import ConstraintChecker
 from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
+from aipc_chat.engines.residency import Keeper, Residency, Slot, weights_mb
 from aipc_chat.engines.supervisor import Supervisor
-from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, ModelSetupError, NotReady
+from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, MemoryFull, ModelSetupError, NotReady
 from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, strip_reasoning
 from aipc_chat.settings import Settings
 
@@ -199,6 +200,17 @@ def _context_length(config: dict[str, Any] | None, configured: int | None) -> in
         return 4096
 
 
+def kv_cache_bound_mb(settings: Settings, context_length: int, config: dict[str, Any] | None, device: str) -> float:
+    """The most the KV cache grows to once the model is loaded (as ``scheduler_config`` bounds it); 0 on NPU."""
+    if device == "NPU":
+        return 0.0
+    limit = float(settings.kv_cache_gb * 1024)
+    kv_bytes = kv_bytes_per_token(config)
+    if kv_bytes:
+        limit = min(limit, settings.max_num_seqs * context_length * kv_bytes / 2**20)
+    return round(limit, 1)
+
+
 class OpenVINOPipelines:
     """The default pipeline factory: the model compiled for its device, through the compile cache."""
 
@@ -221,7 +233,8 @@ class LLMEngine:
     """Serves chat requests from one openvino-genai pipeline, through an owner loop on its own thread."""
 
     def __init__(self, settings: Settings, model_dir: Path, model_name: str, device: str, *,
-                 pipelines: PipelineFactory | None = None, arrivals: Arrivals | None = None) -> None:
+                 pipelines: PipelineFactory | None = None, arrivals: Arrivals | None = None,
+                 residency: Residency | None = None) -> None:
         self.settings = settings
         self.model_dir = model_dir
         self.model_name = model_name
@@ -238,6 +251,11 @@ class LLMEngine:
         self._tokenizer: Any = None
         self._table_decode: ByteLevelDecoder | None = None  # byte-level BPE: decode by table lookup
         self._loop: OwnerLoop | None = None
+        self._vocab: Vocabulary | None = None
+        self.residency = residency if residency is not None else Residency()
+        self.slot = self.residency.add(Slot(
+            "llm", weights_mb(model_dir), kv_cache_bound_mb(settings, self.context_length, self._config, device),
+            keeper=Keeper(settings.keep_alive_seconds), idle=lambda: self._loop is None or self._loop.idle_now))
 
     @property
     def serial(self) -> bool:
@@ -277,26 +295,46 @@ class LLMEngine:
         self.supervisor.check_serving()
 
     def load(self) -> None:
-        """Compile the pipeline (blocking) and start the owner loop."""
+        """Compile the pipeline (blocking; unless ``load_on_start`` is off, or the memory budget has no room: then
+        only the tokenizer, and the first request loads the pipeline) and start the owner loop."""
+        import openvino_genai as ov_genai  # before the measured load: the library is not the model's cost
+
         t0 = time.perf_counter()
-        pipe = self._pipelines()
-        self._tokenizer = pipe.get_tokenizer()
-        self.reasons = think_tags(str(self._tokenizer.chat_template or ""), self._encode(THINK_OPEN))
+        pipe = None
+        if self.settings.load_on_start:
+            try:
+                with self.residency.loading(self.slot):
+                    pipe = self._pipelines()
+                    self._use_tokenizer(pipe.get_tokenizer())
+                    if self.settings.llm_warmup:
+                        self._warm_up(pipe)
+            except MemoryFull as exc:
+                log.warning("the LLM loads on its first request: %s", exc.message)
+        if pipe is None:
+            self._use_tokenizer(ov_genai.Tokenizer(str(self.model_dir)))
+        self.constraints.load()
+        assert self._vocab is not None
+        loop_type = SerialLoop if self.serial else BatchLoop
+        self._loop = loop_type(self.settings, pipe, self._vocab, self.supervisor, self._rebuild,
+                               arrivals=self.arrivals, observers=self.observers, load=self._load_pipeline,
+                               residency=self.residency, slot=self.slot)
+        self._loop.start()
+        self.load_seconds = time.perf_counter() - t0
+        if pipe is None:
+            self.supervisor.set_unloaded()
+        else:
+            self.supervisor.set_ready()
+        log.info("LLM %s %s on %s in %.2f s (context %d)", self.model_name, "loaded" if pipe else "ready to load",
+                 self.device, self.load_seconds, self.context_length)
+
+    def _use_tokenizer(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.reasons = think_tags(str(tokenizer.chat_template or ""), self._encode(THINK_OPEN))
         self._table_decode = ByteLevelDecoder.load(self.model_dir, self._decode_with_openvino,
                                                    (self._config or {}).get("vocab_size"))
         log.info("LLM detokenizing with %s", "a byte-level table" if self._table_decode else "openvino-tokenizers")
-        vocab = Vocabulary(self._decode_many, self._encode(THINK_CLOSE_TEXT), int(self._tokenizer.get_eos_token_id()))
-        if self.settings.llm_warmup:
-            self._warm_up(pipe)
-        self.constraints.load()
-        loop_type = SerialLoop if self.serial else BatchLoop
-        self._loop = loop_type(self.settings, pipe, vocab, self.supervisor, self._rebuild, arrivals=self.arrivals,
-                               observers=self.observers)
-        self._loop.start()
-        self.load_seconds = time.perf_counter() - t0
-        self.supervisor.set_ready()
-        log.info("LLM %s loaded on %s in %.2f s (context %d)", self.model_name, self.device,
-                 self.load_seconds, self.context_length)
+        self._vocab = Vocabulary(self._decode_many, self._encode(THINK_CLOSE_TEXT),
+                                 int(tokenizer.get_eos_token_id()))
 
     def _rebuild(self) -> Any:
         """A fresh pipeline after a failure (owner thread), warmed up like the first."""
@@ -304,6 +342,11 @@ class LLMEngine:
         if self.settings.llm_warmup:
             self._warm_up(pipe)
         return pipe
+
+    def _load_pipeline(self) -> Any:
+        """A pipeline for an unloaded engine (owner thread), within the memory budget."""
+        with self.residency.loading(self.slot):
+            return self._rebuild()
 
     def _warm_up(self, pipe: Any) -> None:
         """One token from a templated greeting: OpenVINO's first inference compiles kernels, which would otherwise
@@ -398,7 +441,7 @@ class LLMEngine:
         self._loop.admit(LoopRequest(
             stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
             budget=budget if self.reasons and (opened or budget > 0) else None,
-            splitter=ReasoningSplitter(in_think=opened, tags=self.reasons),
+            splitter=ReasoningSplitter(in_think=opened, tags=self.reasons), keep_alive=params.keep_alive,
         ))
         return stream
 

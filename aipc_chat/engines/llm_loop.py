@@ -22,7 +22,7 @@ from typing import Any, Literal
 from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import Delta, Done, LLMStream, Timing
 from aipc_chat.engines.detokenize import IncrementalDetokenizer
-from aipc_chat.engines.memory import release_memory
+from aipc_chat.engines.residency import Keeper, Residency, Slot
 from aipc_chat.engines.supervisor import Supervisor, in_flight_failure
 from aipc_chat.errors import AipcError, Busy, Cancelled, EngineFailure, NotReady
 from aipc_chat.reasoning import ReasoningSplitter
@@ -55,6 +55,7 @@ class LoopRequest:
     forced: bool = False  # the think block was closed by the engine (once at most)
     unsent_tokens: int = 0
     text_out: list[str] = field(default_factory=list)
+    keep_alive: float | None = None  # the request's own keep-alive for the model (seconds; inf: never)
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,19 @@ class OwnerLoop:
     name = "llm-owner"
 
     def __init__(self, settings: Settings, pipe: Any, vocab: Vocabulary, supervisor: Supervisor,
-                 rebuild: Callable[[], Any], *, arrivals: Arrivals, observers: list[Callable[[Done], None]]) -> None:
+                 rebuild: Callable[[], Any], *, arrivals: Arrivals, observers: list[Callable[[Done], None]],
+                 load: Callable[[], Any] | None = None, residency: Residency | None = None,
+                 slot: Slot | None = None) -> None:
         self.settings = settings
-        self.pipe = pipe
+        self.pipe = pipe  # None while unloaded (after idling, or until the first request without load-on-start)
         self.vocab = vocab
         self.supervisor = supervisor
         self._rebuild = rebuild  # builds a fresh pipeline (the engine's factory) and returns it
+        self._load = load or rebuild  # the same, counted in the memory budget (a load after an unload)
         self.arrivals = arrivals
         self.observers = observers
-        self.keep_alive = settings.keep_alive_seconds  # idle seconds before the pipeline is let go (None: never)
-        self._idle_since = time.monotonic()
+        self.residency = residency or Residency()
+        self.slot = slot or self.residency.add(Slot("llm", 0.0, keeper=Keeper(settings.keep_alive_seconds)))
         self.active = 0  # generating right now
         self._pending = 0  # admitted and not finished
         self._pending_lock = threading.Lock()
@@ -98,6 +102,11 @@ class OwnerLoop:
     def waiting(self) -> int:
         """Requests admitted and not yet generating."""
         return max(0, self._pending - self.active)
+
+    @property
+    def idle_now(self) -> bool:
+        """Nothing admitted and unfinished (any thread)."""
+        return self._pending == 0
 
     @property
     def alive(self) -> bool:
@@ -163,22 +172,33 @@ class OwnerLoop:
         self.pipe = self._rebuild()
 
     def idle(self) -> None:
-        """Nothing to do (owner thread): let the pipeline go once it has idled for ``keep_alive``."""
-        if self.pipe is None or self.keep_alive is None or time.monotonic() - self._idle_since < self.keep_alive:
+        """Nothing to do (owner thread): let the pipeline go once it has idled for its keep-alive, or when the
+        memory budget asks."""
+        if not self.slot.keeper.due():
             return
-        self.pipe = None
-        release_memory()
+        if self.pipe is None:
+            self.slot.keeper.unloaded()
+            return
+        self.residency.unload(self.slot, self._let_go)
         self.supervisor.set_unloaded()
-        log.info("LLM pipeline unloaded after %.0f s idle", time.monotonic() - self._idle_since)
+
+    def _let_go(self) -> None:
+        self.pipe = None
 
     def busy(self) -> None:
         """There is work (owner thread): the idle time starts again from now."""
-        self._idle_since = time.monotonic()
+        self.slot.keeper.busy()
+        self.residency.used(self.slot)
 
-    def ensure_loaded(self) -> bool:
-        """Load the pipeline again for the requests that came after an unload (owner thread; they wait). False
-        when that failed: the caller fails them, and the next request tries again."""
-        return self.pipe is not None or self.supervisor.load_again(self._build)
+    def ensure_loaded(self) -> AipcError | None:
+        """Load the pipeline for the requests that came while it was unloaded (owner thread; they wait). The
+        error to end them with when that failed (the next request tries again)."""
+        if self.pipe is not None:
+            return None
+        return self.supervisor.load_again(self._load_now)
+
+    def _load_now(self) -> None:
+        self.pipe = self._load()
 
     def _fail_remaining(self, error: AipcError) -> None:
         """The engine has failed: end what is queued (the caller ends what it holds)."""
@@ -200,6 +220,7 @@ class OwnerLoop:
         self._live.discard(req.stream)
         req.stream.put(result)
         req.stream.close()
+        self.slot.keeper.finished(req.keep_alive)
         if isinstance(result, Done):
             _log_timing(req.stream.request_id, result)
             for observe in self.observers:
@@ -243,9 +264,10 @@ class BatchLoop(OwnerLoop):
                 self.idle()
                 continue
             self.busy()
-            if self.pipe is None and not self.ensure_loaded():
+            failure = self.ensure_loaded()
+            if failure is not None:
                 for req in waiting:
-                    self.finish(req, EngineFailure("The LLM could not be loaded again; retry the request."))
+                    self.finish(req, failure)
                 waiting.clear()
                 continue
             while waiting and len(running) < self.settings.max_num_seqs:
@@ -499,8 +521,8 @@ class SerialLoop(OwnerLoop):
             self.busy()
             if req.stream.cancelled:
                 self.finish(req, Cancelled("The request was cancelled."))
-            elif not self.ensure_loaded():
-                self.finish(req, EngineFailure("The LLM could not be loaded again; retry the request."))
+            elif (failure := self.ensure_loaded()) is not None:
+                self.finish(req, failure)
             elif not self._serve_one(req):
                 return
             self.busy()

@@ -11,6 +11,13 @@ import sys
 log = logging.getLogger(__name__)
 
 
+def rss_mb() -> float:
+    """This process's resident memory in MiB (any platform)."""
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
 def release_memory() -> None:
     """Collect garbage, and on glibc return freed heap pages to the system (``malloc_trim``): without it, the
     megabytes a dropped pipeline freed stay in the process's RSS."""

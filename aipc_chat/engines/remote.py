@@ -291,6 +291,8 @@ class A1111Renderer:
     """An AUTOMATIC1111 server as the renderer of an image engine: the same jobs, queue, progress and storage as the
     local one."""
 
+    local = False
+
     def __init__(self, settings: Settings, base_url: str, api_key: str | None) -> None:
         self.settings = settings
         self.base_url = base_url.rstrip("/")
@@ -308,6 +310,13 @@ class A1111Renderer:
             self.model_name = self.health()
         except AipcError as exc:
             log.warning("remote image server at %s: %s", self.base_url, exc.message)
+
+    def prepare(self) -> None:
+        """The same as ``load``: nothing is held here."""
+        self.load()
+
+    def imports(self) -> None:
+        """Nothing to import."""
 
     def rebuild(self) -> None:
         """Nothing is held here: ask the remote again."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from aipc_chat.engines.contract import RETRY_AFTER_SECONDS, EngineHealth, EngineState
-from aipc_chat.errors import EngineFailure, NotReady
+from aipc_chat.errors import AipcError, EngineFailure, NotReady
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,26 @@ class Supervisor:
         with self._lock:
             self.state, self.error, self._reloading = "unloaded", None, False
 
-    def load_again(self, load: Callable[[], None]) -> bool:
-        """Load the pipeline again after an idle unload (owner thread; requests are taken meanwhile and wait for
-        it). False when that failed: the state is ``unloaded`` again, so the next request tries again."""
+    def load_again(self, load: Callable[[], None]) -> AipcError | None:
+        """Load the pipeline of an unloaded engine (owner thread; requests are taken meanwhile and wait for it).
+        On failure, the error for the requests that waited; the state is ``unloaded`` again, so the next request
+        tries again."""
         with self._lock:
             self.state, self._reloading = "loading", True
         t0 = time.perf_counter()
         try:
             load()
-        except Exception:
-            log.exception("loading the %s pipeline again failed", self.kind)
+        except AipcError as exc:  # the memory budget has no room now: the requests hear why
+            log.warning("the %s pipeline cannot be loaded now: %s", self.kind, exc.message)
             self.set_unloaded()
-            return False
+            return exc
+        except Exception:
+            log.exception("loading the %s pipeline failed", self.kind)
+            self.set_unloaded()
+            return EngineFailure(f"The {self.kind} model could not be loaded; retry the request.")
         self.set_ready()
-        log.info("%s pipeline loaded again in %.2f s", self.kind, time.perf_counter() - t0)
-        return True
+        log.info("%s pipeline loaded in %.2f s", self.kind, time.perf_counter() - t0)
+        return None
 
     def set_failed(self, error: str) -> None:
         """The engine cannot serve any more."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -11,9 +12,12 @@ from typing import Any
 
 import pytest
 
-from aipc_chat.engines.contract import GenParams, ImageParams
+from aipc_chat.engines.contract import GenParams, ImageJob, ImageParams
 from aipc_chat.engines.image import OpenVINOImagePipelines, local_image_engine
+from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
+from aipc_chat.engines.residency import Residency
+from aipc_chat.errors import InvalidRequest, MemoryFull
 from aipc_chat.settings import Settings
 from tests.integration.test_llm_engine import collect
 
@@ -103,3 +107,121 @@ def test_the_image_model_unloads_when_idle_and_loads_again(demo_models: Path, tm
                                                 ("0", 0.0), ("12", 12.0), ("-1", None), (" 1.5s ", 1.5)])
 def test_durations(text: str, seconds: float | None) -> None:
     assert Settings(keep_alive=text).keep_alive_seconds == seconds
+
+
+def ask_one(engine: LLMEngine, **params: Any) -> int:
+    async def run() -> int:
+        stream = engine.submit(QUESTION, GenParams(temperature=0, max_tokens=8, **params), asyncio.get_running_loop())
+        return (await collect(stream))[2].completion_tokens
+
+    return asyncio.run(run())
+
+
+def render_one(engine: ImageEngine, **params: Any) -> ImageJob:
+    job = engine.submit(ImageParams(prompt="a red cube", width=64, height=64, steps=2, seed=1, **params))
+    asyncio.run(job.wait(60))
+    return job
+
+
+def test_without_load_on_start_the_llm_loads_on_its_first_request(demo_models: Path) -> None:
+    settings = Settings(demo=True, models_dir=demo_models.parent, load_on_start=False)
+    build, built = counting(OpenVINOPipelines(settings, demo_models / "llm", "CPU"))
+    engine = LLMEngine(settings, demo_models / "llm", "demo", "CPU", pipelines=build)
+    t0 = time.perf_counter()
+    engine.load()
+    try:
+        assert time.perf_counter() - t0 < 2.0 and built == []  # the tokenizer only
+        assert engine.health().state == "unloaded" and engine.slot.resident_mb is None
+        assert engine.prompt_tokens(QUESTION) > 5 and engine.reasons  # templating works without the pipeline
+        assert ask_one(engine) > 0
+        assert len(built) == 1 and engine.health().state == "ready" and engine.slot.loaded
+        assert engine.slot.resident_mb is not None
+    finally:
+        engine.close()
+
+
+def test_without_load_on_start_the_image_model_knows_its_sizes_before_it_loads(demo_models: Path,
+                                                                                tmp_path: Path) -> None:
+    settings = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path, load_on_start=False)
+    build, built = counting(OpenVINOImagePipelines(settings, demo_models / "image", "CPU"))
+    engine = local_image_engine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512, pipelines=build)
+    engine.load()
+    try:
+        lazy = (engine.renderer.step_multiple, engine.sampler)
+        assert built == [] and engine.health().state == "unloaded"
+        with pytest.raises(InvalidRequest, match="multiple of"):
+            engine.submit(ImageParams(prompt="x", width=lazy[0] + 1, height=64, steps=2))
+        assert render_one(engine).state == "done"
+        assert len(built) == 1 and (engine.renderer.step_multiple, engine.sampler) == lazy  # as read from the files
+    finally:
+        engine.close()
+
+
+def test_a_request_keep_alive_overrides_the_default(demo_models: Path) -> None:
+    settings = Settings(demo=True, models_dir=demo_models.parent, keep_alive="-1")
+    engine = LLMEngine(settings, demo_models / "llm", "demo", "CPU")
+    engine.load()
+    try:
+        assert ask_one(engine, keep_alive=0.0) > 0
+        wait_for(lambda: engine.health().state == "unloaded", timeout=5)  # 0: let go right after the request
+        assert ask_one(engine, keep_alive=math.inf) > 0
+        time.sleep(1.5)
+        assert engine.health().state == "ready"
+        assert ask_one(engine) > 0  # no keep_alive: the server's default (never) again
+        assert engine.slot.keeper.expires_in == math.inf
+    finally:
+        engine.close()
+
+
+def both_engines(demo_models: Path, tmp_path: Path, **settings: Any) -> tuple[Residency, LLMEngine, ImageEngine]:
+    s = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path, keep_alive="-1", **settings)
+    residency = Residency(100 * 2**30)  # generous while both load and are measured; the tests then lower it
+    llm = LLMEngine(s, demo_models / "llm", "demo", "CPU", residency=residency)
+    image = local_image_engine(s, demo_models / "image", "demo-sd", "CPU", max_size=512, residency=residency)
+    llm.load()
+    image.load()
+    return residency, llm, image
+
+
+def test_the_memory_limit_unloads_the_least_recently_used_idle_model(demo_models: Path, tmp_path: Path) -> None:
+    residency, llm, image = both_engines(demo_models, tmp_path)
+    try:
+        assert llm.slot.loaded and image.slot.loaded
+        residency.limit_mb = max(llm.slot.cost_mb, image.slot.cost_mb) + 1  # room for one of them only
+        assert ask_one(llm) > 0 and llm.health().state == "ready"  # resident already: nothing to do
+        image.renderer.unload()  # as after an idle unload
+        image.slot.loaded = False
+        image.supervisor.set_unloaded()
+        assert render_one(image).state == "done"  # the idle LLM made room
+        assert llm.health().state == "unloaded" and image.health().state == "ready"
+        assert llm.slot.freed_mb is not None
+        assert ask_one(llm) > 0  # and the other way round
+        assert image.health().state == "unloaded" and llm.health().state == "ready"
+        assert residency.counted_mb() == llm.slot.cost_mb
+    finally:
+        llm.close()
+        image.close()
+
+
+def test_a_model_that_cannot_fit_beside_a_busy_one_gets_503(demo_models: Path, tmp_path: Path) -> None:
+    residency, llm, image = both_engines(demo_models, tmp_path, max_tokens_limit=4096)
+    try:
+        residency.limit_mb = max(llm.slot.cost_mb, image.slot.cost_mb) + 1
+        image.renderer.unload()
+        image.slot.loaded = False
+        image.supervisor.set_unloaded()
+
+        async def long_answer() -> None:
+            stream = llm.submit(QUESTION, GenParams(max_tokens=4000, ignore_eos=True), asyncio.get_running_loop())
+            async for _ in stream:
+                break  # generating: the LLM is busy
+            with pytest.raises(MemoryFull, match="in use") as refused:
+                await asyncio.to_thread(render_one, image)
+            stream.cancel()
+            assert refused.value.retry_after and refused.value.status == 503
+
+        asyncio.run(long_answer())
+        assert image.health().state == "unloaded"  # and loads when there is room
+    finally:
+        llm.close()
+        image.close()

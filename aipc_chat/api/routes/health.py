@@ -22,12 +22,13 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(runtime: RuntimeDep) -> JSONResponse:
-    """200 while every model serves; else 503 with each model's state (``loading``, ``recovering``, ``failed``,
-    ...) and, while a model is on its way back, Retry-After."""
+    """200 while every model serves or loads on demand (``ready``, ``unloaded``); else 503 with each model's state
+    (``loading``, ``recovering``, ``failed``, ...) and, while a model is on its way back, Retry-After."""
     models = await asyncio.to_thread(runtime.describe)  # remote engines are asked over the network
     storage = await asyncio.to_thread(runtime.storage)
+    body = {"models": models, "storage": storage, "memory": runtime.memory()}
     if all_ready(models):
-        return JSONResponse({"ready": True, "models": models, "storage": storage})
+        return JSONResponse({"ready": True, **body})
     wait = retry_after(models)
-    return JSONResponse({"ready": False, "models": models, "storage": storage}, status_code=503,
+    return JSONResponse({"ready": False, **body}, status_code=503,
                         headers={"Retry-After": str(wait)} if wait is not None else None)

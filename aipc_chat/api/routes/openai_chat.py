@@ -27,8 +27,10 @@ async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     for kind, status in runtime.status.items():
         engine = runtime.llm if kind == "llm" else runtime.image
         name = engine.model_name if engine is not None and engine.model_name else status.choice.name
+        local = engine is not None and status.device != "remote"  # a remote engine's health is a network call
         data.append({"id": name, "object": "model", "created": created, "owned_by": "aipc-chat",
-                     "type": "llm" if kind == "llm" else "image", "device": status.device, "state": status.state})
+                     "type": "llm" if kind == "llm" else "image", "device": status.device,
+                     "state": engine.health().state if local and engine is not None else status.state})
     return {"object": "list", "data": data}
 
 

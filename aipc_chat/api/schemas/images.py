@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from aipc_chat.api.schemas.common import KeepAlive
 from aipc_chat.engines.contract import ImageParams
 
 MAX_PROMPT_CHARS = 4000
@@ -38,13 +39,14 @@ class ImageGenerationRequest(BaseModel):
     num_inference_steps: int = Field(default=20, ge=1, le=500)
     guidance_scale: float = Field(default=7.5, ge=0, le=30)
     seed: int | None = Field(default=None, validation_alias=AliasChoices("seed", "rng_seed"), ge=SEED_MIN, le=SEED_MAX)
+    keep_alive: KeepAlive = None  # as Ollama's: how long the image model stays loaded after this request
 
     def to_params(self) -> ImageParams:
         """The engine's parameters."""
         width, height = parse_size(self.size)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=width, height=height,
                            steps=self.num_inference_steps, guidance_scale=self.guidance_scale, seed=self.seed,
-                           n=self.n)
+                           n=self.n, keep_alive=self.keep_alive)
 
 
 class Txt2ImgRequest(BaseModel):

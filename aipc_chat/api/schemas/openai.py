@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aipc_chat.api.schemas.common import KeepAlive
 from aipc_chat.engines.contract import GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 
@@ -99,6 +100,7 @@ class ChatCompletionRequest(BaseModel):
     # Extensions, named as OVMS and vLLM name them.
     ignore_eos: bool = False
     reasoning_budget: int | None = Field(default=None, ge=0, le=131072)
+    keep_alive: KeepAlive = None  # Ollama's: how long the model stays loaded after this request
 
     @field_validator("stop")
     @classmethod
@@ -160,4 +162,5 @@ class ChatCompletionRequest(BaseModel):
             ignore_eos=self.ignore_eos,
             reasoning_budget=self.reasoning_budget,
             json_schema=json_schema,
+            keep_alive=self.keep_alive,
         )

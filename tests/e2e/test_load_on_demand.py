@@ -1,0 +1,64 @@
+"""AIPC_LOAD_ON_START=false on a live server: ready at once with both models unloaded, /v1/models lists them without
+loading them, and the first chat and the first picture load them (resident_mb in /ready)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import start_server
+
+pytestmark = pytest.mark.e2e
+
+
+def models(base_url: str) -> dict[str, dict[str, object]]:
+    r = httpx.get(f"{base_url}/ready")
+    assert r.status_code == 200, r.text
+    return dict(r.json()["models"])
+
+
+def test_ready_at_once_and_each_model_loads_on_first_use(demo_models: Path, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    server = start_server(demo_models.parent, tmp_path / "data", tmp_path / "server.log",
+                          env={"AIPC_LOAD_ON_START": "false"})
+    ready_after = time.monotonic() - t0
+    try:
+        first = models(server.base_url)
+        assert {kind: m["state"] for kind, m in first.items()} == {"llm": "unloaded", "image": "unloaded"}
+        assert first["llm"]["resident_mb"] is None
+        listed = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+        assert [(m["id"], m["state"]) for m in listed] == [(first["llm"]["model"], "unloaded"),
+                                                          (first["image"]["model"], "unloaded")]
+        assert models(server.base_url)["llm"]["state"] == "unloaded"  # listing did not load it
+        chat = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60,
+                          json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+        assert chat.status_code == 200, chat.text
+        after_chat = models(server.base_url)
+        assert after_chat["llm"]["state"] == "ready" and after_chat["image"]["state"] == "unloaded"
+        assert isinstance(after_chat["llm"]["resident_mb"], float)
+        picture = httpx.post(f"{server.base_url}/v1/images/generations", timeout=60,
+                             json={"prompt": "a red cube", "size": "64x64", "num_inference_steps": 2})
+        assert picture.status_code == 200 and picture.json()["data"]
+        assert models(server.base_url)["image"]["state"] == "ready"
+        memory = httpx.get(f"{server.base_url}/ready").json()["memory"]
+        assert memory["limit_mb"] is None and memory["models_mb"] > 0 and memory["process_rss_mb"] > 0
+        # A request's own keep_alive (Ollama's field) overrides AIPC_KEEP_ALIVE (-1 here) for its model.
+        assert models(server.base_url)["llm"]["keep_alive_left"] is None  # never
+        chat = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "keep_alive": 0})
+        assert chat.status_code == 200, chat.text
+        deadline = time.monotonic() + 5
+        while models(server.base_url)["llm"]["state"] != "unloaded":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert models(server.base_url)["image"]["state"] == "ready"  # the other model is not touched
+        bad = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": "Hi"}], "keep_alive": "soon"})
+        assert bad.status_code == 400 and "keep_alive" in bad.text
+    finally:
+        server.stop()
+    # 1.3 s here, most of it the Python process starting; a margin for a loaded CI machine
+    assert ready_after < 3.0, ready_after
