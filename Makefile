@@ -62,7 +62,7 @@ bench-full: install
 	$(BIN)/python scripts/bench_llm.py --model bench --runs 9 --prompt-tokens 128 --max-tokens 64 \
 		--history-tokens 1024 --sweep-rounds 3 --ttft-runs 24 --out bench-results/llm-full
 	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 10 --runs 2 --out bench-results/image-full
-	$(BIN)/python scripts/bench_startup.py --model bench --rounds 2 --out bench-results/startup-full.json
+	$(BIN)/python scripts/bench_startup.py --model bench --rounds 2 --size 256x256 --out bench-results/startup-full.json
 	$(BIN)/python scripts/bench_recovery.py --model bench --rounds 3 --out bench-results/recovery-full
 
 clean:

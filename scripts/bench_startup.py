@@ -137,9 +137,9 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [[name, r["summary"][key]["cold"], r["summary"][key]["warm"]] for key, name in names.items()]
     x = r["reloads"]
     reload_rows = [
-        ["first token (s)", x["ttft_loaded_s"], x["ttft_after_unload_s"], x["llm_freed_mb"]],
+        ["first token (s)", x["ttft_loaded_s"], x["ttft_after_unload_s"], round(x["llm_freed_mb"])],
         [f"picture {r['picture']['size']}, {r['picture']['num_inference_steps']} steps (s)", x["picture_loaded_s"],
-         x["picture_after_unload_s"], x["image_freed_mb"]],
+         x["picture_after_unload_s"], round(x["image_freed_mb"])],
     ]
     return (f"# Start-up benchmark ({r['when']})\n\n{machine_line(r['machine'])}; {r['model']} models; median of "
             f"{r['rounds']} round(s).\n\n" + table(["", "cold (empty compile cache)", "warm (cache filled)"], rows)
