@@ -1,4 +1,5 @@
-"""Map every error to one HTTP status and one JSON shape: ``{"error": {message, type, param, code}}``."""
+"""Map every error to one HTTP status and one JSON shape: ``{"error": {message, type, param, code}}``; under
+Ollama's ``/api/`` the shape its clients read, ``{"error": "message"}``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_f
                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
 
 
-def error_response(exc: AipcError) -> JSONResponse:
+OLLAMA_PREFIX = "/api/"
+
+
+def shaped(request: Request | None, body: dict[str, object]) -> dict[str, object]:
+    """The error body for this request's API: Ollama's routes carry the message alone."""
+    if request is not None and request.url.path.startswith(OLLAMA_PREFIX):
+        error = body["error"]
+        return {"error": error["message"] if isinstance(error, dict) else error}
+    return body
+
+
+def error_response(exc: AipcError, request: Request | None = None) -> JSONResponse:
     """The HTTP response for one of our errors."""
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return JSONResponse(shaped(request, exc.to_dict()), status_code=exc.status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -38,19 +50,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _aipc(request: Request, exc: AipcError) -> JSONResponse:
         if exc.status >= 500 and exc.retry_after is None:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        return error_response(exc)
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", param=param, code="invalid_value"), 400)
+        return JSONResponse(shaped(request, error_body(message, "invalid_request_error", param=param,
+                                                       code="invalid_value")), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         body = error_body(str(exc.detail), _HTTP_TYPES.get(exc.status_code, "invalid_request_error"))
-        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(shaped(request, body), exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("Internal server error.", "server_error", code="internal_error"), 500)
+        return JSONResponse(shaped(request, error_body("Internal server error.", "server_error",
+                                                       code="internal_error")), 500)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import hmac
 import json
 import logging
@@ -31,6 +32,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
+# Desktop apps' own pages (Electron, Tauri, VS Code webviews), allowed by default as Ollama allows them; not file://
+DESKTOP_ORIGIN = re.compile(r"^(app|tauri|vscode-webview|vscode-file)://[A-Za-z0-9._~%+-]+(:\d+)?/?$")
+ALLOWED_ORIGIN = re.compile(f"{LOCAL_ORIGIN.pattern}|{DESKTOP_ORIGIN.pattern}")
 OPEN_PATHS = ("/health", "/ready", "/images/", "/web/")
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
 USER_SCOPE_KEY = "aipc.user"  # the user a per-user key belongs to (AIPC_USERS_FILE), set on the ASGI scope
@@ -46,8 +50,8 @@ class RequestIdFilter(logging.Filter):
 
 
 async def _reply(send: Send, status: int, message: str, type_: str, code: str,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps(error_body(message, type_, code=code)).encode()
+                 headers: list[tuple[bytes, bytes]] | None = None, *, ollama: bool = False) -> None:
+    body = json.dumps({"error": message} if ollama else error_body(message, type_, code=code)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -94,7 +98,7 @@ def cross_site_write(method: str, origin: str | None, fetch_site: str | None, ex
 
 def origin_allowed(origin: str, extra: list[str]) -> bool:
     """Whether a browser Origin may call the API."""
-    return bool(LOCAL_ORIGIN.match(origin)) or origin.rstrip("/") in extra or "*" in extra
+    return bool(ALLOWED_ORIGIN.match(origin)) or origin.rstrip("/") in extra or "*" in extra
 
 
 def presented_key(authorization: str | None) -> str | None:
@@ -150,28 +154,30 @@ class GuardMiddleware:
             REQUEST_ID.reset(token)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ollama = str(scope.get("path", "")).startswith("/api/")  # Ollama's clients read {"error": "message"}
+        reply = functools.partial(_reply, send, ollama=ollama)
         if not host_allowed(_header(scope, b"host"), self.hosts):
             log.warning("refused Host %r", _header(scope, b"host"))
-            await _reply(send, 403, "This server only answers requests addressed to localhost (set "
+            await reply(403, "This server only answers requests addressed to localhost (set "
                          "AIPC_ALLOWED_HOSTS to add names).", "permission_error", "forbidden_host")
             return
         origin = _header(scope, b"origin")
         if origin is not None and origin != "null" and not origin_allowed(origin, self.origins):
-            await _reply(send, 403, f"Origin {origin} may not call this server (set AIPC_ALLOWED_ORIGINS).",
+            await reply(403, f"Origin {origin} may not call this server (set AIPC_ALLOWED_ORIGINS).",
                          "permission_error", "forbidden_origin")
             return
         refused = cross_site_write(scope.get("method", ""), origin, _header(scope, b"sec-fetch-site"), self.origins)
         if refused is not None:
             log.warning("refused a cross-site %s %s", scope.get("method"), scope.get("path"))
-            await _reply(send, 403, refused, "permission_error", "forbidden_origin")
+            await reply(403, refused, "permission_error", "forbidden_origin")
             return
         if not self._authenticated(scope):
-            await _reply(send, 401, "A valid API key is required (Authorization: Bearer KEY).",
+            await reply(401, "A valid API key is required (Authorization: Bearer KEY).",
                          "authentication_error", "invalid_api_key", [(b"www-authenticate", b"Bearer")])
             return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.",
+            await reply(413, f"The request body is larger than {self.max_body} bytes.",
                          "invalid_request_error", "request_too_large")
             return
         await self.app(scope, _limited(receive, self.max_body), send)

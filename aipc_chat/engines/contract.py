@@ -96,6 +96,7 @@ class GenParams:
     grammar: str | None = None
     tag: TagConstraint | None = None
     constraint_param: str = "response_format"  # the request field a refused constraint came from (for the 400)
+    think: bool = True  # False: a reasoning model's think block is closed empty (it answers at once)
     keep_alive: float | None = None  # seconds the model stays loaded after this request (inf: never); None: default
 
 
@@ -187,6 +188,16 @@ class LLMEngineClient(SupervisedEngine, Protocol):
     @property
     def waiting(self) -> int:
         """Requests admitted and not yet generating."""
+
+    @property
+    def chat_template(self) -> str:
+        """The model's chat template ("" when not known here)."""
+
+    def keep_alive_left(self) -> float | None:
+        """Seconds until the idle model unloads (``math.inf``: never); None when it is not loaded here."""
+
+    def release(self) -> None:
+        """Unload the model as soon as it is idle (Ollama's ``keep_alive: 0`` with no prompt)."""
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens the templated messages take."""

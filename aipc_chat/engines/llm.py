@@ -379,6 +379,19 @@ class LLMEngine:
 
     # --- the caller's side (any thread) ----------------------------------------------------------------
 
+    @property
+    def chat_template(self) -> str:
+        """The model's chat template."""
+        return str(self._tokenizer.chat_template or "") if self._tokenizer is not None else ""
+
+    def keep_alive_left(self) -> float | None:
+        """Seconds until the idle model unloads (``math.inf``: never); None while unloaded."""
+        return self.slot.keeper.expires_in if self.slot.loaded else None
+
+    def release(self) -> None:
+        """Unload the model as soon as it is idle."""
+        self.slot.keeper.finished(0.0)
+
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """Apply the model's own chat template; earlier answers go in without their reasoning."""
         if self._tokenizer is None:
@@ -427,8 +440,8 @@ class LLMEngine:
         """Queue an already templated prompt."""
         self.check_serving()
         assert self._loop is not None
-        if constrains_whole_reply(params) and prompt.rstrip().endswith(THINK_OPEN):
-            prompt += "</think>\n\n"  # constrained output has no room for reasoning: close the block empty
+        if (constrains_whole_reply(params) or not params.think) and prompt.rstrip().endswith(THINK_OPEN):
+            prompt += "</think>\n\n"  # no reasoning wanted (or no room for it): close the block empty
         ids = self._encode(prompt)
         max_new = self._max_new_tokens(len(ids), params.max_tokens)
         config = checked_generation_config(params, max_new)

@@ -122,6 +122,18 @@ class RemoteLLM:
             log.warning("remote LLM at %s: %s", self.base_url, exc.message)
         self.load_seconds = time.perf_counter() - t0
 
+    @property
+    def chat_template(self) -> str:
+        """Not known here: the remote templates."""
+        return ""
+
+    def keep_alive_left(self) -> float | None:
+        """Nothing is loaded here."""
+        return None
+
+    def release(self) -> None:
+        """Nothing is held here."""
+
     def discover(self) -> None:
         """Ask the remote for its models; take the first id unless one is configured."""
         models = self.list_models()

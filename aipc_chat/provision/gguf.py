@@ -44,6 +44,7 @@ class GGUFInfo:
     tensor_types: tuple[str, ...]  # distinct, in order of first appearance
     config: dict[str, Any]  # config.json's keys the engine reads (layers, heads, context, vocabulary)
     chat_template: str | None
+    parameters: int | None = None  # the tensors' elements
 
     @property
     def quantization(self) -> str:
@@ -110,7 +111,7 @@ def _read_gguf(path: Path, mtime_ns: int, size: int) -> GGUFInfo:
     name = field("general.name")
     template = field("tokenizer.chat_template")
     return GGUFInfo(path, arch, str(name) if name else None, types, {k: v for k, v in config.items() if v},
-                    str(template) if template else None)
+                    str(template) if template else None, sum(int(t.n_elements) for t in reader.tensors))
 
 
 def check_gguf(path: Path) -> GGUFInfo:

@@ -93,6 +93,24 @@ def test_cors_localhost_origin_granted_foreign_refused(base_url: str) -> None:
     assert "access-control-allow-origin" not in r.headers
 
 
+@pytest.mark.parametrize("origin", ["app://obsidian.md", "tauri://localhost", "vscode-webview://1h2j3k4l5m",
+                                    "vscode-file://vscode-app"])
+def test_desktop_app_origins_are_allowed(base_url: str, origin: str) -> None:
+    for path in ("/v1/chat/completions", "/api/chat"):
+        r = httpx.options(f"{base_url}{path}", headers={
+            "origin": origin, "access-control-request-method": "POST", "access-control-request-headers": "content-type"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin  # echoed, not *
+    r = httpx.get(f"{base_url}/api/tags", headers={"origin": origin, "sec-fetch-site": "cross-site"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+
+
+@pytest.mark.parametrize("origin", ["file://", "null", "app://evil.example/path/../x", "tauri-evil://x"])
+def test_file_and_opaque_origins_stay_refused(base_url: str, origin: str) -> None:
+    r = httpx.post(f"{base_url}/api/chat", json={"model": "x", "messages": []},
+                   headers={"origin": origin, "sec-fetch-site": "cross-site"})
+    assert r.status_code == 403 and isinstance(r.json()["error"], str)  # Ollama's shape under /api/
+
+
 def test_huge_body_is_413(base_url: str) -> None:
     body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "a" * (8 * 1024 * 1024)}]})
     r = httpx.post(f"{base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})

@@ -4,9 +4,11 @@ loading them, and the first chat and the first picture load them (resident_mb in
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 
 from tests.e2e.conftest import start_server
@@ -58,6 +60,19 @@ def test_ready_at_once_and_each_model_loads_on_first_use(demo_models: Path, tmp_
         bad = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
             "messages": [{"role": "user", "content": "Hi"}], "keep_alive": "soon"})
         assert bad.status_code == 400 and "keep_alive" in bad.text
+        # Ollama's way: an empty generate loads the model; with keep_alive 0 it unloads it.
+        client = ollama.Client(host=server.base_url)
+        name = client.list().models[0].model
+        assert name is not None and client.ps().models == []
+        loaded = client.generate(model=name, keep_alive="10m")
+        assert loaded.done_reason == "load" and models(server.base_url)["llm"]["state"] == "ready"
+        assert 590 < (client.ps().models[0].expires_at - datetime.now(UTC)).total_seconds() <= 600
+        assert client.generate(model=name, keep_alive=0).done_reason == "unload"
+        deadline = time.monotonic() + 5
+        while models(server.base_url)["llm"]["state"] != "unloaded":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.ps().models == []
     finally:
         server.stop()
     # 1.3 s here, most of it the Python process starting; a margin for a loaded CI machine

@@ -131,3 +131,21 @@ def test_an_ollama_model_by_name(store: Path, demo_models: Path, tmp_path: Path)
     missing = subprocess.run([sys.executable, "-m", "aipc_chat", "serve", "--demo", "--port", str(free_port())],
                              capture_output=True, text=True, timeout=60, env=env)
     assert missing.returncode == 2 and "has no model 'nothing:1b' (models there: smollm2:135m)" in missing.stderr
+
+
+def test_the_ollama_api_with_a_model_that_does_not_reason(smol_server: LiveServer) -> None:
+    import ollama
+
+    client = ollama.Client(host=smol_server.base_url)
+    assert [m.model for m in client.list().models] == ["SmolLM2-135M-Instruct.Q4_1:latest"]
+    shown = client.show("SmolLM2-135M-Instruct.Q4_1")
+    assert shown.capabilities == ["completion"] and shown.details is not None
+    assert shown.details.format == "gguf" and shown.details.quantization_level == "Q4_1"
+    assert shown.details.parameter_size == "135M"
+    reply = client.chat(model="SmolLM2-135M-Instruct.Q4_1", options={"temperature": 0, "num_predict": 40},
+                        messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in (reply.message.content or "") and not reply.message.thinking
+    assert reply.done_reason == "stop"
+    answer = client.generate(model="SmolLM2-135M-Instruct.Q4_1", prompt="What is the capital of France?",
+                             options={"temperature": 0, "num_predict": 40})
+    assert "Paris" in answer.response and not answer.thinking

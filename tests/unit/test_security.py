@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipc_chat.api.security import cross_site_write, host_allowed
+from aipc_chat.api.security import cross_site_write, host_allowed, origin_allowed
 
 
 @pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1:1", "[::1]", "[::1]:65535", "LOCALHOST"])
@@ -42,3 +42,11 @@ def test_cross_site_writes(method: str, origin: str | None, site: str | None, re
 
 def test_an_allowed_extra_origin_may_write_cross_site() -> None:
     assert cross_site_write("POST", "https://app.example", "cross-site", ["https://app.example"]) is None
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [
+    ("app://obsidian.md", True), ("tauri://localhost", True), ("vscode-webview://abc123", True),
+    ("vscode-file://vscode-app", True), ("http://localhost:3000", True), ("file://", False), ("null", False),
+    ("app://a/b", False), ("https://evil.example", False), ("myapp://x", False)])
+def test_desktop_origins(origin: str, allowed: bool) -> None:
+    assert origin_allowed(origin, []) is allowed

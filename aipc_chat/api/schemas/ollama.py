@@ -1,0 +1,165 @@
+"""Request bodies of Ollama's API (``/api/chat``, ``/api/generate``, ``/api/show``, ...), as its clients send them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aipc_chat.api.schemas.common import KeepAlive
+from aipc_chat.engines.contract import GenParams
+from aipc_chat.errors import InvalidRequest, UnsupportedParameter
+
+MAX_TEXT = 200_000
+
+
+class OllamaOptions(BaseModel):
+    """``options``: the sampling and length options we honour; the others (``num_gpu``, ``num_thread``, ``mirostat``,
+    ...) concern llama.cpp and are ignored, as Ollama ignores options a runner does not know."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    num_predict: int | None = Field(default=None, ge=-2)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=1000)
+    seed: int | None = Field(default=None, ge=-1, le=2**63 - 1)
+    stop: list[str] | None = Field(default=None, max_length=16)
+    num_ctx: int | None = Field(default=None, ge=1)
+    repeat_penalty: float | None = Field(default=None, gt=0, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    ignore_eos: bool = False  # an extension, as our OpenAI endpoint has it (vLLM's name): benchmarks, tests
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class OllamaMessage(BaseModel):
+    """One message of ``/api/chat``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(default="", max_length=MAX_TEXT)
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _Generation(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = True
+    think: bool | Literal["low", "medium", "high"] | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+    keep_alive: KeepAlive = None
+
+    @property
+    def thinks(self) -> bool:
+        """Whether a reasoning model reasons: unless ``think`` is false (levels count as true)."""
+        return self.think is not False
+
+    def to_params(self, max_context: int) -> GenParams:
+        """The engine's parameters (Ollama's defaults where the request is silent: temperature 0.8, top_p 0.9,
+        top_k 40, as its runner has them)."""
+        o = self.options
+        if o.num_ctx is not None and o.num_ctx > max_context:
+            raise InvalidRequest(f"options.num_ctx is {o.num_ctx}; this model's context is {max_context} tokens.",
+                                 param="options.num_ctx")
+        schema = None
+        if self.format == "json":
+            schema = json.dumps({"type": "object"})
+        elif isinstance(self.format, dict):
+            schema = json.dumps(self.format)
+        return GenParams(
+            max_tokens=o.num_predict if o.num_predict is not None and o.num_predict > 0 else None,
+            temperature=0.8 if o.temperature is None else o.temperature,
+            top_p=0.9 if o.top_p is None else (o.top_p or 1.0),
+            top_k=40 if o.top_k is None else (o.top_k or None),
+            seed=None if o.seed is None or o.seed < 0 else o.seed,
+            stop=tuple(o.stop or ()),
+            repetition_penalty=1.0 if o.repeat_penalty is None else o.repeat_penalty,
+            presence_penalty=o.presence_penalty or 0.0,
+            frequency_penalty=o.frequency_penalty or 0.0,
+            json_schema=schema,
+            ignore_eos=o.ignore_eos,
+            constraint_param="format",
+            keep_alive=self.keep_alive,
+            think=self.thinks,
+        )
+
+
+class OllamaChatRequest(_Generation):
+    """``POST /api/chat``."""
+
+    messages: list[OllamaMessage] = Field(default_factory=list, max_length=1000)
+    tools: list[dict[str, Any]] | None = None
+
+    def check_supported(self) -> None:
+        """Refuse what this server does not do, in Ollama's words where it has them."""
+        if self.tools:
+            raise UnsupportedParameter(f"{self.model} does not support tools", param="tools")
+        for i, message in enumerate(self.messages):
+            if message.images:
+                raise UnsupportedParameter(f"{self.model} does not support images (input)",
+                                           param=f"messages.{i}.images")
+            if message.role == "tool":
+                raise UnsupportedParameter("tool messages are not supported", param=f"messages.{i}.role")
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """Plain role/content dicts."""
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+class OllamaGenerateRequest(_Generation):
+    """``POST /api/generate``."""
+
+    prompt: str = Field(default="", max_length=MAX_TEXT)
+    system: str | None = Field(default=None, max_length=MAX_TEXT)
+    suffix: str | None = None
+    template: str | None = None
+    raw: bool = False
+    context: list[int] | None = None
+    images: list[str] | None = None
+
+    def check_supported(self) -> None:
+        """Refuse what this server does not do."""
+        if self.images:
+            raise UnsupportedParameter(f"{self.model} does not support images (input)", param="images")
+        if self.suffix:
+            raise UnsupportedParameter(f"{self.model} does not support insert (suffix)", param="suffix")
+        if self.template:
+            raise UnsupportedParameter("a per-request template is not supported; the model's own is used",
+                                       param="template")
+        if self.context:
+            raise UnsupportedParameter("context (the deprecated token history) is not supported; use /api/chat",
+                                       param="context")
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The prompt as chat messages (with ``system`` first)."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        return [*messages, {"role": "user", "content": self.prompt}]
+
+
+class OllamaModelRequest(BaseModel):
+    """``/api/show``, ``/api/pull``, ``/api/delete``: a model by name (``name`` is the older field)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, max_length=256)
+    stream: bool = True
+
+    @property
+    def model_name(self) -> str:
+        """The model asked for."""
+        name = self.model or self.name
+        if not name:
+            raise InvalidRequest("model is required", param="model")
+        return name
