@@ -80,6 +80,34 @@ class ReasoningSplitter:
         return "", held
 
 
+class StopMatcher:
+    """Stop strings applied to the answer only (a reasoning model's think block may say them freely): feed answer
+    chunks, get back what may be sent; once a stop string appears, the answer ends before it."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.hit = False
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        """What of ``text`` can be sent now (a possible start of a stop string is held back)."""
+        if self.hit or not text:
+            return ""
+        buf = self._held + text
+        found = [i for i in (buf.find(stop) for stop in self.stops) if i >= 0]
+        if found:
+            self.hit, self._held = True, ""
+            return buf[: min(found)]
+        keep = max(partial_tag_suffix(buf, stop) for stop in self.stops)
+        self._held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep]
+
+    def finish(self) -> str:
+        """What was held back, at the end of the reply."""
+        held, self._held = ("" if self.hit else self._held), ""
+        return held
+
+
 def strip_reasoning(text: str) -> str:
     """The answer part of a full reply: what is fed back into later prompts (never the reasoning)."""
     if THINK_CLOSE in text:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     reasoning_budget: int = Field(
         1024, ge=0, le=131072, validation_alias=_env("reasoning_budget"),
         description="Tokens the model may think before the engine closes `</think>` and makes it answer.",
+    )
+    reasoning_format: Literal["deepseek", "none"] = Field(
+        "deepseek", validation_alias=_env("reasoning_format"),
+        description="Where /v1/chat/completions puts a reasoning model's reasoning: `deepseek` in "
+                    "`reasoning_content`, `none` in `content` inside its `<think>...</think>` block (for clients "
+                    "that drop `reasoning_content`); a request's `reasoning_format` overrides it.",
     )
     context_length: int | None = Field(
         None, ge=64, validation_alias=_env("context_length"),

@@ -97,6 +97,7 @@ class GenParams:
     tag: TagConstraint | None = None
     constraint_param: str = "response_format"  # the request field a refused constraint came from (for the 400)
     think: bool = True  # False: a reasoning model's think block is closed empty (it answers at once)
+    split_reasoning: bool = True  # False: all text is answer (a plain-prompt completion)
     keep_alive: float | None = None  # seconds the model stays loaded after this request (inf: never); None: default
 
 

@@ -33,7 +33,7 @@ from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, Serial
 from aipc_chat.engines.residency import Keeper, Residency, Slot, weights_mb
 from aipc_chat.engines.supervisor import Supervisor
 from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, MemoryFull, ModelSetupError, NotReady
-from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, strip_reasoning
+from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, StopMatcher, strip_reasoning
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def device_properties(settings: Settings, device: str) -> dict[str, Any]:
     return props
 
 
-def generation_config(params: GenParams, max_new_tokens: int) -> Any:
+def generation_config(params: GenParams, max_new_tokens: int, *, stop_in_pipeline: bool = True) -> Any:
     """Translate validated parameters into an openvino-genai GenerationConfig."""
     import openvino_genai as ov_genai
 
@@ -119,7 +119,7 @@ def generation_config(params: GenParams, max_new_tokens: int) -> Any:
         cfg.do_sample = False
     if params.seed is not None:
         cfg.rng_seed = params.seed
-    if params.stop:
+    if params.stop and stop_in_pipeline:
         cfg.stop_strings = set(params.stop)
     cfg.presence_penalty = params.presence_penalty
     cfg.frequency_penalty = params.frequency_penalty
@@ -130,10 +130,10 @@ def generation_config(params: GenParams, max_new_tokens: int) -> Any:
     return cfg
 
 
-def checked_generation_config(params: GenParams, max_new_tokens: int) -> Any:
+def checked_generation_config(params: GenParams, max_new_tokens: int, *, stop_in_pipeline: bool = True) -> Any:
     """``generation_config``, validated by openvino-genai itself: what it would refuse is a 400 here, not a failure
     on the owner thread (values Python accepts can still round to 0 in the pipeline's float32, e.g. 1e-100)."""
-    config = generation_config(params, max_new_tokens)
+    config = generation_config(params, max_new_tokens, stop_in_pipeline=stop_in_pipeline)
     try:
         config.validate()
     except RuntimeError as exc:
@@ -444,17 +444,20 @@ class LLMEngine:
             prompt += "</think>\n\n"  # no reasoning wanted (or no room for it): close the block empty
         ids = self._encode(prompt)
         max_new = self._max_new_tokens(len(ids), params.max_tokens)
-        config = checked_generation_config(params, max_new)
+        tags = self.reasons and params.split_reasoning
+        # A reasoning model's stop strings are matched on its answer here: the pipeline would match its reasoning too
+        config = checked_generation_config(params, max_new, stop_in_pipeline=not tags)
         structured = structured_output_config(params)
         if structured is not None:  # compiled on the probe: a constraint that does not compile never enters the batch
             self.constraints.check(params, structured)
         stream = LLMStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
         budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
-        opened = self.reasons and prompt.rstrip().endswith(THINK_OPEN)
+        opened = tags and prompt.rstrip().endswith(THINK_OPEN)
         self._loop.admit(LoopRequest(
             stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
-            budget=budget if self.reasons and (opened or budget > 0) else None,
-            splitter=ReasoningSplitter(in_think=opened, tags=self.reasons), keep_alive=params.keep_alive,
+            budget=budget if tags and (opened or budget > 0) else None,
+            splitter=ReasoningSplitter(in_think=opened, tags=tags), keep_alive=params.keep_alive,
+            stopper=StopMatcher(params.stop) if tags and params.stop else None,
         ))
         return stream
 

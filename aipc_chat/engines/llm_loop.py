@@ -25,7 +25,7 @@ from aipc_chat.engines.detokenize import IncrementalDetokenizer
 from aipc_chat.engines.residency import Keeper, Residency, Slot
 from aipc_chat.engines.supervisor import Supervisor, in_flight_failure
 from aipc_chat.errors import AipcError, Busy, Cancelled, EngineFailure, NotReady
-from aipc_chat.reasoning import ReasoningSplitter
+from aipc_chat.reasoning import ReasoningSplitter, StopMatcher
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ class LoopRequest:
     unsent_tokens: int = 0
     text_out: list[str] = field(default_factory=list)
     keep_alive: float | None = None  # the request's own keep-alive for the model (seconds; inf: never)
+    stopper: StopMatcher | None = None  # stop strings matched on the answer only (a reasoning model's request)
+
+    @property
+    def stopped(self) -> bool:
+        """The answer reached one of its stop strings: the request ends now."""
+        return self.stopper is not None and self.stopper.hit
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,8 @@ class OwnerLoop:
         text = "".join(req.text_out)
         req.text_out.clear()
         reasoning, content = req.splitter.feed(text) if text else ("", "")
+        if req.stopper is not None:
+            content = req.stopper.feed(content)
         req.unsent_tokens += tokens
         if reasoning or content:
             req.stream.put(Delta(reasoning, content, req.unsent_tokens))
@@ -243,6 +251,8 @@ class OwnerLoop:
         """Send what the splitter held back at the end."""
         self.push_text(req, 0)
         reasoning, content = req.splitter.finish()
+        if req.stopper is not None:
+            content = req.stopper.feed(content) + req.stopper.finish()
         if reasoning or content:
             req.stream.put(Delta(reasoning, content, 0))
 
@@ -443,6 +453,11 @@ class BatchLoop(OwnerLoop):
 
         if new:
             self._emit(req, new, text)
+        if req.stopped:  # the answer reached a stop string: the rest is not wanted
+            self._cancel_handle(req)
+            self.flush(req)
+            self.finish(req, Done("stop", len(req.prompt_ids), len(req.generated) + req.forced_tokens, req.timing))
+            return True
         done = finish is not None or status not in (ov_genai.GenerationStatus.RUNNING,)
         if not done and req.budget is not None and req.splitter.in_think and req.think_tokens >= req.budget:
             return self._force_answer(req, running, rid)
@@ -540,7 +555,9 @@ class SerialLoop(OwnerLoop):
                 req.timing.first_token = time.perf_counter()
             req.text_out.append(text)
             self.push_text(req, 1)
-            return ov_genai.StreamingStatus.CANCEL if req.stream.cancelled else ov_genai.StreamingStatus.RUNNING
+            if req.stream.cancelled:
+                return ov_genai.StreamingStatus.CANCEL
+            return ov_genai.StreamingStatus.STOP if req.stopped else ov_genai.StreamingStatus.RUNNING
 
         try:
             res = self.pipe.generate(ov.Tensor(as_array(req.prompt_ids)), req.config, on_text)
@@ -553,7 +570,8 @@ class SerialLoop(OwnerLoop):
             self.finish(req, Cancelled("The request was cancelled."))
             return True
         self.flush(req)
-        self.finish(req, Done("length" if n >= req.max_new_tokens else "stop", len(req.prompt_ids), n, req.timing))
+        length = n >= req.max_new_tokens and not req.stopped
+        self.finish(req, Done("length" if length else "stop", len(req.prompt_ids), n, req.timing))
         return True
 
 

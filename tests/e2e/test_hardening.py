@@ -97,8 +97,8 @@ def test_cors_localhost_origin_granted_foreign_refused(base_url: str) -> None:
                                     "vscode-file://vscode-app"])
 def test_desktop_app_origins_are_allowed(base_url: str, origin: str) -> None:
     for path in ("/v1/chat/completions", "/api/chat"):
-        r = httpx.options(f"{base_url}{path}", headers={
-            "origin": origin, "access-control-request-method": "POST", "access-control-request-headers": "content-type"})
+        r = httpx.options(f"{base_url}{path}", headers={"origin": origin, "access-control-request-method": "POST",
+                                                        "access-control-request-headers": "content-type"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin  # echoed, not *
     r = httpx.get(f"{base_url}/api/tags", headers={"origin": origin, "sec-fetch-site": "cross-site"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipc_chat.reasoning import ReasoningSplitter, strip_reasoning
+from aipc_chat.reasoning import ReasoningSplitter, StopMatcher, strip_reasoning
 
 REPLY = "Let me think.\nThe user greets me.\n</think>\n\nHello! How can I help?"
 
@@ -65,3 +65,17 @@ def test_which_models_reason() -> None:
     assert think_tags("...{{'<｜Assistant｜><think>\\n'}}", [1, 2, 3])  # DeepSeek-R1 opens the block in its template
     assert think_tags("{{ message['content'] }}", [151648])  # <think> is one token of the vocabulary
     assert not think_tags("<|im_start|>{{ message['content'] }}<|im_end|>", [27, 26865, 29])  # SmolLM2
+
+
+@pytest.mark.parametrize("chunks", [["Hello NPU world"], ["Hello N", "PU world"], ["Hel", "lo ", "N", "P", "U!"]])
+def test_a_stop_string_ends_the_answer_across_chunks(chunks: list[str]) -> None:
+    stopper = StopMatcher(("NPU",))
+    out = "".join(stopper.feed(c) for c in chunks) + stopper.finish()
+    assert out == "Hello " and stopper.hit
+
+
+def test_a_partial_stop_string_at_the_end_is_sent() -> None:
+    stopper = StopMatcher(("NPU", "stop here"))
+    out = stopper.feed("an N") + stopper.feed("P and stop") + stopper.finish()
+    assert out == "an NP and stop" and not stopper.hit
+    assert StopMatcher(("b", "ab")).feed("xab") == "x"  # the earliest match wins

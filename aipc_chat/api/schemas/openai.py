@@ -14,6 +14,16 @@ from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 MAX_MESSAGE_CHARS = 200_000
 
 
+def stop_list(value: str | list[str] | None) -> list[str] | None:
+    """``stop`` as a list: up to 4 non-empty strings (OpenAI's bound)."""
+    if value is None:
+        return None
+    stops = [value] if isinstance(value, str) else value
+    if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
+        raise ValueError("stop takes up to 4 non-empty strings of at most 256 characters")
+    return stops
+
+
 class ContentPart(BaseModel):
     """A part of a message's content; only ``text`` parts are served (``check_supported`` says so of the others)."""
 
@@ -101,16 +111,14 @@ class ChatCompletionRequest(BaseModel):
     ignore_eos: bool = False
     reasoning_budget: int | None = Field(default=None, ge=0, le=131072)
     keep_alive: KeepAlive = None  # Ollama's: how long the model stays loaded after this request
+    # llama.cpp's: deepseek (and auto) split the reasoning into reasoning_content; none keeps it in content;
+    # deepseek-legacy does both.
+    reasoning_format: Literal["deepseek", "auto", "none", "deepseek-legacy"] | None = None
 
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        stops = [value] if isinstance(value, str) else value
-        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings of at most 256 characters")
-        return stops
+        return stop_list(value)
 
     def check_supported(self) -> None:
         """Refuse, clearly, what this server does not do (rather than ignoring it)."""
@@ -164,3 +172,66 @@ class ChatCompletionRequest(BaseModel):
             json_schema=json_schema,
             keep_alive=self.keep_alive,
         )
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions``: a plain prompt, no chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=256)
+    prompt: str | list[str] = Field(max_length=MAX_MESSAGE_CHARS)
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=1000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=128)
+    best_of: int | None = Field(default=None, ge=1, le=128)
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    user: str | None = Field(default=None, max_length=256)
+    ignore_eos: bool = False
+    keep_alive: KeepAlive = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
+        return stop_list(value)
+
+    def text(self) -> str:
+        """The one prompt."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise UnsupportedParameter("Only one prompt per request is supported.", param="prompt")
+        return self.prompt[0]
+
+    def check_supported(self) -> None:
+        """Refuse, clearly, what this server does not do."""
+        if self.n != 1 or (self.best_of or 1) != 1:
+            raise UnsupportedParameter("Only n=1 (and best_of=1) is supported.", param="n")
+        if self.echo:
+            raise UnsupportedParameter("echo is not supported.", param="echo")
+        if self.logprobs:
+            raise UnsupportedParameter("logprobs are not supported by this server.", param="logprobs")
+        if self.suffix:
+            raise UnsupportedParameter("suffix (insertion) is not supported.", param="suffix")
+        if not self.text():
+            raise InvalidRequest("prompt must not be empty.", param="prompt")
+
+    def to_params(self) -> GenParams:
+        """The engine's parameters: the text is all answer (no reasoning split)."""
+        return GenParams(
+            max_tokens=self.max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or None, seed=self.seed,
+            stop=tuple(self.stop or ()), presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
+            ignore_eos=self.ignore_eos, split_reasoning=False, keep_alive=self.keep_alive)
