@@ -63,8 +63,9 @@ async def no_lone_surrogates(request: Request) -> None:
 
     Cheap for everyone else: the body is only parsed again when it holds a surrogate escape at all.
     """
-    if request.method not in ("POST", "PUT", "PATCH"):
-        return
+    form = request.headers.get("content-type", "").startswith(("multipart/", "application/x-www-form-urlencoded"))
+    if request.method not in ("POST", "PUT", "PATCH") or form:
+        return  # a form (/v1/images/edits) is parsed, and its stream consumed, by the route itself
     body = await request.body()  # Starlette keeps it: the route's own parsing reads it again for free
     if not _SURROGATE_ESCAPE.search(body):
         return

@@ -17,6 +17,7 @@ Engine states (``EngineHealth.state``):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 import threading
@@ -32,10 +33,10 @@ from aipc_chat.engines.stream import ThreadToAsync, batches
 from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, RequestTimeout
 
 __all__ = [  # what the layers above the engines use, admission and stream helpers included
-    "FILTERED", "RETRY_AFTER_SECONDS", "SCHEDULERS", "Arrival", "Arrivals", "Delta", "Done", "EngineHealth",
-    "EngineState", "Flagged", "GenParams", "ImageEngineClient", "ImageJob", "ImageParams", "Interrupted",
-    "JobState", "LLMEngineClient", "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "batches",
-    "constrains_whole_reply",
+    "FILTERED", "RETRY_AFTER_SECONDS", "SCHEDULERS", "SCHEDULES", "Arrival", "Arrivals", "Delta", "Done",
+    "EngineHealth", "EngineState", "Flagged", "GenParams", "ImageEngineClient", "ImageJob", "ImageParams",
+    "Interrupted", "JobState", "LLMEngineClient", "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "batches",
+    "constrains_whole_reply", "split_sampler",
 ]
 
 EngineState = Literal["loading", "ready", "unloaded", "recovering", "unreachable", "failed"]
@@ -51,6 +52,30 @@ SCHEDULERS: dict[str, str] = {
     "LMS": "LMSDiscreteScheduler",
     "DPM++ 2M": "DPMSolverMultistepScheduler",
 }
+# AUTOMATIC1111's schedules (1.9+ sends them apart from the sampler as ``scheduler``; older clients join them to the
+# sampler's name, "DPM++ 2M Karras") and the diffusers scheduler options behind them.
+SCHEDULES: dict[str, dict[str, bool]] = {
+    "automatic": {},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+}
+
+
+def split_sampler(name: str | None, schedule: str | None = None) -> tuple[str | None, str | None]:
+    """(sampler, schedule) from A1111's names, joined ("DPM++ 2M Karras") or apart; names match case-insensitively
+    (an unknown one is returned as it came, for the engine's check to name)."""
+    schedule = schedule.strip().lower() if schedule else None
+    if not name:
+        return None, schedule
+    by_lower = {sampler.lower(): sampler for sampler in SCHEDULERS}
+    wanted = name.strip().lower()
+    if wanted in by_lower:
+        return by_lower[wanted], schedule
+    base, _, suffix = wanted.rpartition(" ")
+    if base in by_lower and suffix in SCHEDULES and schedule in (None, "automatic", suffix):
+        return by_lower[base], suffix
+    return name, schedule
 
 
 @dataclass(frozen=True)
@@ -228,7 +253,10 @@ class ImageParams:
     seed: int | None = None
     n: int = 1
     sampler: str | None = None
+    schedule: str | None = None  # A1111's scheduler ("karras", ...; None or "automatic": the sampler's own)
     keep_alive: float | None = None  # seconds the model stays loaded after this job (inf: never); None: default
+    init_image: Any = None  # image to image: the starting picture (PIL, RGB, already at width x height)
+    strength: float = 0.75  # image to image: how much of it is noised away (A1111's denoising_strength)
 
 
 class Interrupted(Exception):
@@ -257,7 +285,11 @@ class ImageJob:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    partial: bool = False  # interrupted the A1111 way: what was made so far is kept
+    preview: bytes | None = field(default=None, repr=False)  # a PNG of the picture being made
+    preview_step: int = 0
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _skip: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -280,6 +312,26 @@ class ImageJob:
     def cancel(self) -> None:
         """Stop the job at its next step (or before it starts)."""
         self._cancel.set()
+
+    def interrupt(self) -> None:
+        """A1111's interrupt: stop at the next step, keeping the picture as far as it got."""
+        self.partial = True
+        self._cancel.set()
+
+    def skip(self) -> None:
+        """A1111's skip: end the current picture as far as it got, and go on with the next of the batch."""
+        self._skip.set()
+
+    def take_skip(self) -> bool:
+        """Whether the current picture is to end now (the request is used up)."""
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False
+
+    def set_preview(self, png: bytes, step: int) -> None:
+        """A preview of the picture being made (kept until the next one)."""
+        self.preview, self.preview_step = png, step
 
     @property
     def cancelled(self) -> bool:
@@ -334,6 +386,8 @@ class ImageJob:
             "progress": round(self.progress, 4), "seeds": self.seeds, "error": self.error,
             "images": [url_for(n) for n in self.images] if url_for else self.images,
             "created": self.created, "started": self.started, "finished": self.finished,
+            "preview": base64.b64encode(self.preview).decode() if self.preview else None,
+            "preview_step": self.preview_step if self.preview else None,
         }
 
 
@@ -376,6 +430,9 @@ class ImageEngineClient(SupervisedEngine, Protocol):
 
     def interrupt(self, owner: str | None = None) -> None:
         """Cancel the running job (only if it is ``owner``'s, when one is named)."""
+
+    def skip(self, owner: str | None = None) -> None:
+        """End the running job's current picture as far as it got and go on with the next (A1111's skip)."""
 
     def info(self) -> dict[str, Any]:
         """What the engine serves."""

@@ -8,6 +8,8 @@ with AUTOMATIC1111 metadata.
 
 from __future__ import annotations
 
+import inspect
+import io
 import json
 import logging
 import secrets
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.engines.contract import SCHEDULERS, Flagged, ImageJob, ImageParams, Interrupted
+from aipc_chat.engines.contract import SCHEDULERS, SCHEDULES, Flagged, ImageJob, ImageParams, Interrupted
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.residency import Residency
 from aipc_chat.engines.store import ImageStore, infotext
@@ -36,6 +38,36 @@ def size_step(pipe: Any) -> int:
     blocks = pipe.unet.config.get("block_out_channels") if hasattr(pipe.unet, "config") else None
     unet_factor = 2 ** (len(blocks) - 1) if blocks else 8
     return vae_factor * unet_factor
+
+
+# A1111's "Approx cheap" preview: SD 1.5's four latent channels to RGB by one linear map, no model run.
+LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+
+
+def cheap_preview(latents: Any) -> bytes:
+    """A PNG of what the latents show now, at latent size (1/8 of the picture's), from A1111's cheap map."""
+    import numpy as np
+    from PIL import Image
+
+    sample = np.asarray(latents[0].float().numpy() if hasattr(latents, "float") else latents[0], dtype=np.float32)
+    rgb = np.einsum("lhw,lr->hwr", sample[:4], np.asarray(LATENT_RGB, dtype=np.float32))
+    pixels = np.clip((rgb + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def schedule_applies(sampler: str, schedule: str) -> bool:
+    """Whether a sampler's diffusers scheduler takes this schedule's option."""
+    import importlib
+
+    options = SCHEDULES.get(schedule)
+    if options is None or sampler not in SCHEDULERS:
+        return False
+    if not options:
+        return True
+    cls = getattr(importlib.import_module("diffusers"), SCHEDULERS[sampler])
+    return all(name in inspect.signature(cls.__init__).parameters for name in options)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -93,7 +125,8 @@ class DiffusersRenderer:
         self.static_size = npu_static_size(settings, device)
         self._pipelines = pipelines if pipelines is not None else OpenVINOImagePipelines(settings, model_dir, device)
         self._pipe: Any = None
-        self._schedulers: dict[str, Any] = {}
+        self._img2img: Any = None
+        self._schedulers: dict[tuple[str, str], Any] = {}
 
     def prepare(self) -> None:
         """Sizes and sampler from the model's configuration files, without the pipeline (load on demand)."""
@@ -123,12 +156,12 @@ class DiffusersRenderer:
 
     def rebuild(self) -> None:
         """A fresh pipeline in place of one that failed."""
-        self._pipe = None  # release the broken one first
+        self._pipe, self._img2img = None, None  # release the broken one first
         self._install(self._pipelines())
 
     def unload(self) -> bool:
         """Let the pipeline go (the next job loads it again)."""
-        self._pipe, self._schedulers = None, {}
+        self._pipe, self._img2img, self._schedulers = None, None, {}
         return True
 
     @property
@@ -141,29 +174,42 @@ class DiffusersRenderer:
         self.step_multiple = size_step(pipe)
         self.default_sampler = SAMPLERS.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
         self.sampler = self.default_sampler
-        self._schedulers = {self.sampler: pipe.scheduler}
+        self._schedulers = {(self.sampler, "automatic"): pipe.scheduler}
 
     def unreachable(self) -> str | None:
         """A local pipeline is always at hand."""
         return None
 
     def check(self, params: ImageParams) -> None:
-        """The NPU's static size and the samplers this pipeline can switch to."""
+        """The NPU's static size, and the samplers and schedules this pipeline can switch to."""
         if self.static_size is not None and (params.width, params.height) != self.static_size:
             raise InvalidRequest(f"This NPU pipeline is compiled for {self.static_size[0]}x{self.static_size[1]} "
                                  "images only.", param="size")
         if params.sampler is not None and params.sampler not in SCHEDULERS:
-            raise InvalidRequest(f"Unknown sampler '{params.sampler}'; use one of {', '.join(SCHEDULERS)}.",
-                                 param="sampler_name")
+            raise InvalidRequest(f"Unknown sampler '{params.sampler}'; use one of {', '.join(SCHEDULERS)} (with a "
+                                 f"scheduler: {', '.join(SCHEDULES)}).", param="sampler_name")
+        schedule = params.schedule or "automatic"
+        if schedule not in SCHEDULES:
+            raise InvalidRequest(f"Unknown scheduler '{params.schedule}'; use one of {', '.join(SCHEDULES)}.",
+                                 param="scheduler")
+        sampler = params.sampler or self.default_sampler
+        if not schedule_applies(sampler, schedule):
+            raise InvalidRequest(f"The {sampler} sampler has no {schedule} schedule; use it with "
+                                 f"{', '.join(s for s in SCHEDULES if schedule_applies(sampler, s))}.",
+                                 param="scheduler")
 
     def render(self, job: ImageJob, store: ImageStore) -> None:
-        """Render every image of the job, storing each as it is done."""
+        """Render every image of the job, storing each as it is done (an interrupted or skipped one as far as it
+        got); text to image, or image to image from ``init_image``."""
         import torch
 
         p = job.params
-        self._use_sampler(p.sampler or self.default_sampler)
+        pipe = self._pipe if p.init_image is None else self._image_to_image()
+        self._use_sampler(pipe, p.sampler or self.default_sampler, p.schedule or "automatic")
         base_seed = p.seed if p.seed is not None and p.seed >= 0 else secrets.randbelow(SEED_MAX)
         job.seeds = [(base_seed + i) % (SEED_MAX + 1) for i in range(p.n)]
+        size = {"width": p.width, "height": p.height} if p.init_image is None else {
+            "image": p.init_image, "strength": p.strength}
         for index, seed in enumerate(job.seeds):
             done_before = index * p.steps
 
@@ -171,15 +217,19 @@ class DiffusersRenderer:
                         done_before: int = done_before) -> dict[str, Any]:
                 # PNDM calls back steps + 1 times: scale by the pipeline's own count of timesteps.
                 job.step = done_before + round((i + 1) * p.steps / max(1, pipe.num_timesteps))
-                if job.cancelled:
+                if job.cancelled and not job.partial:
                     raise Interrupted  # unlike stopping the pipeline, this also skips the VAE decode
+                if job.cancelled or job.take_skip():
+                    pipe._interrupt = True  # diffusers skips the remaining steps and decodes what it has
+                elif "latents" in kwargs:
+                    job.set_preview(cheap_preview(kwargs["latents"]), job.step)
                 return kwargs
 
             t0 = time.perf_counter()
-            result = self._pipe(
-                prompt=p.prompt, negative_prompt=p.negative_prompt or None, width=p.width, height=p.height,
-                num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
-                generator=torch.Generator(device="cpu").manual_seed(seed), callback_on_step_end=on_step,
+            result = pipe(
+                prompt=p.prompt, negative_prompt=p.negative_prompt or None, num_inference_steps=p.steps,
+                guidance_scale=p.guidance_scale, generator=torch.Generator(device="cpu").manual_seed(seed),
+                callback_on_step_end=on_step, **size,
             )
             flagged = getattr(result, "nsfw_content_detected", None)  # set when the model folder ships a checker
             if flagged and flagged[0]:
@@ -188,20 +238,37 @@ class DiffusersRenderer:
             text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
             job.infotexts.append(text)
             job.images.append(store.save(image, text, name=job.names[index]))
-            log.info("image job %s: %dx%d, %d steps, seed %d in %.2f s", job.id, p.width, p.height, p.steps,
-                     seed, time.perf_counter() - t0)
+            log.info("image job %s: %dx%d, %d steps, seed %d in %.2f s%s", job.id, p.width, p.height, p.steps,
+                     seed, time.perf_counter() - t0, " (interrupted)" if job.cancelled else "")
+            if job.cancelled:
+                raise Interrupted  # the picture as far as it got is kept; the rest of the batch is not made
 
-    def _use_sampler(self, name: str) -> None:
-        """Swap the scheduler for this job (it runs in Python: any diffusers scheduler suits the OpenVINO models)."""
-        if name == self.sampler:
-            return
-        if name not in self._schedulers:
+    def _image_to_image(self) -> Any:
+        """optimum-intel's image-to-image pipeline over the loaded one's components (the same compiled models: no
+        second copy of the weights); made once per loaded pipeline."""
+        if self._img2img is None:
+            from optimum.intel import OVStableDiffusionImg2ImgPipeline
+
+            pipe = object.__new__(OVStableDiffusionImg2ImgPipeline)
+            pipe.__dict__.update(self._pipe.__dict__)
+            if getattr(pipe, "vae_encoder", None) is None:
+                raise InvalidRequest("This image model has no VAE encoder: image to image is not available.",
+                                     param="init_images")
+            self._img2img = pipe
+        return self._img2img
+
+    def _use_sampler(self, pipe: Any, name: str, schedule: str) -> None:
+        """Give the pipeline this job's scheduler (it runs in Python: any diffusers scheduler suits the OpenVINO
+        models); made once per sampler and schedule."""
+        key = (name, schedule)
+        if key not in self._schedulers:
             import diffusers
 
             cls = getattr(diffusers, SCHEDULERS[name])
-            self._schedulers[name] = cls.from_config(self._schedulers[self.default_sampler].config)
-        self._pipe.scheduler = self._schedulers[name]
-        self.sampler = name
+            self._schedulers[key] = cls.from_config(self._schedulers[(self.default_sampler, "automatic")].config,
+                                                    **SCHEDULES[schedule])
+        pipe.scheduler = self._schedulers[key]
+        self.sampler = name if schedule == "automatic" else f"{name} {schedule.capitalize()}"
 
     def info(self) -> dict[str, Any]:
         """What the engine serves (for /ready, /sdapi/v1/sd-models)."""

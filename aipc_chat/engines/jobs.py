@@ -237,10 +237,17 @@ class ImageEngine:
                 job.cancel()
 
     def interrupt(self, owner: str | None = None) -> None:
-        """Cancel the running job (AUTOMATIC1111's /interrupt); only ``owner``'s, when one is named."""
+        """Stop the running job, keeping its picture as far as it got (AUTOMATIC1111's /interrupt); only
+        ``owner``'s, when one is named."""
         job = self._current
         if job is not None and (owner is None or job.owner == owner):
-            job.cancel()
+            job.interrupt()
+
+    def skip(self, owner: str | None = None) -> None:
+        """End the running job's current picture as far as it got and go on with the next (A1111's /skip)."""
+        job = self._current
+        if job is not None and (owner is None or job.owner == owner):
+            job.skip()
 
     def _forget_old_jobs(self, keep: int = 256) -> None:
         if len(self._jobs) > keep:

@@ -344,7 +344,9 @@ class A1111Renderer:
         return True
 
     def check(self, params: ImageParams) -> None:
-        """The remote checks its own limits."""
+        """The remote checks its own limits; image to image is not passed on."""
+        if params.init_image is not None:
+            raise InvalidRequest("Image to image is not available with a remote image engine.", param="init_images")
 
     def unreachable(self) -> str | None:
         """Why the remote does not answer now, or None."""

@@ -56,6 +56,8 @@ def infotext(params: ImageParams, *, seed: int, sampler: str, model: str) -> str
         lines.append(f"Negative prompt: {params.negative_prompt}")
     pairs = {"Steps": params.steps, "Sampler": sampler, "CFG scale": f"{params.guidance_scale:g}", "Seed": seed,
              "Size": f"{params.width}x{params.height}", "Model": model}
+    if params.init_image is not None:
+        pairs["Denoising strength"] = f"{params.strength:g}"
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items()))
     return "\n".join(lines)
 

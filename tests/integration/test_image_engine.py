@@ -91,3 +91,52 @@ def test_bad_parameters_are_refused(image_engine: ImageEngine, params: ImagePara
 
 def test_size_step_is_derived_from_the_model(image_engine: ImageEngine) -> None:
     assert image_engine.renderer.step_multiple == 64
+
+
+def test_image_to_image_runs_on_the_loaded_models(image_engine: ImageEngine) -> None:
+    import psutil
+
+    renderer = image_engine.renderer
+    red = Image.new("RGB", (64, 64), (200, 30, 30))
+    rss = psutil.Process().memory_info().rss
+    job = generate(image_engine, ImageParams(prompt="x", width=64, height=64, steps=4, seed=3, init_image=red,
+                                             strength=0.5))
+    assert job.state == "done" and b"Denoising strength: 0.5" in (image_engine.store.read(job.images[0]) or b"")
+    pipe, img2img = renderer._pipe, renderer._img2img  # type: ignore[attr-defined]
+    assert img2img is not None and type(img2img).__name__ == "OVStableDiffusionImg2ImgPipeline"
+    assert img2img.unet is pipe.unet and img2img.vae_encoder is pipe.vae_encoder  # the same compiled models
+    assert psutil.Process().memory_info().rss - rss < 64 * 2**20
+    fresh = generate(image_engine, ImageParams(prompt="x", width=64, height=64, steps=4, seed=3))
+    assert pixels(image_engine, fresh.images[0]) != pixels(image_engine, job.images[0])  # text to image again
+
+
+def test_a_preview_follows_the_steps(image_engine: ImageEngine) -> None:
+    job = generate(image_engine, ImageParams(prompt="x", width=128, height=64, steps=6, seed=3))
+    assert job.preview is not None and job.preview_step == 6
+    assert Image.open(io.BytesIO(job.preview)).size == (16, 8)  # the latents' size
+
+
+def test_interrupt_keeps_the_picture_so_far(image_engine: ImageEngine) -> None:
+    job = image_engine.submit(ImageParams(prompt="x", width=512, height=512, steps=100, seed=1, n=2))
+    t0 = time.monotonic()
+    while job.step < 2 and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    image_engine.interrupt()
+    with pytest.raises(Cancelled):
+        asyncio.run(job.wait(60))
+    assert job.state == "cancelled" and job.step < 100 and len(job.images) == 1  # not the second picture
+    assert Image.open(io.BytesIO(image_engine.store.read(job.images[0]) or b"")).size == (512, 512)
+
+
+@pytest.mark.parametrize(("sampler", "schedule", "ok"), [("DPM++ 2M", "karras", True), ("Euler", "exponential", True),
+                                                          ("PLMS", "karras", False), ("Euler", "sgm_uniform", False)])
+def test_schedules(image_engine: ImageEngine, sampler: str, schedule: str, ok: bool) -> None:
+    params = ImageParams(prompt="x", width=64, height=64, steps=3, seed=3, sampler=sampler, schedule=schedule)
+    if not ok:
+        with pytest.raises(InvalidRequest) as refused:
+            image_engine.submit(params)
+        assert refused.value.param == "scheduler"
+        return
+    job = generate(image_engine, params)
+    assert f"Sampler: {sampler} {schedule.capitalize()}" in (image_engine.store.read(job.images[0]) or b"").decode(
+        "latin-1")

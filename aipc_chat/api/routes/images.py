@@ -1,20 +1,29 @@
-"""OpenAI ``POST /v1/images/generations``, job status, and the stored images at ``GET /images/{name}.png``."""
+"""OpenAI ``POST /v1/images/generations`` and ``POST /v1/images/edits``, job status, and the stored images at
+``GET /images/{name}.png``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
-from aipc_chat.api.schemas.images import ImageGenerationRequest
-from aipc_chat.engines.contract import ImageEngineClient, ImageJob
+from aipc_chat.api.schemas.images import (
+    MAX_PROMPT_CHARS,
+    SIZE_PATTERN,
+    ImageGenerationRequest,
+    decode_image,
+    parse_size,
+)
+from aipc_chat.engines.contract import ImageEngineClient, ImageJob, ImageParams
 from aipc_chat.engines.store import ImageStore
-from aipc_chat.errors import ModelNotFound, NotFound
+from aipc_chat.errors import InvalidRequest, ModelNotFound, NotFound, UnsupportedParameter
+from aipc_chat.settings import Settings
 
 router = APIRouter(tags=["images"])
 
@@ -32,16 +41,58 @@ async def generate_images(body: ImageGenerationRequest, request: Request, runtim
     if body.model is not None and body.model != engine.model_name:
         raise ModelNotFound(f"The image model '{body.model}' is not served here; use '{engine.model_name}'.",
                             param="model")
-    job = engine.submit(body.to_params(), owner=caller)
+    return await _answer(engine, body.to_params(), body.response_format, request, settings, caller)
+
+
+async def _answer(engine: ImageEngineClient, params: ImageParams, response_format: str, request: Request,
+                  settings: Settings, caller: str | None) -> dict[str, Any]:
+    job = engine.submit(params, owner=caller)
     await unless_disconnected(request, job.wait(settings.request_timeout))
     data: list[dict[str, Any]] = []
     for name in job.images:
-        if body.response_format == "url":
-            data.append({"url": image_url(request, name), "revised_prompt": body.prompt})
+        if response_format == "url":
+            data.append({"url": image_url(request, name), "revised_prompt": params.prompt})
         else:
             png = engine.store.read(name) or b""
-            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": body.prompt})
+            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": params.prompt})
     return {"created": int(time.time()), "data": data, "seeds": job.seeds}
+
+
+@router.post("/v1/images/edits")
+async def edit_images(  # OpenAI's multipart form, field by field
+    request: Request, runtime: RuntimeDep, settings: SettingsDep, caller: CallerDep,
+    prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
+    image: Annotated[list[UploadFile] | None, File()] = None,
+    images: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
+    mask: Annotated[UploadFile | None, File()] = None,
+    model: Annotated[str | None, Form(max_length=256)] = None,
+    n: Annotated[int, Form(ge=1, le=16)] = 1,
+    size: Annotated[str, Form(pattern=SIZE_PATTERN)] = "512x512",
+    response_format: Annotated[Literal["url", "b64_json"], Form()] = "url",
+    negative_prompt: Annotated[str, Form(max_length=MAX_PROMPT_CHARS)] = "",
+    strength: Annotated[float, Form(ge=0, le=1)] = 0.75,
+    num_inference_steps: Annotated[int, Form(ge=1, le=500)] = 20,
+    guidance_scale: Annotated[float, Form(ge=0, le=30)] = 7.5,
+    seed: Annotated[int | None, Form(ge=-1, le=2**32 - 1)] = None,
+) -> dict[str, Any]:
+    """Image to image from one uploaded picture (``image`` or ``image[]``) and a prompt; ``strength`` (an
+    extension: how much of the picture is redrawn) as A1111's denoising strength."""
+    engine = runtime.require_image()
+    if model is not None and model != engine.model_name:
+        raise ModelNotFound(f"The image model '{model}' is not served here; use '{engine.model_name}'.",
+                            param="model")
+    uploads = [*(image or []), *(images or [])]
+    if len(uploads) != 1:
+        raise InvalidRequest("Send exactly one image (image or image[]).", param="image")
+    if mask is not None:
+        raise UnsupportedParameter("Masks (inpainting) are not supported; send the image only.", param="mask")
+    width, height = parse_size(size)
+    data = await uploads[0].read()
+    init = await asyncio.to_thread(decode_image, data, width, height, param="image")
+    params = ImageParams(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                         steps=num_inference_steps, guidance_scale=guidance_scale,
+                         seed=None if seed is None or seed < 0 else seed, n=n, init_image=init, strength=strength)
+    return await _answer(engine, params, response_format, request, settings, caller)
 
 
 def _job_or_404(engine: ImageEngineClient, job_id: str, caller: str | None) -> ImageJob:

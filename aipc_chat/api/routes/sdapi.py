@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -13,9 +14,11 @@ from fastapi import APIRouter, Body, Request
 
 from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
-from aipc_chat.api.schemas.images import Txt2ImgRequest
-from aipc_chat.engines.contract import SCHEDULERS, ImageEngineClient
+from aipc_chat.api.schemas.images import Img2ImgRequest, Txt2ImgRequest
+from aipc_chat.engines.contract import SCHEDULERS, SCHEDULES, ImageEngineClient, ImageParams
 from aipc_chat.errors import Cancelled, InvalidRequest
+from aipc_chat.runtime import Runtime
+from aipc_chat.settings import Settings
 
 router = APIRouter(prefix="/sdapi/v1", tags=["automatic1111"])
 
@@ -30,10 +33,25 @@ def _model_entry(engine: ImageEngineClient) -> dict[str, Any]:
 async def txt2img(body: Txt2ImgRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep,
                   caller: CallerDep) -> dict[str, Any]:
     """Generate; ``images`` are base64 PNGs (with the ``parameters`` chunk), ``info`` a JSON string."""
+    return await _generate(body, body.to_params(), request, runtime, settings, caller)
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep,
+                  caller: CallerDep) -> dict[str, Any]:
+    """Generate from a starting picture (``init_images``, ``denoising_strength``); answered as txt2img."""
+    runtime.require_image()  # 503 before the picture is decoded
+    params = await asyncio.to_thread(body.to_params)  # decoding and resizing a big picture takes a while
+    out = await _generate(body, params, request, runtime, settings, caller)
+    out["parameters"] = body.model_dump(exclude={"init_images", "mask"})
+    return out
+
+
+async def _generate(body: Txt2ImgRequest, params: ImageParams, request: Request, runtime: Runtime,
+                    settings: Settings, caller: str | None) -> dict[str, Any]:
     engine = runtime.require_image()
-    params = body.to_params()
     job = engine.submit(params, owner=caller)
-    with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the images finished before it
+    with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the picture as far as it got
         await unless_disconnected(request, job.wait(settings.request_timeout))
     images = [base64.b64encode(engine.store.read(name) or b"").decode() for name in job.images]
     count = len(job.seeds)
@@ -48,6 +66,8 @@ async def txt2img(body: Txt2ImgRequest, request: Request, runtime: RuntimeDep, s
         "infotexts": job.infotexts, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "images_urls": [f"/images/{n}.png" for n in job.images], "interrupted": job.state == "cancelled",
     }
+    if params.init_image is not None:
+        info["denoising_strength"] = params.strength
     return {"images": images if body.send_images else [], "parameters": body.model_dump(), "info": json.dumps(info)}
 
 
@@ -70,7 +90,8 @@ async def progress(runtime: RuntimeDep, caller: CallerDep, skip_current_image: b
     state = {"skipped": False, "interrupted": job.cancelled, "job": job.id, "job_count": engine.queue_depth + 1,
              "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)), "job_no": 0,
              "sampling_step": job.step % max(1, job.params.steps), "sampling_steps": job.params.steps}
-    return {"progress": round(frac, 4), "eta_relative": round(eta, 3), "state": state, "current_image": None,
+    preview = base64.b64encode(job.preview).decode() if job.preview else None  # A1111's: no data: prefix
+    return {"progress": round(frac, 4), "eta_relative": round(eta, 3), "state": state, "current_image": preview,
             "textinfo": f"Step {job.step}/{job.total_steps}"}
 
 
@@ -84,8 +105,10 @@ async def interrupt(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 
 @router.post("/skip")
 async def skip(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
-    """A1111's skip: here the same as interrupt (one image per job step loop)."""
-    return await interrupt(runtime, caller)
+    """End the current picture as far as it got and go on with the next of the batch; always 200."""
+    if runtime.image is not None:
+        runtime.image.skip(owner=caller)
+    return {}
 
 
 @router.get("/sd-models")
@@ -98,6 +121,54 @@ async def sd_models(runtime: RuntimeDep) -> list[dict[str, Any]]:
 async def samplers() -> list[dict[str, Any]]:
     """Samplers this server can switch to."""
     return [{"name": name, "aliases": [cls], "options": {}} for name, cls in SCHEDULERS.items()]
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[dict[str, Any]]:
+    """Schedules a sampler can run with (A1111 1.9+); "DPM++ 2M Karras" is the same as sampler "DPM++ 2M" with
+    scheduler "karras"."""
+    return [{"name": name, "label": name.capitalize(), "aliases": None, "default_rho": -1,
+             "need_inner_model": False} for name in SCHEDULES]
+
+
+@router.get("/sd-vae")
+async def sd_vae() -> list[dict[str, Any]]:
+    """No separate VAEs: the model's own is used."""
+    return []
+
+
+@router.get("/loras")
+async def loras() -> list[dict[str, Any]]:
+    """No LoRAs here."""
+    return []
+
+
+@router.get("/upscalers")
+async def upscalers() -> list[dict[str, Any]]:
+    """No upscalers here."""
+    return []
+
+
+@router.get("/embeddings")
+async def embeddings() -> dict[str, Any]:
+    """No textual-inversion embeddings here."""
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints() -> None:
+    """The one checkpoint is the one loaded: nothing to refresh."""
+
+
+@router.get("/memory")
+async def memory() -> dict[str, Any]:
+    """The machine's memory, as A1111 reports it (no CUDA here)."""
+    import psutil
+
+    ram = psutil.virtual_memory()
+    rss = psutil.Process().memory_info().rss
+    return {"ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total, "process": rss},
+            "cuda": {"error": "no CUDA device: aipc-chat runs on OpenVINO (CPU, GPU, NPU)"}}
 
 
 @router.get("/options")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import base64
+import binascii
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from aipc_chat.api.schemas.common import KeepAlive
-from aipc_chat.engines.contract import ImageParams
+from aipc_chat.engines.contract import ImageParams, split_sampler
+from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 
 MAX_PROMPT_CHARS = 4000
 SEED_MIN, SEED_MAX = -1, 2**32 - 1
@@ -49,6 +53,33 @@ class ImageGenerationRequest(BaseModel):
                            n=self.n, keep_alive=self.keep_alive)
 
 
+MAX_INIT_PIXELS = 4096 * 4096  # a bigger starting picture is refused before it is decoded (decompression bombs)
+
+
+def decode_image(data: str | bytes, width: int, height: int, *, param: str) -> Any:
+    """A starting picture (base64, a ``data:image/...;base64,`` URL, or raw bytes) as RGB at ``width x height``
+    (resized as A1111's "just resize"); 400 naming ``param`` when it is not a picture."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(data, str):
+        text = data.split(",", 1)[1] if data.startswith("data:") else data
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (ValueError, binascii.Error):
+            raise InvalidRequest("The starting image is not valid base64.", param=param) from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_INIT_PIXELS:
+                raise InvalidRequest(f"The starting image is {image.width}x{image.height}; at most "
+                                     f"{MAX_INIT_PIXELS} pixels.", param=param)
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidRequest("The starting image is not a PNG, JPEG or WebP picture.", param=param) from None
+    return rgb if rgb.size == (width, height) else rgb.resize((width, height), Image.Resampling.LANCZOS)
+
+
 class Txt2ImgRequest(BaseModel):
     """``POST /sdapi/v1/txt2img`` with AUTOMATIC1111's defaults; fields we do not use are ignored, as A1111 does."""
 
@@ -65,13 +96,32 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(default=1, ge=1, le=16)
     sampler_name: str | None = Field(default=None, max_length=64)
     sampler_index: str | None = Field(default=None, max_length=64)
+    scheduler: str | None = Field(default=None, max_length=64)  # A1111 1.9+: the schedule apart from the sampler
     send_images: bool = True
     save_images: bool = False
 
     def to_params(self) -> ImageParams:
-        """The engine's parameters."""
-        sampler = self.sampler_name or self.sampler_index
+        """The engine's parameters (a sampler joined with its schedule, "DPM++ 2M Karras", is split)."""
+        sampler, schedule = split_sampler(self.sampler_name or self.sampler_index, self.scheduler)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width,
                            height=self.height, steps=self.steps, guidance_scale=self.cfg_scale,
                            seed=None if self.seed == -1 else self.seed, n=self.batch_size * self.n_iter,
-                           sampler=sampler)
+                           sampler=sampler, schedule=schedule)
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """``POST /sdapi/v1/img2img``: txt2img's fields and a starting picture; the many fields of A1111's we do not use
+    (``resize_mode``, ``image_cfg_scale``, ``styles``, ``alwayson_scripts``, ...) are ignored, as A1111 ignores
+    unknown ones."""
+
+    init_images: list[str] = Field(min_length=1, max_length=1)
+    denoising_strength: float = Field(default=0.75, ge=0, le=1)
+    mask: str | None = None
+    include_init_images: bool = False
+
+    def to_params(self) -> ImageParams:
+        """The engine's parameters, the starting picture decoded and sized."""
+        if self.mask:
+            raise UnsupportedParameter("Inpainting (a mask) is not supported; send init_images only.", param="mask")
+        image = decode_image(self.init_images[0], self.width, self.height, param="init_images")
+        return replace(super().to_params(), init_image=image, strength=self.denoising_strength)
