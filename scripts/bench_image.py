@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,6 +49,23 @@ def server_run(base_url: str, size: int, steps: int, seed: int) -> float:
             "response_format": "url"}
     t0 = time.perf_counter()
     r = httpx.post(f"{base_url}/v1/images/generations", json=body, timeout=3600)
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def server_img2img(base_url: str, size: int, steps: int) -> float:
+    """One /sdapi/v1/img2img call (strength 0.75) on a flat picture; seconds."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (size, size), (180, 60, 40)).save(png, format="PNG")
+    t0 = time.perf_counter()
+    r = httpx.post(f"{base_url}/sdapi/v1/img2img", timeout=3600, json={
+        "prompt": "a lighthouse at dusk", "init_images": [base64.b64encode(png.getvalue()).decode()],
+        "denoising_strength": 0.75, "width": size, "height": size, "steps": steps, "seed": 1})
     r.raise_for_status()
     return time.perf_counter() - t0
 
@@ -115,6 +133,12 @@ def main() -> int:
                 if i:
                     raw.append(r)
                     srv.append(s)
+            # Image to image runs on the components already loaded: the server's RSS should not grow by a model.
+            proc = psutil.Process(server.proc.pid)
+            rss_before = proc.memory_info().rss
+            img2img_first = server_img2img(server.base_url, args.size, args.steps)
+            img2img_rss = (proc.memory_info().rss - rss_before) / 2**20
+            img2img_second = server_img2img(server.base_url, args.size, args.steps)
     finally:
         server.stop()
     del pipe  # PyTorch runs alone
@@ -126,6 +150,7 @@ def main() -> int:
         "server_step_ms": summary([x / args.steps * 1e3 for x in srv]),
         "load_s": {"raw": raw_load, "server": load, "torch": torch_load},
         "peak_rss_mib_server": server_rss.peak / 2**20,
+        "img2img_s": {"first": img2img_first, "second": img2img_second}, "img2img_rss_growth_mib": img2img_rss,
         "raw_runs": raw, "server_runs": srv, "torch_runs": torch_s,
     }
     result["ratio"] = result["server_s"]["p50"] / result["raw_s"]["p50"]
@@ -151,7 +176,10 @@ def markdown(r: dict[str, Any]) -> str:
             f"{r['size']}x{r['size']}, {r['steps']} steps, {r['runs']} interleaved runs.\n\n"
             + table(["path", "per image p50 s", "p90 s", "per step p50 ms"], rows)
             + f"\n\nserver/raw **{r['ratio']:.3f}**{extra}; load raw {r['load_s']['raw']:.2f} s, server "
-              f"{r['load_s']['server']} s; server peak RSS {r['peak_rss_mib_server']:.0f} MiB.\n")
+              f"{r['load_s']['server']} s; server peak RSS {r['peak_rss_mib_server']:.0f} MiB.\n\n"
+              f"img2img (strength 0.75, so {round(r['steps'] * 0.75)} of {r['steps']} steps): first "
+              f"{r['img2img_s']['first']:.2f} s, second {r['img2img_s']['second']:.2f} s; server RSS growth over the "
+              f"first {r['img2img_rss_growth_mib']:.0f} MiB (the same compiled models: no second copy).\n")
 
 
 if __name__ == "__main__":

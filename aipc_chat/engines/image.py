@@ -193,7 +193,7 @@ class DiffusersRenderer:
             raise InvalidRequest(f"Unknown scheduler '{params.schedule}'; use one of {', '.join(SCHEDULES)}.",
                                  param="scheduler")
         sampler = params.sampler or self.default_sampler
-        if not schedule_applies(sampler, schedule):
+        if schedule != "automatic" and not schedule_applies(sampler, schedule):
             raise InvalidRequest(f"The {sampler} sampler has no {schedule} schedule; use it with "
                                  f"{', '.join(s for s in SCHEDULES if schedule_applies(sampler, s))}.",
                                  param="scheduler")

@@ -109,8 +109,8 @@ def test_progress_and_interrupt_of_a_running_job(base_url: str) -> None:
     assert httpx.post(f"{base_url}/sdapi/v1/interrupt").status_code == 200
     worker.join(60)
     r = result["r"]
-    assert r.status_code == 200, r.text  # as A1111: the images finished before the interrupt (none here)
-    assert r.json()["images"] == [] and json.loads(r.json()["info"])["interrupted"] is True
+    assert r.status_code == 200, r.text  # as A1111: the picture as far as it got
+    assert len(r.json()["images"]) == 1 and json.loads(r.json()["info"])["interrupted"] is True
     assert httpx.post(f"{base_url}/sdapi/v1/interrupt").status_code == 200  # idle: still 200
     assert httpx.get(f"{base_url}/sdapi/v1/progress").json()["progress"] == 0
 
