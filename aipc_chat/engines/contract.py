@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 from aipc_chat.engines.admission import Arrival, Arrivals
 from aipc_chat.engines.store import ImageStore
 from aipc_chat.engines.stream import ThreadToAsync, batches
-from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, RequestTimeout
+from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, NotReady, RequestTimeout
 
 __all__ = [  # what the layers above the engines use, admission and stream helpers included
     "FILTERED", "RETRY_AFTER_SECONDS", "SCHEDULERS", "SCHEDULES", "Arrival", "Arrivals", "Delta", "Done",
@@ -362,6 +362,9 @@ class ImageJob:
             await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
             self.cancel()
+            if self.started is None:  # it waited the whole time (for a load on demand, or in the queue)
+                raise NotReady(f"The image did not start within {timeout:g} s (the model was loading or the queue "
+                               "was long) and was cancelled; retry.", retry_after=RETRY_AFTER_SECONDS) from None
             raise RequestTimeout(f"The image took longer than {timeout:g} s and was cancelled.") from None
         except asyncio.CancelledError:  # whoever waited is gone (a client that disconnected): so is the job
             self.cancel()

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
-from aipc_chat.errors import RequestTimeout
+from aipc_chat.errors import NotReady, RequestTimeout
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,29 @@ class ThreadToAsync(Generic[T]):
                 yield item
 
 
+RETRY_AFTER = 5  # seconds, for a request that timed out before it started
+
+
 async def batches(stream: ThreadToAsync[T], timeout: float) -> AsyncIterator[list[T]]:
-    """Iterate a stream's batches of ready items; cancel the work and raise RequestTimeout past ``timeout``.
+    """Iterate a stream's batches of ready items; cancel the work past ``timeout``: RequestTimeout (504) once it
+    had started, NotReady (503 with Retry-After) when it never did (it waited for a load or in the queue).
 
     One timer per stream (not a ``wait_for`` per batch, which costs a task per token): at the deadline it queues
     the error behind whatever already arrived.
     """
-    expired = RequestTimeout(f"The request took longer than {timeout:g} s and was cancelled.")
-    timer = asyncio.get_running_loop().call_later(timeout, stream.interrupt, expired)
+    started = False
+
+    def expire() -> None:
+        if started:
+            stream.interrupt(RequestTimeout(f"The request took longer than {timeout:g} s and was cancelled."))
+        else:  # it waited the whole time (for a model loading on demand, or in a long queue): retry later
+            stream.interrupt(NotReady(f"The request did not start within {timeout:g} s (the model was loading or "
+                                      "the queue was long) and was cancelled; retry.", retry_after=RETRY_AFTER))
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
     try:
         while (batch := await stream.get_batch()) is not None:
+            started = True
             yield batch
     finally:
         timer.cancel()

@@ -141,3 +141,22 @@ def test_a_finished_stream_leaves_no_timer_behind() -> None:
         return out
 
     assert asyncio.run(main()) == [[1, 2]]
+
+
+def test_a_stream_that_never_started_times_out_as_503_with_retry_after() -> None:
+    from aipc_chat.engines.stream import batches
+    from aipc_chat.errors import NotReady
+
+    async def main() -> ThreadToAsync[int]:
+        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())  # nothing ever arrives: a long load
+
+        async def consume() -> None:
+            async for _ in batches(ch, 0.1):
+                pass
+
+        with pytest.raises(NotReady, match="did not start within 0.1 s") as refused:
+            await consume()
+        assert refused.value.retry_after and refused.value.status == 503
+        return ch
+
+    assert asyncio.run(main()).cancelled
