@@ -236,6 +236,10 @@ class LLMEngineClient(SupervisedEngine, Protocol):
         request is queued (or refused).
         """
 
+    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
+                      arrival: Arrival | None = None) -> LLMStream:
+        """Queue a prompt as it is, without the chat template (UnsupportedParameter where that cannot be done)."""
+
 
 # --- images --------------------------------------------------------------------------------------------------------
 

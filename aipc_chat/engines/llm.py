@@ -431,13 +431,21 @@ class LLMEngine:
         ``arrival`` is settled once the request is queued or refused.
         """
         try:
-            return self.submit_prompt(self.render_prompt(messages), params, loop)
+            return self._queue(self.render_prompt(messages), params, loop)
         finally:
             if arrival is not None:  # after the queueing: the owner sees the request either on its way or queued
                 arrival.settle()
 
-    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
-        """Queue an already templated prompt."""
+    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
+                      arrival: Arrival | None = None) -> LLMStream:
+        """Queue a prompt as it is (no chat template), as ``submit`` does."""
+        try:
+            return self._queue(prompt, params, loop)
+        finally:
+            if arrival is not None:
+                arrival.settle()
+
+    def _queue(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
         self.check_serving()
         assert self._loop is not None
         if (constrains_whole_reply(params) or not params.think) and prompt.rstrip().endswith(THINK_OPEN):

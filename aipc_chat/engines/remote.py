@@ -45,6 +45,7 @@ from aipc_chat.errors import (
     Cancelled,
     InvalidRequest,
     RequestTimeout,
+    UnsupportedParameter,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -176,6 +177,14 @@ class RemoteLLM:
     def close(self) -> None:
         """Cancel what is in flight."""
         self.cancel_all()
+
+    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
+                      arrival: Arrival | None = None) -> LLMStream:
+        """A plain prompt cannot be passed on: the remote templates every request itself."""
+        if arrival is not None:
+            arrival.settle()
+        raise UnsupportedParameter("A plain prompt (no chat template) cannot be sent to a remote LLM; use chat "
+                                   "completions.", param="prompt")
 
     def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
                arrival: Arrival | None = None) -> LLMStream:

@@ -62,6 +62,12 @@ def test_streaming_chat_through_the_remote(pair: tuple[LiveServer, LiveServer]) 
                                                  messages=[{"role": "user", "content": "Hi"}],
                                                  stream_options={"include_usage": True}))
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    # A plain prompt cannot be passed on (the remote templates every request): a clear 400 on both APIs.
+    with pytest.raises(openai.BadRequestError, match="plain prompt"):
+        client.completions.create(model="aipc-demo-deepseek-r1", prompt="Once", max_tokens=4)
+    raw = httpx.post(f"{front.base_url}/api/generate", json={"model": "aipc-demo-deepseek-r1", "prompt": "Once",
+                                                             "raw": True, "stream": False})
+    assert raw.status_code == 400 and "plain prompt" in raw.json()["error"]
 
 
 def test_cancelled_stream_closes_the_upstream_request(pair: tuple[LiveServer, LiveServer]) -> None:

@@ -159,13 +159,7 @@ async def generate(arrival: ArrivalDep, body: OllamaGenerateRequest, request: Re
     params = _params(body, engine)
     loop = asyncio.get_running_loop()
     if body.raw:
-        submit_prompt: Callable[..., LLMStream] | None = getattr(engine, "submit_prompt", None)
-        if submit_prompt is None:
-            raise InvalidRequest("raw prompts are not supported with a remote LLM", param="raw")
-        try:
-            stream = await asyncio.to_thread(submit_prompt, body.prompt, params, loop)
-        finally:
-            arrival.settle()
+        stream = await asyncio.to_thread(engine.submit_prompt, body.prompt, params, loop, arrival)
     else:
         stream = await asyncio.to_thread(engine.submit, body.chat_messages(), params, loop, arrival)
 

@@ -15,7 +15,7 @@ from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from aipc_chat.api.sse import sse_response
 from aipc_chat.engines.contract import Delta, Done, LLMEngineClient, LLMStream, batches
-from aipc_chat.errors import ModelNotFound, UnsupportedParameter
+from aipc_chat.errors import ModelNotFound
 from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN
 from aipc_chat.runtime import Runtime
 
@@ -184,15 +184,8 @@ async def completions(arrival: ArrivalDep, body: CompletionRequest, request: Req
     engine = runtime.require_llm()
     _check_model(body.model, engine)
     body.check_supported()
-    submit_prompt = getattr(engine, "submit_prompt", None)
-    if submit_prompt is None:
-        arrival.settle()
-        raise UnsupportedParameter("/v1/completions is not available with a remote LLM; use /v1/chat/completions.",
-                                   param="prompt")
-    try:
-        stream = await asyncio.to_thread(submit_prompt, body.text(), body.to_params(), asyncio.get_running_loop())
-    finally:
-        arrival.settle()
+    stream = await asyncio.to_thread(engine.submit_prompt, body.text(), body.to_params(), asyncio.get_running_loop(),
+                                     arrival)
     model = engine.model_name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
