@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -190,18 +191,23 @@ def test_48_concurrent_streams_complete_or_are_refused_cleanly(base_url: str, st
     assert any(s == 503 for s, _, _ in results)
 
 
-def test_dropped_stream_leaves_the_active_gauge_at_once(base_url: str) -> None:
-    body = {"messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 4000, "ignore_eos": True,
-            "stream": True}
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
+def assert_a_dropped_stream_stops(base_url: str, path: str, body: dict[str, Any], within: float = 1.0) -> None:
+    """Read a few lines of a long stream, leave, and see the engine stop generating it within ``within`` s."""
+    with httpx.stream("POST", f"{base_url}{path}", json=body, timeout=60) as r:
         lines = r.iter_lines()  # kept open: breaking out of a for loop over it would close the connection already
         for _ in range(5):
             next(lines)
         assert metric(base_url, "aipc_llm_active_requests") == 1
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + within
     while metric(base_url, "aipc_llm_active_requests") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert metric(base_url, "aipc_llm_active_requests") == 0
+
+
+def test_dropped_stream_leaves_the_active_gauge_at_once(base_url: str) -> None:
+    assert_a_dropped_stream_stops(base_url, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 4000, "ignore_eos": True,
+        "stream": True})
 
 
 def test_a_lone_request_is_not_held_for_the_admission_window(base_url: str) -> None:

@@ -5,7 +5,6 @@ thinking (whole and streamed), generate, and Ollama-shaped errors. Raw lines are
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 
 import httpx
@@ -13,7 +12,7 @@ import ollama
 import pytest
 
 from tests.e2e.conftest import LiveServer
-from tests.e2e.test_hardening import metric
+from tests.e2e.test_hardening import assert_a_dropped_stream_stops
 
 pytestmark = pytest.mark.e2e
 QUESTION = [{"role": "user", "content": "What is an NPU?"}]
@@ -129,15 +128,6 @@ def test_ollama_shaped_errors(client: ollama.Client, name: str, live_server: Liv
 
 
 def test_a_client_that_leaves_stops_its_stream(live_server: LiveServer, name: str) -> None:
-    base_url = live_server.base_url
-    body = {"model": name, "messages": [{"role": "user", "content": "Go on and on."}],
-            "options": {"num_predict": 4000, "ignore_eos": True}}
-    with httpx.stream("POST", f"{base_url}/api/chat", json=body, timeout=60) as r:
-        lines = r.iter_lines()  # kept open while the gauge is read
-        for _ in range(5):
-            next(lines)
-        assert metric(base_url, "aipc_llm_active_requests") == 1
-    deadline = time.monotonic() + 2.0
-    while metric(base_url, "aipc_llm_active_requests") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert metric(base_url, "aipc_llm_active_requests") == 0
+    assert_a_dropped_stream_stops(live_server.base_url, "/api/chat", {
+        "model": name, "messages": [{"role": "user", "content": "Go on and on."}],
+        "options": {"num_predict": 4000, "ignore_eos": True}}, within=2.0)
