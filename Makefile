@@ -58,7 +58,9 @@ soak: demo-models
 	$(BIN)/python scripts/soak.py --bursts 20 --concurrency 200 --out bench-results/soak
 
 bench-full: install
-	$(BIN)/aipc-chat bench-models --torch
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'  # llama-cpp-python: compiles llama.cpp once (~4 min)
+	$(BIN)/aipc-chat bench-models --torch --gguf
+	$(BIN)/python scripts/bench_llamacpp.py --rounds 8 --out bench-results/llamacpp-full
 	$(BIN)/python scripts/bench_llm.py --model bench --runs 9 --prompt-tokens 128 --max-tokens 64 \
 		--history-tokens 1024 --sweep-rounds 3 --ttft-runs 24 --out bench-results/llm-full
 	$(BIN)/python scripts/bench_image.py --model bench --size 512 --steps 10 --runs 2 --out bench-results/image-full

@@ -201,6 +201,10 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
         build_bench_image(settings.models_dir / "bench" / "image", force=args.force)
     if args.only == "image-torch" or (args.only is None and args.torch):
         build_bench_image_torch(settings.models_dir / "bench" / "image-torch", force=args.force)
+    if args.only == "llm-gguf" or (args.only is None and args.gguf):
+        from aipc_chat.provision.bench_gguf import build_bench_llm_gguf
+
+        build_bench_llm_gguf(settings.models_dir / "bench" / "llm-gguf", force=args.force)
     print(f"Benchmark models ready in {settings.models_dir / 'bench'}")  # noqa: T201
     return 0
 
@@ -294,10 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench-models", help="build the shape-alike benchmark models (1.5B LLM, SD 1.5)")
     bench.add_argument("--force", action="store_true", help="rebuild even if present")
-    bench.add_argument("--only", choices=["llm", "image", "image-torch"], help="build only one of them")
+    bench.add_argument("--only", choices=["llm", "image", "image-torch", "llm-gguf"], help="build only one of them")
     bench.add_argument("--torch", action="store_true",
                        help="also save the SD 1.5 pipeline for diffusers on PyTorch (image-torch, 4.3 GB), to "
                             "time OpenVINO against PyTorch")
+    bench.add_argument("--gguf", action="store_true",
+                       help="also write the LLM as a llama.cpp GGUF (llm-gguf/model-Q4_0.gguf, same weights), to "
+                            "time llama.cpp beside OpenVINO (needs aipc-chat[bench])")
     bench.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     bench.set_defaults(func=cmd_bench_models)
 
