@@ -183,7 +183,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     out = convert_model(args.model, args.kind, settings.models_dir, weight_format=args.weight_format, name=args.name,
-                        group_size=args.group_size, ratio=args.ratio, sym=args.sym, token=token,
+                        group_size=args.group_size, ratio=args.ratio, sym=not args.asym,
+                        all_layers=not args.int8_head, token=token,
                         revision=args.revision, overwrite=args.force, self_test=not args.no_self_test)
     print(f"Converted into {out}\nServe it with AIPC_{args.kind.upper()}_PATH={out}")  # noqa: T201
     return 0
@@ -289,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--name", help="folder name under <models>/converted")
     convert.add_argument("--group-size", type=int, help="INT4 group size (default 128, or what divides the layers)")
     convert.add_argument("--ratio", type=float, default=1.0, help="share of layers in INT4 (rest INT8)")
-    convert.add_argument("--sym", action="store_true", help="symmetric INT4 (the NPU prefers channel-wise sym)")
+    convert.add_argument("--asym", action="store_true",
+                         help="asymmetric INT4 (optimum-cli's default; slower on CPU, see docs/benchmarks.md)")
+    convert.add_argument("--int8-head", action="store_true",
+                         help="keep the embeddings and the output head in INT8 (optimum-cli's default): about 12 %% "
+                              "slower decoding, closer to the original")
     convert.add_argument("--revision", help="hub revision of MODEL")
     convert.add_argument("--force", action="store_true", help="replace an earlier conversion")
     convert.add_argument("--no-self-test", action="store_true", help="skip the quick generation check")

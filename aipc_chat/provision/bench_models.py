@@ -80,7 +80,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MARKER_NAME = "aipc_bench.json"
-LLM_KIND = "deepseek-r1-distill-qwen-1.5b-random-int4"
+LLM_KIND = "deepseek-r1-distill-qwen-1.5b-random-int4-sym-all"  # the format in the name: an older build is rebuilt
 IMAGE_KIND = "sd15-random-int8"
 TORCH_IMAGE_KIND = "sd15-random-diffusers-fp32"
 SEED = 20250120
@@ -96,7 +96,11 @@ LLM_MAX_POSITIONS = 131072
 LLM_CONTEXT = 16384  # the real tokenizer's model_max_length: what serving should assume usable
 LLM_INIT_STD = 0.02
 LLM_INT4_GROUP = 128
-LLM_INT4_SYM = False  # optimum-cli's int4 default (INT4_ASYM); u4 weights with u4 zero points
+# Symmetric INT4 for every layer, embeddings and output head included: what `aipc-chat convert` makes by default,
+# the fastest decoding on CPU that keeps groups (docs/benchmarks.md, issue #21). optimum-cli's default is
+# asymmetric with an INT8 head: 0.85x of this one's decode speed here.
+LLM_INT4_SYM = True
+LLM_INT4_ALL_LAYERS = True
 _EOT_TOKEN = "<|EOT|>"
 # The real ids: the BPE vocabulary ends at 151642, these follow; everything up to 151935 is filled with merges.
 _LLM_SPECIAL_IDS: dict[int, str] = {
@@ -499,7 +503,8 @@ def _export_llm(src: Path, tokenizer: Any, dst: Path) -> dict[str, Any]:
     """Export ``src`` to INT4 (data-free) OpenVINO IR and tokenizer/detokenizer IR in ``dst``; return the config."""
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
-    quantization = OVWeightQuantizationConfig(bits=4, sym=LLM_INT4_SYM, group_size=LLM_INT4_GROUP, ratio=1.0)
+    quantization = OVWeightQuantizationConfig(bits=4, sym=LLM_INT4_SYM, group_size=LLM_INT4_GROUP, ratio=1.0,
+                                              all_layers=LLM_INT4_ALL_LAYERS)
     # main_export once ignored the INT4 setting; from_pretrained(export=True) applies it (checked afterwards).
     gc.freeze()  # the exporter gc.collect()s often; do not re-scan the long-lived torch/transformers objects
     try:
@@ -512,7 +517,8 @@ def _export_llm(src: Path, tokenizer: Any, dst: Path) -> dict[str, Any]:
         gc.unfreeze()
         gc.collect()
     finish_llm_export(src, dst, tokenizer)
-    return {"bits": 4, "sym": LLM_INT4_SYM, "group_size": LLM_INT4_GROUP, "ratio": 1.0, "dataset": None}
+    return {"bits": 4, "sym": LLM_INT4_SYM, "group_size": LLM_INT4_GROUP, "ratio": 1.0,
+            "all_layers": LLM_INT4_ALL_LAYERS, "dataset": None}
 
 
 def _check_llm_export(folder: Path) -> dict[str, dict[str, int]]:

@@ -1,7 +1,7 @@
 """Convert a Hugging Face model (hub id or local folder) to an OpenVINO model folder under ``<models>/converted``.
 
-LLM: ``OVModelForCausalLM`` export with NNCF weight compression (INT4 by default: asymmetric, group size 128, or the
-largest of 128/64/32 that divides the layer widths, all layers in INT4), plus the tokenizer/detokenizer IR that
+LLM: ``OVModelForCausalLM`` export with NNCF weight compression (INT4 by default: symmetric, group size 128 or the
+largest of 128/64/32 that divides the layer widths, every layer in INT4), plus the tokenizer/detokenizer IR that
 openvino-genai needs. Image: the Stable Diffusion pipeline exported with FP16 weights (default, optimum-cli's
 ``--weight-format fp16``) or INT8 weight-only compression (like ``OpenVINO/stable-diffusion-v1-5-int8-ov``).
 The model is built in a temporary sibling folder, smoke-tested, given an ``aipc_manifest.json`` and renamed into
@@ -71,7 +71,8 @@ def convert_model(
     name: str | None = None,
     group_size: int | None = None,
     ratio: float = 1.0,
-    sym: bool = False,
+    sym: bool = True,
+    all_layers: bool = True,
     token: str | None = None,
     revision: str | None = None,
     overwrite: bool = False,
@@ -79,7 +80,10 @@ def convert_model(
 ) -> Path:
     """Convert ``source`` (hub id or folder) into ``<models_dir>/converted/<name>``; return that folder.
 
-    ``group_size``, ``ratio`` (share of layers in INT4, the rest INT8) and ``sym`` apply to INT4 LLMs only.
+    ``group_size``, ``ratio`` (share of layers in INT4, the rest INT8), ``sym`` and ``all_layers`` (the embeddings
+    and the output head in INT4 too, not INT8) apply to INT4 LLMs only. The defaults, symmetric INT4 for every
+    layer, decode fastest on CPU (docs/benchmarks.md, issue #21); ``sym=False, all_layers=False`` is optimum-cli's
+    default, slower and, on the one real model checked, no more accurate than symmetric.
     """
     weight_format = weight_format or DEFAULT_WEIGHT_FORMAT[kind]
     if weight_format not in WEIGHT_FORMATS[kind]:
@@ -99,7 +103,8 @@ def convert_model(
         staging.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
         with _quiet_export():
             if kind == "llm":
-                facts = _convert_llm(src, staging, weight_format, group_size, ratio, sym, token, revision)
+                facts = _convert_llm(src, staging, weight_format, group_size, ratio, sym, all_layers, token,
+                                     revision)
             else:
                 facts = _convert_image(src, staging, weight_format, token, revision)
         _check_files(staging, kind)
@@ -137,7 +142,7 @@ def _source(source: str) -> str:
 
 
 def _convert_llm(src: str, out: Path, weight_format: str, group_size: int | None, ratio: float, sym: bool,
-                 token: str | None, revision: str | None) -> dict[str, Any]:
+                 all_layers: bool, token: str | None, revision: str | None) -> dict[str, Any]:
     """Export a causal LM with compressed weights, then its tokenizer and detokenizer IR."""
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
     from transformers import AutoConfig, AutoTokenizer
@@ -148,8 +153,8 @@ def _convert_llm(src: str, out: Path, weight_format: str, group_size: int | None
         config = AutoConfig.from_pretrained(src, **hub_args)
         size = pick_group_size(_layer_widths(config), group_size)
         options: dict[str, Any] = {"quantization_config": OVWeightQuantizationConfig(
-            bits=4, sym=sym, group_size=size, ratio=ratio)}
-        facts["quantization"] = {"bits": 4, "sym": sym, "group_size": size, "ratio": ratio}
+            bits=4, sym=sym, group_size=size, ratio=ratio, all_layers=all_layers)}
+        facts["quantization"] = {"bits": 4, "sym": sym, "group_size": size, "ratio": ratio, "all_layers": all_layers}
     elif weight_format == "int8":
         options = {"quantization_config": OVWeightQuantizationConfig(bits=8, sym=sym)}
         facts["quantization"] = {"bits": 8, "sym": sym, "group_size": -1, "ratio": 1.0}

@@ -79,7 +79,7 @@ def test_llm_to_int4_loads_and_generates(tiny_llm: Path, tmp_path: Path) -> None
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no staging folder left behind
     manifest = read_manifest(out)
     assert manifest is not None and manifest["kind"] == "llm" and manifest["weight_format"] == "int4"
-    assert manifest["quantization"] == {"bits": 4, "sym": False, "group_size": 64, "ratio": 1.0}
+    assert manifest["quantization"] == {"bits": 4, "sym": True, "group_size": 64, "ratio": 1.0, "all_layers": True}
     assert verify_manifest(out, full=True) == []
     assert {"u4", "i4"} & weight_types(out / "openvino_model.xml")
     assert (out / "openvino_tokenizer.xml").is_file() and (out / "openvino_detokenizer.xml").is_file()
