@@ -5,7 +5,7 @@ gets the same prompt (token ids, different each round so that no engine reuses a
 then four streams at once. Greedy, ``--max-tokens`` new tokens each, end of sequence ignored. Reported: decode
 tok/s of one stream (from the first token to the last), TTFT, the steady aggregate of four streams (tokens after
 the last stream's first token, over that window), and each process's peak RSS. Ratios are against llama.cpp's
-first GGUF.
+first GGUF (or, with ``--no-llamacpp``, the first IR).
 
     python scripts/bench_llamacpp.py --rounds 8                       # bench/llm against bench/llm-gguf Q4_0
     python scripts/bench_llamacpp.py --ir models/bench/variants/sym_cw --gguf a.gguf --gguf b.gguf --no-server
@@ -257,6 +257,9 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--no-server", action="store_true", help="time the raw engines only")
+    parser.add_argument("--no-llamacpp", action="store_true",
+                        help="openvino-genai and the server only (no llama-cpp-python installed; ratios are then "
+                             "against the first IR)")
     parser.add_argument("--no-mmap", action="store_true", help="llama.cpp reads its file into memory")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "llamacpp"))
     args = parser.parse_args()
@@ -264,7 +267,8 @@ def main() -> int:
 
     models = Path(args.models_dir)
     irs = [Path(p) for p in (args.ir or [models / "bench" / "llm"])]
-    ggufs = [Path(p) for p in (args.gguf or [models / "bench" / "llm-gguf" / "model-Q4_0.gguf"])]
+    ggufs = [] if args.no_llamacpp else [Path(p) for p in (args.gguf or [models / "bench" / "llm-gguf" /
+                                                                           "model-Q4_0.gguf"])]
     tokenizer = ov_genai.Tokenizer(str(irs[0]))
     workers = [Worker(f"llama.cpp {g.stem.removeprefix('model-')}", "llama.cpp", str(g), args) for g in ggufs]
     workers += [Worker(f"openvino-genai {p.name}", "openvino-genai", str(p), args) for p in irs]
@@ -304,6 +308,7 @@ def main() -> int:
         peaks[names[-1]] = server_rss / 2**20
     base = summary[names[0]]
     result = {"when": timestamp(), "machine": machine(), "rounds": args.rounds, "prompt_tokens": args.prompt_tokens,
+              "baseline": names[0],
               "max_tokens": args.max_tokens, "threads": THREADS, "mmap": not args.no_mmap, "summary": summary,
               "ratios": {n: {"tok_s": s["tok_s"] / base["tok_s"], "agg4": s["agg4"] / base["agg4"]}
                          for n, s in summary.items()},
@@ -321,8 +326,8 @@ def markdown(r: dict[str, Any]) -> str:
     return (f"# llama.cpp side by side ({r['when']})\n\n{machine_line(r['machine'])}; {r['threads']} threads; "
             f"{r['prompt_tokens']}-token prompts, {r['max_tokens']} new tokens, greedy; medians of {r['rounds']} "
             f"interleaved rounds; llama.cpp mmap {'on' if r['mmap'] else 'off'}.\n\n"
-            + table(["engine", "decode tok/s (1 stream)", "vs llama.cpp", "TTFT ms", "4 streams, steady tok/s",
-                     "vs llama.cpp", "RSS MiB"], rows) + "\n")
+            + table(["engine", "decode tok/s (1 stream)", f"vs {r['baseline']}", "TTFT ms",
+                     "4 streams, steady tok/s", f"vs {r['baseline']}", "RSS MiB"], rows) + "\n")
 
 
 if __name__ == "__main__":

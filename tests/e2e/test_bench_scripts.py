@@ -96,3 +96,20 @@ def test_soak_reports_rss_per_burst(demo_models: Path, tmp_path: Path) -> None:
     assert outcomes["400"] == 3 * 8 and outcomes["200"] > 0 and sum(outcomes.values()) == 3 * 40
     assert set(outcomes) <= {"200", "400", "503", "left"}  # never a 5xx other than a full queue, nor a reset
     assert "growth over the last 2 bursts" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_bench_llamacpp_runs_its_engines_interleaved(demo_models: Path, tmp_path: Path) -> None:
+    """Without llama-cpp-python (an optional dependency, not in CI): openvino-genai and the server only; with it
+    installed and a benchmark GGUF built, llama.cpp too (make bench-full)."""
+    out = tmp_path / "llamacpp"
+    run_script("bench_llamacpp.py", "--models-dir", str(demo_models.parent), "--ir", str(demo_models / "llm"),
+               "--no-llamacpp", "--rounds", "2", "--prompt-tokens", "16", "--max-tokens", "64", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    names = list(result["summary"])
+    assert names == ["openvino-genai llm", "aipc-chat server (llm)"] and result["baseline"] == names[0]
+    for name in names:
+        figures = result["summary"][name]
+        assert positive(figures["tok_s"]) and positive(figures["ttft_s"]) and positive(figures["agg4"])
+        assert len(result["runs"][name]["tok_s"]) == 2 and positive(result["rss_mib"][name])
+    assert result["ratios"][names[0]]["tok_s"] == 1.0
+    assert "vs openvino-genai llm" in out.with_suffix(".md").read_text(encoding="utf-8")
