@@ -87,6 +87,8 @@ def count_parameters(config: dict[str, Any]) -> int | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
     attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    if config.get("model_type") == "qwen2" or config.get("attention_bias"):  # q, k and v carry biases
+        attention += (heads + 2 * kv_heads) * head_dim
     per_layer = attention + 3 * hidden * inter + 2 * hidden
     head = 0 if config.get("tie_word_embeddings") else vocab * hidden
     return vocab * hidden + layers * per_layer + hidden + head
