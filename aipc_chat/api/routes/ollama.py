@@ -131,8 +131,8 @@ async def chat(arrival: ArrivalDep, body: OllamaChatRequest, request: Request, r
     body.check_supported()
     if not body.messages:  # no messages: load the model (or, with keep_alive 0, unload it)
         arrival.settle()
-        return await _load_or_unload(engine, body, t0, lambda reason: {"message": {"role": "assistant",
-                                                                                    "content": ""}})
+        return await _load_or_unload(engine, body, t0, {"message": {"role": "assistant", "content": ""}},
+                                     settings.request_timeout)
     params = _params(body, engine)
     stream = await asyncio.to_thread(engine.submit, body.chat_messages(), params, asyncio.get_running_loop(),
                                      arrival)
@@ -155,7 +155,7 @@ async def generate(arrival: ArrivalDep, body: OllamaGenerateRequest, request: Re
     body.check_supported()
     if not body.prompt:
         arrival.settle()
-        return await _load_or_unload(engine, body, t0, lambda reason: {"response": ""})
+        return await _load_or_unload(engine, body, t0, {"response": ""}, settings.request_timeout)
     params = _params(body, engine)
     loop = asyncio.get_running_loop()
     if body.raw:
@@ -176,8 +176,8 @@ def _params(body: _Generation, engine: LLMEngineClient) -> GenParams:
     return body.to_params(engine.context_length)
 
 
-async def _load_or_unload(engine: LLMEngineClient, body: _Generation, t0: float,
-                          shape: Callable[[str], dict[str, Any]]) -> Any:
+async def _load_or_unload(engine: LLMEngineClient, body: _Generation, t0: float, empty: dict[str, Any],
+                          timeout: float) -> Any:
     """Ollama's empty request: load the model (a one-token answer loads it), or unload it with keep_alive 0."""
     if body.keep_alive == 0:
         engine.release()
@@ -186,10 +186,10 @@ async def _load_or_unload(engine: LLMEngineClient, body: _Generation, t0: float,
         params = GenParams(max_tokens=1, temperature=0, keep_alive=body.keep_alive)
         stream = await asyncio.to_thread(engine.submit, [{"role": "user", "content": "Hi"}], params,
                                          asyncio.get_running_loop())
-        async for _ in batches(stream, 600):
+        async for _ in batches(stream, timeout):
             pass
         reason = "load"
-    final = {"model": tagged(engine.model_name), "created_at": now(), **shape(reason), "done": True,
+    final = {"model": tagged(engine.model_name), "created_at": now(), **empty, "done": True,
              "done_reason": reason, "total_duration": _ns(time.perf_counter() - t0)}
     if not body.stream:
         return final
