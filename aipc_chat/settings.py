@@ -43,7 +43,7 @@ SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_size(text: str) -> int:
+def parse_bytes(text: str) -> int:
     """``8GB`` (8·10⁹ bytes), ``8GiB`` (8·2³⁰), ``800MB``, ``1.5GB`` or plain bytes."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if match is None or match.group(2).lower() not in SIZE_UNITS:
@@ -331,7 +331,7 @@ class Settings(BaseSettings):
     @property
     def memory_limit_bytes(self) -> int | None:
         """``memory_limit`` in bytes; None for no limit."""
-        return parse_size(self.memory_limit) if self.memory_limit else None
+        return parse_bytes(self.memory_limit) if self.memory_limit else None
 
     @property
     def keep_alive_seconds(self) -> float | None:

@@ -61,6 +61,15 @@ def kv_bytes_per_token(config: dict[str, Any] | None) -> int | None:
     return 2 * layers * kv_heads * head_dim * KV_BYTES_PER_VALUE
 
 
+def kv_cap_tokens(settings: Settings, context_length: int | None, kv_bytes: int | None) -> int | None:
+    """Tokens the KV cache is capped at when every sequence at full context needs less than ``AIPC_KV_CACHE_GB``
+    (small models); None when that limit is the cap (or the model's shape is unknown)."""
+    if not context_length or not kv_bytes:
+        return None
+    tokens = settings.max_num_seqs * context_length
+    return tokens if tokens * kv_bytes < settings.kv_cache_gb * 2**30 else None
+
+
 def scheduler_config(settings: Settings, context_length: int | None = None, kv_bytes: int | None = None,
                      device: str = "CPU") -> Any:
     """The continuous-batching scheduler configuration for these settings.
@@ -73,11 +82,10 @@ def scheduler_config(settings: Settings, context_length: int | None = None, kv_b
 
     cfg = ov_genai.SchedulerConfig()
     cfg.cache_size = settings.kv_cache_gb
-    if context_length and kv_bytes:
-        tokens = settings.max_num_seqs * context_length
-        if tokens * kv_bytes < settings.kv_cache_gb * 2**30:
-            cfg.cache_size = 0
-            cfg.num_kv_blocks = -(-tokens // KV_BLOCK_TOKENS.get(device.split(".")[0], 16))
+    tokens = kv_cap_tokens(settings, context_length, kv_bytes)
+    if tokens is not None:
+        cfg.cache_size = 0
+        cfg.num_kv_blocks = -(-tokens // KV_BLOCK_TOKENS.get(device.split(".")[0], 16))
     cfg.max_num_seqs = settings.max_num_seqs
     cfg.enable_prefix_caching = settings.prefix_caching
     cfg.dynamic_split_fuse = True
@@ -204,11 +212,11 @@ def kv_cache_bound_mb(settings: Settings, context_length: int, config: dict[str,
     """The most the KV cache grows to once the model is loaded (as ``scheduler_config`` bounds it); 0 on NPU."""
     if device == "NPU":
         return 0.0
-    limit = float(settings.kv_cache_gb * 1024)
     kv_bytes = kv_bytes_per_token(config)
-    if kv_bytes:
-        limit = min(limit, settings.max_num_seqs * context_length * kv_bytes / 2**20)
-    return round(limit, 1)
+    tokens = kv_cap_tokens(settings, context_length, kv_bytes)
+    if tokens is None or not kv_bytes:
+        return float(settings.kv_cache_gb * 1024)
+    return round(tokens * kv_bytes / 2**20, 1)
 
 
 class OpenVINOPipelines:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from aipc_chat.api.schemas.common import KeepAlive
 from aipc_chat.engines.residency import Keeper, Residency, Slot
 from aipc_chat.errors import MemoryFull
-from aipc_chat.settings import Settings, parse_size
+from aipc_chat.settings import Settings, parse_bytes
 
 
 class Owner:
@@ -113,7 +113,7 @@ def test_an_ask_expires_unanswered() -> None:
 @pytest.mark.parametrize(("text", "size"), [("8GB", 8 * 10**9), ("8GiB", 8 * 2**30), ("800MB", 800 * 10**6),
                                             ("1.5gb", 1_500_000_000), ("512 MiB", 512 * 2**20), ("1000", 1000)])
 def test_sizes(text: str, size: int) -> None:
-    assert parse_size(text) == size
+    assert parse_bytes(text) == size
     assert Settings(memory_limit=text).memory_limit_bytes == size
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from aipc_chat.errors import AipcError, InvalidRequest, ModelNotFound, NotFound
 from aipc_chat.provision.card import ModelCard, model_card
 from aipc_chat.runtime import Runtime
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["ollama"])
 
 OLLAMA_API_VERSION = "0.12.6"  # the Ollama release whose API this follows (clients check it for features)
@@ -260,6 +262,9 @@ def _ndjson(items: AsyncIterator[dict[str, Any]], on_close: Callable[[], None] =
                 yield (json.dumps(item, ensure_ascii=False) + "\n").encode()
         except AipcError as exc:
             yield (json.dumps({"error": exc.message}) + "\n").encode()
+        except Exception:  # as the SSE helper does: logged, and a generic last line
+            log.exception("stream failed")
+            yield (json.dumps({"error": "Internal server error."}) + "\n").encode()
         finally:
             on_close()
 
