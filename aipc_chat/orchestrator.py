@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from aipc_chat.engines.contract import (
@@ -161,7 +161,7 @@ def parse_image_prompt(text: str | None) -> str | None:
 class Orchestrator:
     """Runs /chat turns over the engines, the history store, the prompts and the safety filter."""
 
-    def __init__(self, llm: Callable[[], ChatLLM], images: Callable[[], ChatImages], history: HistoryStore,
+    def __init__(self, llm: Callable[[], ChatLLM], images: Callable[[], ChatImages] | None, history: HistoryStore,
                  prompts: Prompts, safety: PromptFilter, *, history_limit: int, max_tokens: int,
                  timeout: float) -> None:
         self._llm, self._images = llm, images
@@ -170,8 +170,11 @@ class Orchestrator:
         self._followers: set[asyncio.Task[None]] = set()  # pictures a turn did not wait for, recorded as they end
 
     async def run(self, req: ChatTurnRequest, arrival: Arrival | None = None) -> AsyncIterator[Event]:
-        """Run one turn; yield its events, the last being ``done``. ``arrival`` is the turn's admission handle."""
+        """Run one turn; yield its events, the last being ``done``. ``arrival`` is the turn's admission handle.
+        With no image model served (``images`` None), every turn is text only."""
         t0 = time.perf_counter()
+        if self._images is None:
+            req = replace(req, image="never")
         llm = self._llm()
         result = ChatTurnResult(req.conversation_id)
         tags = TagFilter()
@@ -206,6 +209,10 @@ class Orchestrator:
                 self.history.set_images(message_id, [], result.image_prompt, "cancelled")
         result.timings["total_s"] = round(time.perf_counter() - t0, 4)
         yield "done", {"result": result}
+
+    def disable_images(self) -> None:
+        """Serve text-only turns from now on (the server has no image model)."""
+        self._images = None
 
     async def followed(self) -> None:
         """Wait until every picture a turn did not wait for has been recorded."""
@@ -310,6 +317,7 @@ class Orchestrator:
                                   "message": f"The image prompt was refused by the content filter ({verdict.term})."}
             return None
         try:
+            assert self._images is not None  # a turn asks for pictures only when they are served
             job = self._images().submit(params, owner=req.user_id)
         except AipcError as exc:
             result.image_state = "failed"

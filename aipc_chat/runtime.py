@@ -22,19 +22,22 @@ from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
 from aipc_chat.engines.memory import rss_mb
 from aipc_chat.engines.residency import Residency
 from aipc_chat.engines.store import free_mb
-from aipc_chat.errors import ModelSetupError, NotReady
+from aipc_chat.errors import ModelSetupError, NotReady, NotServed
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
 from aipc_chat.prompts import Prompts
 from aipc_chat.provision.devices import available_devices, resolve_device
-from aipc_chat.provision.hub import download_model, probe_repo, verify_manifest
 from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
 from aipc_chat.safety import PromptFilter
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
-State = Literal["pending", "downloading", "loading", "ready", "failed"]  # before the engine exists; then its health
+# before the engine exists; then its health. "disabled": this server serves no model of the kind (error says why)
+State = Literal["pending", "downloading", "loading", "ready", "failed", "disabled"]
+ENABLE = {"llm": "AIPC_LLM_PATH (an OpenVINO folder or a .gguf file) or AIPC_LLM_REPO",
+          "image": "AIPC_IMAGE_PATH (an OpenVINO Stable Diffusion folder) or AIPC_IMAGE_REPO"}
+LOADER = "model-loader"  # the name of the thread that loads the models at start
 
 
 @dataclass
@@ -71,9 +74,10 @@ class Runtime:
             "llm": ModelStatus(choose_model(settings, "llm"), settings.llm_device),
             "image": ModelStatus(choose_model(settings, "image"), settings.image_device),
         }
-        self._loader: threading.Thread | None = None
         self._closed = threading.Event()
+        self._publishing = threading.Lock()  # a load that ends as the runtime closes: closed here or by the loader
         self.on_fatal: Callable[[str], None] | None = None  # the CLI stops the server when a model cannot be had
+        self.on_loaded: Callable[[], None] | None = None  # the CLI says the server is ready, once, with its address
         self.fatal: str | None = None
         self.llm_observers: list[Callable[[Done], None]] = []
         self.image_observers: list[Callable[[ImageJob], None]] = []
@@ -90,12 +94,36 @@ class Runtime:
             max_tokens=min(settings.chat_max_tokens, settings.max_tokens_limit), timeout=settings.request_timeout)
 
     def check(self) -> None:
-        """Fail fast (ModelSetupError) when a device is absent, or a model is missing and cannot be downloaded."""
-        devices = available_devices()
+        """Fail fast (ModelSetupError) when a device is absent, or a model asked for is missing and cannot be
+        downloaded. A default model that cannot be had is left out (the other kind is served) unless both are."""
+        problems: dict[Kind, ModelSetupError] = {}
         for kind, status in self.status.items():
-            choice = status.choice
-            if choice.source == "remote":
+            if status.choice.source == "none":
+                self._disable(kind, f"switched off ({'AIPC_LLM_REPO' if kind == 'llm' else 'AIPC_IMAGE_REPO'}=none)")
                 continue
+            try:
+                self._check_one(status)
+            except ModelSetupError as problem:
+                if not status.choice.optional:
+                    raise
+                problems[kind] = problem
+        if problems and len(problems) + sum(s.state == "disabled" for s in self.status.values()) == len(self.status):
+            raise next(iter(problems.values()))
+        for kind, found in problems.items():
+            self._disable(kind, str(found))
+
+    def _disable(self, kind: Kind, why: str) -> None:
+        status = self.status[kind]
+        status.state, status.error = "disabled", why
+        log.warning("not serving %s: %s. Set %s to serve one.", "chat" if kind == "llm" else "pictures", why,
+                    ENABLE[kind])
+        if kind == "image":
+            self.orchestrator.disable_images()
+
+    def _check_one(self, status: ModelStatus) -> None:
+        devices = available_devices()
+        kind, choice = status.choice.kind, status.choice
+        if choice.source != "remote":
             status.device = resolve_device(status.device, devices, kind)
             if choice.source != "repo" or not self._needs_download(choice):
                 check_present(choice)
@@ -104,12 +132,16 @@ class Runtime:
                 raise ModelSetupError(f"The {kind} model {choice.repo} is incomplete in {choice.path}: run "
                                       "`aipc-chat download` (AUTO_DOWNLOAD_MODELS is off).")
             else:
+                from aipc_chat.provision.hub import probe_repo
+
                 repo, revision, folder = choice.hub_target()
                 probe_repo(repo, revision, folder, kind=kind, token=self._token())
 
     @staticmethod
     def _needs_download(choice: ModelChoice) -> bool:
         """A hub model is complete when its manifest (written last) checks out."""
+        from aipc_chat.provision.hub import verify_manifest  # huggingface_hub: imported when a hub model is used
+
         return choice.path is None or bool(verify_manifest(choice.path))
 
     def _token(self) -> str | None:
@@ -125,32 +157,39 @@ class Runtime:
             if self._closed.is_set():
                 raise ModelSetupError("The server is shutting down.")
 
+        from aipc_chat.provision.hub import download_model
+
         log.info("downloading the %s model %s@%s into %s", kind, repo, revision, folder)
         download_model(repo, revision, folder, kind=kind, token=self._token(), progress=progress)
 
     def start_loading(self) -> None:
         """Load both models on a background thread so /health and /ready answer meanwhile."""
-        self._loader = threading.Thread(target=self.load, name="model-loader", daemon=True)
-        self._loader.start()
+        threading.Thread(target=self.load, name=LOADER, daemon=True).start()
 
     def load(self) -> None:
         """Load both models at once, each on its own thread (blocking until both are loaded or failed).
 
         Their loads overlap (the LLM's warm-up with the image pipeline's imports and compilation), and each model
-        serves as soon as it is ready.
+        serves as soon as it is ready. Then ``on_loaded`` is called, unless a model could not be had (``fatal``: the
+        server stops) or the runtime closed meanwhile.
         """
         import openvino  # noqa: F401  # once here, so the two loaders do not both import it at the same time
 
         if self.residency.limit_mb is not None:  # one at a time, the LLM first: it gets the room when both do not fit
-            for kind in self.status:
+            for kind in self._served():
                 self._load_one(kind)
-            return
-        loaders = [threading.Thread(target=self._load_one, args=(kind,), name=f"load-{kind}", daemon=True)
-                   for kind in self.status]
-        for loader in loaders:
-            loader.start()
-        for loader in loaders:
-            loader.join()
+        else:
+            loaders = [threading.Thread(target=self._load_one, args=(kind,), name=f"load-{kind}", daemon=True)
+                       for kind in self._served()]
+            for loader in loaders:
+                loader.start()
+            for loader in loaders:
+                loader.join()
+        if self.on_loaded is not None and self.fatal is None and not self._closed.is_set():
+            self.on_loaded()
+
+    def _served(self) -> list[Kind]:
+        return [kind for kind, status in self.status.items() if status.state != "disabled"]
 
     def _load_one(self, kind: Kind) -> None:
         status = self.status[kind]
@@ -171,12 +210,23 @@ class Runtime:
             log.exception("loading the %s model failed", kind)
             status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
             return
-        if kind == "llm":
-            self.llm = engine  # type: ignore[assignment]
-        else:
-            self.image = engine  # type: ignore[assignment]
+        if not self._publish(kind, engine):
+            return
         status.load_seconds = round(time.perf_counter() - t0, 3)
         status.state = "ready"
+
+    def _publish(self, kind: Kind, engine: Engine) -> bool:
+        """Make a loaded engine the one that serves, or close it when the runtime closed while it loaded."""
+        with self._publishing:
+            late = self._closed.is_set()
+            if not late and kind == "llm":
+                self.llm = engine  # type: ignore[assignment]
+            elif not late:
+                self.image = engine  # type: ignore[assignment]
+        if late:
+            log.debug("the %s model finished loading after shutdown began: closed", kind)
+            engine.close()
+        return not late
 
     def _make_engine(self, kind: Kind, status: ModelStatus) -> Engine:
         choice = status.choice
@@ -264,19 +314,29 @@ class Runtime:
             self.image.cancel_all()
 
     def close(self) -> None:
-        """Stop the engines (in-flight work is cancelled)."""
-        self._closed.set()
-        if self._loader is not None:
-            self._loader.join(timeout=60)
-        for engine in (self.llm, self.image):
+        """Stop the engines (in-flight work is cancelled).
+
+        A load still under way is not waited for (compiling a model can take minutes, and Ctrl-C should not): the
+        loaders are daemon threads, an engine that finishes loading later is closed by its loader (``_publish``),
+        and the CLI ends the process without waiting for them (``loading_in_background``).
+        """
+        with self._publishing:
+            self._closed.set()
+            engines = (self.llm, self.image)
+        for engine in engines:
             if engine is not None:
                 engine.close()
         self.history.close()
 
 
+def loading_in_background() -> bool:
+    """Whether a start-up load is still under way in this process (perhaps inside OpenVINO's native code)."""
+    return any(thread.name == LOADER and thread.is_alive() for thread in threading.enumerate())
+
+
 def all_ready(models: dict[str, dict[str, object]]) -> bool:
-    """Whether every model ``Runtime.describe`` lists is ready."""
-    return all(m["state"] in ("ready", "unloaded") or (m["state"] == "loading" and m.get("on_demand"))
+    """Whether every model ``Runtime.describe`` lists is ready (or not served at all)."""
+    return all(m["state"] in ("ready", "unloaded", "disabled") or (m["state"] == "loading" and m.get("on_demand"))
                for m in models.values())
 
 
@@ -294,6 +354,10 @@ def _seconds(value: float) -> float | None:
 
 
 def _not_ready(status: ModelStatus) -> NotReady:
+    if status.state == "disabled":
+        what = "chat model (LLM)" if status.choice.kind == "llm" else "image model"
+        return NotServed(f"This server serves no {what}: {status.error}. Set {ENABLE[status.choice.kind]} and "
+                         "restart it to serve one.")
     if status.state == "failed":
         return NotReady(f"The {status.choice.kind} model failed to load: {status.error}")
     return NotReady(f"The {status.choice.kind} model '{status.choice.name}' is {status.state}; retry shortly.",

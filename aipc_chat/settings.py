@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEVICE_PATTERN = r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?)$"
 DEFAULT_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-ov"
 DEFAULT_IMAGE_REPO = "OpenVINO/stable-diffusion-v1-5-int8-ov"
+NONE = "none"  # AIPC_LLM_REPO / AIPC_IMAGE_REPO: serve no model of that kind
+SHIPPED_DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the demo models, shipped built with the package
 
 
 def user_folder() -> Path:
@@ -70,6 +72,11 @@ class Settings(BaseSettings):
         "info", pattern=r"^(debug|info|warning|error)$", validation_alias=_env("log_level"),
         description="Log level: debug, info, warning or error.",
     )
+    openvino_telemetry: bool = Field(
+        False, validation_alias=_env("openvino_telemetry"),
+        description="Let OpenVINO's telemetry run (it keeps a client id and usage counts in `~/intel` and sends "
+                    "usage events, as its own consent file allows); off, it writes and sends nothing.",
+    )
     request_timeout: float = Field(
         300.0, gt=0, le=3600, validation_alias=_env("request_timeout", "REQUEST_TIMEOUT"),
         description="Seconds one request may take (queueing included) before it is cancelled.",
@@ -109,7 +116,12 @@ class Settings(BaseSettings):
     # --- which models ----------
     demo: bool = Field(
         False, validation_alias=_env("demo", "USE_MOCKS"),
-        description="Serve the tiny built-in demo models (built offline by `aipc-chat demo-models`).",
+        description="Serve the tiny demo models shipped with the package (rebuilt by `aipc-chat demo-models`).",
+    )
+    demo_dir: Path | None = Field(
+        None, validation_alias=_env("demo_dir"),
+        description="A demo models folder (`llm/`, `image/`) to serve with `--demo` instead of the shipped one, "
+                    "e.g. `<models>/demo` after `aipc-chat demo-models`.",
     )
     models_dir: Path = Field(
         default_factory=lambda: user_folder() / "models", validation_alias=_env("models_dir", "MODELS_CACHE_DIR"),
@@ -184,6 +196,12 @@ class Settings(BaseSettings):
     llm_device: str = Field(
         "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("llm_device"),
         description="OpenVINO device for the LLM: CPU, GPU, NPU or AUTO.",
+    )
+    image_runtime: Literal["genai", "optimum"] = Field(
+        "genai", validation_alias=_env("image_runtime"),
+        description="What runs Stable Diffusion: `genai` (openvino-genai, the lean default) or `optimum` "
+                    "(optimum-intel and diffusers, for their extra samplers such as DPM++ and Karras schedules; "
+                    "needs `pip install \"aipc-chat[optimum]\"`).",
     )
     image_device: str = Field(
         "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("image_device"),
@@ -355,6 +373,11 @@ class Settings(BaseSettings):
 
     @property
     def demo_models_dir(self) -> Path:
+        """The demo models ``--demo`` serves: ``demo_dir``, else the ones shipped with the package."""
+        return self.demo_dir if self.demo_dir is not None else SHIPPED_DEMO_DIR
+
+    @property
+    def demo_build_dir(self) -> Path:
         """Where `aipc-chat demo-models` builds the demo models."""
         return self.models_dir / "demo"
 

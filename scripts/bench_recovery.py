@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from aipc_chat.engines import supervisor  # noqa: E402
 from aipc_chat.engines.contract import GenParams, ImageParams  # noqa: E402
 from aipc_chat.engines.grammar import ConstraintChecker  # noqa: E402
-from aipc_chat.engines.image import OpenVINOImagePipelines, local_image_engine  # noqa: E402
+from aipc_chat.engines.image import image_pipelines, local_image_engine  # noqa: E402
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines, structured_output_config  # noqa: E402
 from aipc_chat.errors import InvalidRequest  # noqa: E402
 from aipc_chat.orchestrator import IMAGE_PROMPT_REGEX, IMAGE_TAG  # noqa: E402
@@ -114,8 +114,8 @@ def llm_rebuild(settings: Settings, model_dir: Path, rounds: int) -> list[float]
 
 def image_rebuild(settings: Settings, model_dir: Path, rounds: int) -> list[float]:
     """Render fault to serving again."""
-    factories = Factories(OpenVINOImagePipelines(settings, model_dir, "CPU"),
-                          *[lambda p: Faulty(p, "__call__")] * (rounds + 1))
+    factories = Factories(image_pipelines(settings, model_dir, "CPU"),
+                          *[lambda p: Faulty(p, "generate")] * (rounds + 1))
     engine = local_image_engine(settings, model_dir, "bench", "CPU", pipelines=factories)
     engine.load()
     times = []

@@ -27,13 +27,14 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def demo_models() -> Path:
-    """The demo models folder (``<models>/demo``), built if missing."""
-    from aipc_chat.provision.demo_image import build_demo_image
-    from aipc_chat.provision.demo_llm import build_demo_llm
+    """The demo models shipped with the package, copied to ``<models>/demo`` (tests pass ``<models>`` as the models
+    folder; servers started with ``--demo`` serve the shipped files themselves)."""
+    import shutil
+
+    from aipc_chat.settings import SHIPPED_DEMO_DIR
 
     demo = MODELS_DIR / "demo"
-    build_demo_llm(demo / "llm")
-    build_demo_image(demo / "image")
+    shutil.copytree(SHIPPED_DEMO_DIR, demo, dirs_exist_ok=True)
     return demo
 
 

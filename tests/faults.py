@@ -14,7 +14,7 @@ class InjectedFault(RuntimeError):
 class Faulty:
     """A real pipeline whose call ``at`` raises ``times`` times once ``after`` such calls have passed.
 
-    ``at`` is a pipeline method (``add_request``, ``step``, ``__call__`` for an image pipeline) or ``read``, the
+    ``at`` is a pipeline method (``add_request``, ``step``, ``generate`` for an image pipeline) or ``read``, the
     method of the handles ``add_request`` returns.
     """
 

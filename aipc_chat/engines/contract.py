@@ -33,33 +33,41 @@ from aipc_chat.engines.stream import ThreadToAsync, batches
 from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, NotReady, RequestTimeout
 
 __all__ = [  # what the layers above the engines use, admission and stream helpers included
-    "FILTERED", "RETRY_AFTER_SECONDS", "SCHEDULERS", "SCHEDULES", "Arrival", "Arrivals", "Delta", "Done",
-    "EngineHealth", "EngineState", "Flagged", "GenParams", "ImageEngineClient", "ImageJob", "ImageParams",
-    "Interrupted", "JobState", "LLMEngineClient", "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "batches",
-    "constrains_whole_reply", "split_sampler",
+    "ALL_SAMPLERS", "FILTERED", "RETRY_AFTER_SECONDS", "RUNTIME_SCHEDULES", "SAMPLERS", "SCHEDULES", "Arrival",
+    "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged", "GenParams", "ImageEngineClient",
+    "ImageJob", "ImageParams", "ImageRuntime", "Interrupted", "JobState", "LLMEngineClient", "LLMStream",
+    "SupervisedEngine", "TagConstraint", "Timing", "batches", "constrains_whole_reply", "split_sampler",
 ]
 
 EngineState = Literal["loading", "ready", "unloaded", "recovering", "unreachable", "failed"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FILTERED = "content_filter"
 RETRY_AFTER_SECONDS = 5  # what a client is told to wait while a model loads or recovers
-# AUTOMATIC1111's sampler names and the diffusers schedulers behind them (what the local engine can switch to).
-SCHEDULERS: dict[str, str] = {
-    "PLMS": "PNDMScheduler",
-    "Euler": "EulerDiscreteScheduler",
-    "Euler a": "EulerAncestralDiscreteScheduler",
-    "DDIM": "DDIMScheduler",
-    "LMS": "LMSDiscreteScheduler",
-    "DPM++ 2M": "DPMSolverMultistepScheduler",
+ImageRuntime = Literal["genai", "optimum"]
+# AUTOMATIC1111's sampler names and what runs each in a runtime: openvino-genai's scheduler types, diffusers'
+# scheduler classes (any of them drives the OpenVINO models from Python).
+SAMPLERS: dict[ImageRuntime, dict[str, str]] = {
+    "genai": {
+        "PLMS": "PNDM", "Euler": "EULER_DISCRETE", "Euler a": "EULER_ANCESTRAL_DISCRETE", "DDIM": "DDIM",
+        "LCM": "LCM",  # no LMS: 2026.4's LMS_DISCRETE renders DDIM's pictures
+    },
+    "optimum": {
+        "PLMS": "PNDMScheduler", "Euler": "EulerDiscreteScheduler", "Euler a": "EulerAncestralDiscreteScheduler",
+        "DDIM": "DDIMScheduler", "LMS": "LMSDiscreteScheduler", "LCM": "LCMScheduler",
+        "DPM++ 2M": "DPMSolverMultistepScheduler",
+    },
 }
-# AUTOMATIC1111's schedules (1.9+ sends them apart from the sampler as ``scheduler``; older clients join them to the
-# sampler's name, "DPM++ 2M Karras") and the diffusers scheduler options behind them.
+ALL_SAMPLERS = tuple(dict.fromkeys(name for table in SAMPLERS.values() for name in table))
+# A1111's schedules (1.9+ sends them apart from the sampler as ``scheduler``; older clients join them to the
+# sampler's name, "DPM++ 2M Karras") and the diffusers scheduler options behind them. openvino-genai's schedulers
+# take none of these sigma schedules (2026.4): only "automatic" there.
 SCHEDULES: dict[str, dict[str, bool]] = {
     "automatic": {},
     "karras": {"use_karras_sigmas": True},
     "exponential": {"use_exponential_sigmas": True},
     "beta": {"use_beta_sigmas": True},
 }
+RUNTIME_SCHEDULES: dict[ImageRuntime, tuple[str, ...]] = {"genai": ("automatic",), "optimum": tuple(SCHEDULES)}
 
 
 def split_sampler(name: str | None, schedule: str | None = None) -> tuple[str | None, str | None]:
@@ -68,7 +76,7 @@ def split_sampler(name: str | None, schedule: str | None = None) -> tuple[str | 
     schedule = schedule.strip().lower() if schedule else None
     if not name:
         return None, schedule
-    by_lower = {sampler.lower(): sampler for sampler in SCHEDULERS}
+    by_lower = {sampler.lower(): sampler for sampler in ALL_SAMPLERS}
     wanted = name.strip().lower()
     if wanted in by_lower:
         return by_lower[wanted], schedule

@@ -7,7 +7,7 @@ from typing import Any
 
 from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import ImageEngineClient, LLMEngineClient
-from aipc_chat.engines.image import OpenVINOImagePipelines, local_image_engine
+from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
 from aipc_chat.engines.remote import RemoteLLM, remote_image_engine
 from aipc_chat.engines.residency import Residency
@@ -21,7 +21,8 @@ Engine = LLMEngineClient | ImageEngineClient
 
 
 class EngineFactory:
-    """Builds the engine that serves a model choice (local over openvino-genai / optimum-intel, or remote)."""
+    """Builds the engine that serves a model choice (local over openvino-genai, or optimum-intel for pictures when
+    chosen; or remote)."""
 
     def __init__(self, settings: Settings, arrivals: Arrivals, pipelines: PipelineWrapper | None = None,
                  residency: Residency | None = None) -> None:
@@ -39,7 +40,7 @@ class EngineFactory:
                              pipelines=self._wrap(kind, OpenVINOPipelines(s, choice.path, device)))
         max_size = min(s.image_max_size, 512) if choice.source == "demo" else s.image_max_size
         return local_image_engine(s, choice.path, choice.name, device, max_size=max_size, residency=self.residency,
-                                  pipelines=self._wrap(kind, OpenVINOImagePipelines(s, choice.path, device)))
+                                  pipelines=self._wrap(kind, image_pipelines(s, choice.path, device)))
 
     def _wrap(self, kind: Kind, factory: PipelineFactory) -> PipelineFactory:
         return self.pipelines(kind, factory) if self.pipelines is not None else factory

@@ -1,14 +1,15 @@
-"""The local image renderer: Stable Diffusion 1.5 through optimum-intel's OpenVINO pipeline.
+"""The local image renderers' common part: Stable Diffusion 1.5 run in this process, through openvino-genai (the
+default runtime, ``image_genai.py``) or optimum-intel and diffusers (``image_optimum.py``, the ``[optimum]`` extra).
 
-``ImageEngine`` (``jobs.py``) owns the queue, the owner thread and supervision; this module only loads the pipeline
+``ImageEngine`` (``jobs.py``) owns the queue, the owner thread and supervision. A renderer here loads its pipeline
 (through a factory, so a broken one can be rebuilt and tests can inject faults), checks what it can render, and
-renders a job with the step callback driving progress and cancellation. Images are saved by ``ImageStore`` as PNG
-with AUTOMATIC1111 metadata.
+renders a job: the seeds, the step callback driving progress, previews, interrupt and skip, and storing each
+picture with AUTOMATIC1111's metadata are shared; the runtimes supply one picture's generation. Nothing here
+imports a model library at module level: the runtime chosen is imported when its pipeline loads.
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import logging
@@ -16,9 +17,17 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from aipc_chat.engines.contract import SCHEDULERS, SCHEDULES, Flagged, ImageJob, ImageParams, Interrupted
+from aipc_chat.engines.contract import (
+    RUNTIME_SCHEDULES,
+    SAMPLERS,
+    SCHEDULES,
+    ImageJob,
+    ImageParams,
+    ImageRuntime,
+    Interrupted,
+)
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.residency import Residency
 from aipc_chat.engines.store import ImageStore, infotext
@@ -28,17 +37,11 @@ from aipc_chat.settings import Settings
 log = logging.getLogger(__name__)
 
 SEED_MAX = 2**32 - 1
-SAMPLERS = {cls: name for name, cls in SCHEDULERS.items()}
-PipelineFactory = Callable[[], Any]  # builds a fresh, compiled OVStableDiffusionPipeline
+PipelineFactory = Callable[[], Any]  # builds a fresh, compiled pipeline of the renderer's runtime
+StepAction = Literal["go", "stop", "abort"]  # what a step callback does next: go on, decode what it has, give up
 
-
-def size_step(pipe: Any) -> int:
-    """The size multiple the pipeline needs: VAE scale factor x the UNet's downsampling."""
-    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    blocks = pipe.unet.config.get("block_out_channels") if hasattr(pipe.unet, "config") else None
-    unet_factor = 2 ** (len(blocks) - 1) if blocks else 8
-    return vae_factor * unet_factor
-
+# diffusers' class name in a model's scheduler_config.json -> A1111's sampler name
+SAMPLER_OF_CLASS = {cls: name for name, cls in SAMPLERS["optimum"].items()}
 
 # A1111's "Approx cheap" preview: SD 1.5's four latent channels to RGB by one linear map, no model run.
 LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
@@ -57,17 +60,19 @@ def cheap_preview(latents: Any) -> bytes:
     return buf.getvalue()
 
 
-def schedule_applies(sampler: str, schedule: str) -> bool:
-    """Whether a sampler's diffusers scheduler takes this schedule's option."""
-    import importlib
+def step_action(job: ImageJob, done_before: int, step: int, num_steps: int) -> StepAction:
+    """Record a finished step of one picture and say what the pipeline does next.
 
-    options = SCHEDULES.get(schedule)
-    if options is None or sampler not in SCHEDULERS:
-        return False
-    if not options:
-        return True
-    cls = getattr(importlib.import_module("diffusers"), SCHEDULERS[sampler])
-    return all(name in inspect.signature(cls.__init__).parameters for name in options)
+    Progress counts the job's requested steps over all its pictures (PNDM calls back steps + 1 times, image to image
+    fewer: scaled by the pipeline's own count). A job cancelled outright is abandoned (no decode); interrupted the
+    A1111 way or skipped, the picture so far is decoded and kept.
+    """
+    job.step = done_before + round((step + 1) * job.params.steps / max(1, num_steps))
+    if job.cancelled and not job.partial:
+        return "abort"
+    if job.cancelled or job.take_skip():
+        return "stop"
+    return "go"
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -87,34 +92,14 @@ def npu_static_size(settings: Settings, device: str) -> tuple[int, int] | None:
     return (settings.npu_image_width, settings.npu_image_height) if device == "NPU" else None
 
 
-class OpenVINOImagePipelines:
-    """The default pipeline factory: the SD pipeline compiled for its device (static shapes on NPU)."""
-
-    def __init__(self, settings: Settings, model_dir: Path, device: str) -> None:
-        self.settings, self.model_dir, self.device = settings, model_dir, device
-        self.static_size = npu_static_size(settings, device)
-
-    def __call__(self) -> Any:
-        from optimum.intel import OVStableDiffusionPipeline
-
-        pipe = OVStableDiffusionPipeline.from_pretrained(
-            str(self.model_dir), device=self.device, ov_config=image_ov_config(self.settings),
-            compile=self.static_size is None)
-        pipe.set_progress_bar_config(disable=True)  # progress goes to jobs and the log, not a tqdm bar
-        if self.static_size is not None:  # NPU compiles static shapes only
-            width, height = self.static_size
-            pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
-            pipe.compile()
-        return pipe
-
-
-class DiffusersRenderer:
-    """Renders jobs with an optimum-intel Stable Diffusion pipeline."""
+class LocalRenderer:
+    """What both local runtimes share: the model's folder, its sizes and sampler, checks, seeds and storing."""
 
     local = True
+    runtime: ImageRuntime
 
     def __init__(self, settings: Settings, model_dir: Path, model_name: str, device: str, *, max_size: int = 1024,
-                 pipelines: PipelineFactory | None = None) -> None:
+                 pipelines: PipelineFactory) -> None:
         self.settings = settings
         self.model_dir = model_dir
         self.model_name = model_name
@@ -123,10 +108,18 @@ class DiffusersRenderer:
         self.step_multiple = 64
         self.sampler = self.default_sampler = "PLMS"
         self.static_size = npu_static_size(settings, device)
-        self._pipelines = pipelines if pipelines is not None else OpenVINOImagePipelines(settings, model_dir, device)
+        self._pipelines = pipelines
         self._pipe: Any = None
-        self._img2img: Any = None
-        self._schedulers: dict[tuple[str, str], Any] = {}
+
+    @property
+    def samplers(self) -> dict[str, str]:
+        """A1111's sampler names this runtime can switch to, with what runs each."""
+        return SAMPLERS[self.runtime]
+
+    @property
+    def schedules(self) -> tuple[str, ...]:
+        """A1111's schedules this runtime takes."""
+        return RUNTIME_SCHEDULES[self.runtime]
 
     def prepare(self) -> None:
         """Sizes and sampler from the model's configuration files, without the pipeline (load on demand)."""
@@ -140,28 +133,23 @@ class DiffusersRenderer:
             log.warning("the image model's configuration is unreadable: sizes step 64 until it loads")
             scheduler = "PNDMScheduler"
         self.step_multiple = step
-        self.default_sampler = self.sampler = SAMPLERS.get(scheduler, scheduler)
-
-    def imports(self) -> None:
-        """Import the libraries the pipeline needs (before a load is measured: they are not the model's cost)."""
-        import optimum.intel  # noqa: F401
-        import torch  # noqa: F401
+        self.default_sampler = self.sampler = SAMPLER_OF_CLASS.get(scheduler, scheduler)
 
     def load(self) -> None:
         """Load and compile the pipeline (blocking)."""
         t0 = time.perf_counter()
         self._install(self._pipelines())
-        log.info("image model %s loaded on %s in %.2f s (sizes %d..%d step %d)", self.model_name, self.device,
-                 time.perf_counter() - t0, self.step_multiple, self.max_size, self.step_multiple)
+        log.info("image model %s loaded on %s by %s in %.2f s (sizes %d..%d step %d)", self.model_name, self.device,
+                 self.runtime, time.perf_counter() - t0, self.step_multiple, self.max_size, self.step_multiple)
 
     def rebuild(self) -> None:
         """A fresh pipeline in place of one that failed."""
-        self._pipe, self._img2img = None, None  # release the broken one first
+        self.unload()  # release the broken one first
         self._install(self._pipelines())
 
     def unload(self) -> bool:
         """Let the pipeline go (the next job loads it again)."""
-        self._pipe, self._img2img, self._schedulers = None, None, {}
+        self._pipe = None
         return True
 
     @property
@@ -171,70 +159,47 @@ class DiffusersRenderer:
 
     def _install(self, pipe: Any) -> None:
         self._pipe = pipe
-        self.step_multiple = size_step(pipe)
-        self.default_sampler = SAMPLERS.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
         self.sampler = self.default_sampler
-        self._schedulers = {(self.sampler, "automatic"): pipe.scheduler}
 
     def unreachable(self) -> str | None:
         """A local pipeline is always at hand."""
         return None
 
     def check(self, params: ImageParams) -> None:
-        """The NPU's static size, and the samplers and schedules this pipeline can switch to."""
+        """The NPU's static size, and the samplers and schedules this runtime can switch to."""
         if self.static_size is not None and (params.width, params.height) != self.static_size:
             raise InvalidRequest(f"This NPU pipeline is compiled for {self.static_size[0]}x{self.static_size[1]} "
                                  "images only.", param="size")
-        if params.sampler is not None and params.sampler not in SCHEDULERS:
-            raise InvalidRequest(f"Unknown sampler '{params.sampler}'; use one of {', '.join(SCHEDULERS)} (with a "
-                                 f"scheduler: {', '.join(SCHEDULES)}).", param="sampler_name")
+        other: ImageRuntime = "optimum" if self.runtime == "genai" else "genai"
+        if params.sampler is not None and params.sampler not in self.samplers:
+            elsewhere = (f" ({params.sampler} needs AIPC_IMAGE_RUNTIME={other})"
+                         if params.sampler in SAMPLERS[other] else "")
+            raise InvalidRequest(f"Unknown sampler '{params.sampler}' for the {self.runtime} image runtime; use one "
+                                 f"of {', '.join(self.samplers)}{elsewhere}.", param="sampler_name")
         schedule = params.schedule or "automatic"
         if schedule not in SCHEDULES:
-            raise InvalidRequest(f"Unknown scheduler '{params.schedule}'; use one of {', '.join(SCHEDULES)}.",
+            raise InvalidRequest(f"Unknown scheduler '{params.schedule}'; use one of {', '.join(self.schedules)}.",
                                  param="scheduler")
-        sampler = params.sampler or self.default_sampler
-        if schedule != "automatic" and not schedule_applies(sampler, schedule):
-            raise InvalidRequest(f"The {sampler} sampler has no {schedule} schedule; use it with "
-                                 f"{', '.join(s for s in SCHEDULES if schedule_applies(sampler, s))}.",
-                                 param="scheduler")
+        if schedule not in self.schedules:
+            raise InvalidRequest(f"The {self.runtime} image runtime has no {schedule} schedule; use "
+                                 f"{', '.join(self.schedules)} (AIPC_IMAGE_RUNTIME={other} has "
+                                 f"{', '.join(RUNTIME_SCHEDULES[other])}).", param="scheduler")
+        self._check_schedule(params.sampler or self.default_sampler, schedule)
+
+    def _check_schedule(self, sampler: str, schedule: str) -> None:
+        """Refuse a schedule the sampler cannot take (a runtime with schedules says)."""
 
     def render(self, job: ImageJob, store: ImageStore) -> None:
         """Render every image of the job, storing each as it is done (an interrupted or skipped one as far as it
         got); text to image, or image to image from ``init_image``."""
-        import torch
-
         p = job.params
-        pipe = self._pipe if p.init_image is None else self._image_to_image()
-        self._use_sampler(pipe, p.sampler or self.default_sampler, p.schedule or "automatic")
+        self._use_sampler(p.sampler or self.default_sampler, p.schedule or "automatic", image_to_image=(
+            p.init_image is not None))
         base_seed = p.seed if p.seed is not None and p.seed >= 0 else secrets.randbelow(SEED_MAX)
         job.seeds = [(base_seed + i) % (SEED_MAX + 1) for i in range(p.n)]
-        size = {"width": p.width, "height": p.height} if p.init_image is None else {
-            "image": p.init_image, "strength": p.strength}
         for index, seed in enumerate(job.seeds):
-            done_before = index * p.steps
-
-            def on_step(pipe: Any, i: int, timestep: Any, kwargs: dict[str, Any],
-                        done_before: int = done_before) -> dict[str, Any]:
-                # PNDM calls back steps + 1 times: scale by the pipeline's own count of timesteps.
-                job.step = done_before + round((i + 1) * p.steps / max(1, pipe.num_timesteps))
-                if job.cancelled and not job.partial:
-                    raise Interrupted  # unlike stopping the pipeline, this also skips the VAE decode
-                if job.cancelled or job.take_skip():
-                    pipe._interrupt = True  # diffusers skips the remaining steps and decodes what it has
-                elif "latents" in kwargs:
-                    job.set_preview(cheap_preview(kwargs["latents"]), job.step)
-                return kwargs
-
             t0 = time.perf_counter()
-            result = pipe(
-                prompt=p.prompt, negative_prompt=p.negative_prompt or None, num_inference_steps=p.steps,
-                guidance_scale=p.guidance_scale, generator=torch.Generator(device="cpu").manual_seed(seed),
-                callback_on_step_end=on_step, **size,
-            )
-            flagged = getattr(result, "nsfw_content_detected", None)  # set when the model folder ships a checker
-            if flagged and flagged[0]:
-                raise Flagged
-            image = result.images[0]
+            image = self._render_one(job, seed, done_before=index * p.steps)
             text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
             job.infotexts.append(text)
             job.images.append(store.save(image, text, name=job.names[index]))
@@ -243,42 +208,45 @@ class DiffusersRenderer:
             if job.cancelled:
                 raise Interrupted  # the picture as far as it got is kept; the rest of the batch is not made
 
-    def _image_to_image(self) -> Any:
-        """optimum-intel's image-to-image pipeline over the loaded one's components (the same compiled models: no
-        second copy of the weights); made once per loaded pipeline."""
-        if self._img2img is None:
-            from optimum.intel import OVStableDiffusionImg2ImgPipeline
+    def _use_sampler(self, name: str, schedule: str, *, image_to_image: bool) -> None:
+        raise NotImplementedError
 
-            pipe = object.__new__(OVStableDiffusionImg2ImgPipeline)
-            pipe.__dict__.update(self._pipe.__dict__)
-            if getattr(pipe, "vae_encoder", None) is None:
-                raise InvalidRequest("This image model has no VAE encoder: image to image is not available.",
-                                     param="init_images")
-            self._img2img = pipe
-        return self._img2img
+    def _render_one(self, job: ImageJob, seed: int, *, done_before: int) -> Any:
+        """One picture (PIL) of the job with this seed; raise Interrupted when the job is given up."""
+        raise NotImplementedError
 
-    def _use_sampler(self, pipe: Any, name: str, schedule: str) -> None:
-        """Give the pipeline this job's scheduler (it runs in Python: any diffusers scheduler suits the OpenVINO
-        models); made once per sampler and schedule."""
-        key = (name, schedule)
-        if key not in self._schedulers:
-            import diffusers
-
-            cls = getattr(diffusers, SCHEDULERS[name])
-            self._schedulers[key] = cls.from_config(self._schedulers[(self.default_sampler, "automatic")].config,
-                                                    **SCHEDULES[schedule])
-        pipe.scheduler = self._schedulers[key]
-        self.sampler = name if schedule == "automatic" else f"{name} {schedule.capitalize()}"
+    def imports(self) -> None:
+        """Import the runtime's libraries (before a load is measured: they are not the model's cost)."""
 
     def info(self) -> dict[str, Any]:
         """What the engine serves (for /ready, /sdapi/v1/sd-models)."""
-        return {"model": self.model_name, "device": self.device, "sampler": self.sampler,
+        return {"model": self.model_name, "device": self.device, "runtime": self.runtime, "sampler": self.sampler,
                 "size_step": self.step_multiple, "max_size": self.max_size,
                 "path": json.dumps(str(self.model_dir))}
 
 
+def image_pipelines(settings: Settings, model_dir: Path, device: str) -> PipelineFactory:
+    """The pipeline factory of the configured image runtime."""
+    if settings.image_runtime == "optimum":
+        from aipc_chat.engines.image_optimum import OptimumImagePipelines
+
+        return OptimumImagePipelines(settings, model_dir, device)
+    from aipc_chat.engines.image_genai import GenAIImagePipelines
+
+    return GenAIImagePipelines(settings, model_dir, device)
+
+
 def local_image_engine(settings: Settings, model_dir: Path, model_name: str, device: str, *, max_size: int = 1024,
                        pipelines: PipelineFactory | None = None, residency: Residency | None = None) -> ImageEngine:
-    """An image engine over a local optimum-intel pipeline."""
-    return ImageEngine(settings, DiffusersRenderer(settings, model_dir, model_name, device, max_size=max_size,
-                                                   pipelines=pipelines), residency=residency)
+    """An image engine over a local pipeline of the configured runtime (``settings.image_runtime``)."""
+    renderer: LocalRenderer
+    factory = pipelines if pipelines is not None else image_pipelines(settings, model_dir, device)
+    if settings.image_runtime == "optimum":
+        from aipc_chat.engines.image_optimum import OptimumRenderer
+
+        renderer = OptimumRenderer(settings, model_dir, model_name, device, max_size=max_size, pipelines=factory)
+    else:
+        from aipc_chat.engines.image_genai import GenAIRenderer
+
+        renderer = GenAIRenderer(settings, model_dir, model_name, device, max_size=max_size, pipelines=factory)
+    return ImageEngine(settings, renderer, residency=residency)

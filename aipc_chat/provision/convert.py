@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import re
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aipc_chat.errors import ConversionFailed, ModelSetupError
-from aipc_chat.provision.builds import forget_quantization_source
 from aipc_chat.provision.hub import MANIFEST_NAME, explain_hub_failure, file_entries, write_manifest
 from aipc_chat.provision.resolve import REQUIRED_FILES
 
@@ -289,3 +289,14 @@ def _quiet_export() -> Iterator[None]:
             yield
     finally:
         gc.unfreeze()
+
+
+def forget_quantization_source(config_path: Path) -> None:
+    """Drop the source folder optimum records as the quantization "tokenizer" (a temporary or private path)."""
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and "tokenizer" in quantization:
+        quantization["tokenizer"] = None
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -8,10 +8,10 @@ from typing import Literal
 
 from aipc_chat.errors import ModelSetupError
 from aipc_chat.provision.gguf import OLLAMA_PREFIX, check_gguf, find_ollama_model, link_as_gguf
-from aipc_chat.settings import DEFAULT_LLM_REPO, Settings
+from aipc_chat.settings import DEFAULT_IMAGE_REPO, DEFAULT_LLM_REPO, NONE, Settings
 
 Kind = Literal["llm", "image"]
-Source = Literal["remote", "path", "ollama", "demo", "repo"]
+Source = Literal["remote", "path", "ollama", "demo", "repo", "none"]
 
 NPU_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-cw-ov"
 DEMO_NAMES: dict[Kind, str] = {"llm": "aipc-demo-deepseek-r1", "image": "aipc-demo-sd15"}
@@ -39,6 +39,11 @@ class ModelChoice:
         if self.repo is None or self.revision is None or self.path is None:
             raise ValueError(f"the {self.kind} model is not a hub repository")
         return self.repo, self.revision, self.path
+
+    @property
+    def optional(self) -> bool:
+        """A default hub model nobody asked for by name: when it cannot be had, the server serves the other kind."""
+        return self.source == "repo" and self.repo in (DEFAULT_LLM_REPO, DEFAULT_IMAGE_REPO, NPU_LLM_REPO)
 
     @property
     def gguf(self) -> bool:
@@ -74,9 +79,11 @@ def choose_model(settings: Settings, kind: Kind) -> ModelChoice:
             return ModelChoice(kind, "ollama", name=name, path=link_as_gguf(blob, name, settings.models_dir / "ollama"))
         gguf_file = kind == "llm" and path.suffix.lower() == ".gguf"
         return ModelChoice(kind, "path", name=path.stem if gguf_file else path.resolve().name, path=path)
+    repo = settings.llm_repo if kind == "llm" else settings.image_repo
+    if repo.strip().lower() == NONE:  # switched off (even with --demo): this server serves no model of this kind
+        return ModelChoice(kind, "none", name=NONE)
     if settings.demo:
         return ModelChoice(kind, "demo", name=DEMO_NAMES[kind], path=settings.demo_models_dir / kind)
-    repo = settings.llm_repo if kind == "llm" else settings.image_repo
     if kind == "llm" and settings.llm_device == "NPU" and repo == DEFAULT_LLM_REPO:
         repo = NPU_LLM_REPO  # channel-wise INT4 is what the NPU runs well
     revision = settings.llm_revision if kind == "llm" else settings.image_revision
@@ -95,7 +102,8 @@ def check_present(choice: ModelChoice) -> None:
         return
     where = choice.path
     if choice.source == "demo":
-        hint = "Build the demo models with `aipc-chat demo-models`."
+        hint = ("Point AIPC_DEMO_DIR at a folder built by `aipc-chat demo-models`, or unset it to serve the shipped "
+                "ones.")
     elif choice.source == "path":
         hint = f"Point AIPC_{choice.kind.upper()}_PATH at an OpenVINO model folder" + (
             ", a .gguf file, or ollama:NAME." if choice.kind == "llm" else ".")

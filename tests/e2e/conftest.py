@@ -45,13 +45,14 @@ class LiveServer:
 
 
 def start_server(models_dir: Path, data_dir: Path, log_path: Path, *, env: dict[str, str] | None = None,
-                 ready_timeout: float = 120) -> LiveServer:
+                 ready_timeout: float = 120, demo: bool = True) -> LiveServer:
     """Start ``python -m aipc_chat serve --demo`` and wait until /ready says 200."""
     port = free_port()
     full_env = {**os.environ, "AIPC_MODELS_DIR": str(models_dir), "AIPC_DATA_DIR": str(data_dir),
                 "AIPC_LOG_LEVEL": "info", "AIPC_KEEP_ALIVE": "-1", **(env or {})}  # idle unload only where tested
     out = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "aipc_chat", "serve", "--demo", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "aipc_chat", "serve", *(["--demo"] if demo else []), "--port",
+                             str(port)],
                             env=full_env, stdout=out, stderr=subprocess.STDOUT)
     server = LiveServer(proc, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + ready_timeout
@@ -84,3 +85,19 @@ def live_server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def base_url(live_server: LiveServer) -> str:
     return live_server.base_url
+
+
+@pytest.fixture(scope="session")
+def optimum_server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A demo server whose pictures run through optimum-intel (``AIPC_IMAGE_RUNTIME=optimum``)."""
+    root = tmp_path_factory.mktemp("optimum")
+    server = start_server(demo_models.parent, root / "data", root / "server.log", env={"AIPC_IMAGE_RUNTIME": "optimum"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["genai", "optimum"])
+def image_base_url(request: pytest.FixtureRequest) -> str:
+    """A live server of each image runtime: the image suites run on both (a test reads which from the id)."""
+    server = request.getfixturevalue("live_server" if request.param == "genai" else "optimum_server")
+    return str(server.base_url)

@@ -113,3 +113,20 @@ def test_bench_llamacpp_runs_its_engines_interleaved(demo_models: Path, tmp_path
         assert len(result["runs"][name]["tok_s"]) == 2 and positive(result["rss_mib"][name])
     assert result["ratios"][names[0]]["tok_s"] == 1.0
     assert "vs openvino-genai llm" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_bench_install_measures_a_venv(tmp_path: Path) -> None:
+    """This interpreter's environment stands in for the lean venv (no pip install); the optimum venv is skipped."""
+    out = tmp_path / "install"
+    run_script("bench_install.py", "--lean-venv", sys.prefix, "--skip-optimum", "--import-runs", "1", "--size",
+               "64x64", "--steps", "2", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert list(result["variants"]) == ["lean"]
+    lean = result["variants"]["lean"]
+    assert lean["reused"] and positive(lean["size_mb"]) and "install_s" not in lean
+    assert len(lean["largest"]) == 10 and all(positive(p["mb"]) for p in lean["largest"])
+    assert positive(lean["import"]["best_s"]) and lean["import"]["imported"] == []  # serving imports no torch
+    serve = lean["serve"]
+    assert positive(serve["ready_s"]) and positive(serve["picture_s"]) and serve["image_runtime_log"] == "genai"
+    assert positive(serve["rss_ready_mb"]) and positive(serve["rss_after_picture_mb"])
+    assert "demo start to /ready 200" in out.with_suffix(".md").read_text(encoding="utf-8")

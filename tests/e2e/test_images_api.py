@@ -17,6 +17,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
+def base_url(image_base_url: str) -> str:
+    """Every test here runs on both image runtimes (openvino-genai, optimum-intel)."""
+    return image_base_url
+
+
+@pytest.fixture
 def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 

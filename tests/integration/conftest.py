@@ -24,10 +24,12 @@ def llm_engine(demo_models: Path) -> Iterator[LLMEngine]:
     engine.close()
 
 
-@pytest.fixture(scope="module")
-def image_engine(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageEngine]:
+@pytest.fixture(scope="module", params=["genai", "optimum"])
+def image_engine(demo_models: Path, tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> Iterator[ImageEngine]:
+    """The image engine on the demo model, once per image runtime (openvino-genai, optimum-intel)."""
     settings = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path_factory.mktemp("data"),
-                        image_queue_size=2)
+                        image_queue_size=2, image_runtime=request.param)
     engine = local_image_engine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512)
     engine.load()
     yield engine

@@ -14,7 +14,7 @@ import pytest
 
 from aipc_chat.engines import supervisor
 from aipc_chat.engines.contract import Delta, Done, GenParams, ImageJob, ImageParams, LLMStream
-from aipc_chat.engines.image import OpenVINOImagePipelines, local_image_engine
+from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
 from aipc_chat.errors import EngineFailure, InvalidRequest, NotReady
@@ -232,7 +232,7 @@ def test_the_runtime_reports_recovering_then_ready(demo_settings: Settings) -> N
 
 def images(demo_models: Path, tmp_path: Path, *script: Any) -> tuple[ImageEngine, Factories]:
     settings = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path)
-    factories = Factories(OpenVINOImagePipelines(settings, demo_models / "image", "CPU"), *script)
+    factories = Factories(image_pipelines(settings, demo_models / "image", "CPU"), *script)
     engine = local_image_engine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512,
                                 pipelines=factories)
     engine.load()
@@ -253,7 +253,7 @@ def render(engine: ImageEngine, seed: int = 1) -> ImageJob:
 
 
 def test_an_image_pipeline_that_raises_fails_its_job_alone_and_is_rebuilt(demo_models: Path, tmp_path: Path) -> None:
-    engine, factories = images(demo_models, tmp_path, lambda p: Faulty(p, "__call__"))
+    engine, factories = images(demo_models, tmp_path, lambda p: Faulty(p, "generate"))
     try:
         broken = render(engine)
         assert broken.state == "failed" and isinstance(broken.failure, EngineFailure)
@@ -267,7 +267,7 @@ def test_an_image_pipeline_that_raises_fails_its_job_alone_and_is_rebuilt(demo_m
 
 
 def test_an_image_engine_whose_rebuilds_fail_says_failed(demo_models: Path, tmp_path: Path) -> None:
-    engine, _ = images(demo_models, tmp_path, lambda p: Faulty(p, "__call__"), "fail", "fail", "fail")
+    engine, _ = images(demo_models, tmp_path, lambda p: Faulty(p, "generate"), "fail", "fail", "fail")
     try:
         assert render(engine).state == "failed"
         wait_state(engine, "failed")

@@ -1,4 +1,4 @@
-"""The image engine on the demo SD 1.5 pipeline through optimum-intel."""
+"""The image engine on the demo SD 1.5 pipeline, through each image runtime (openvino-genai and optimum-intel)."""
 
 from __future__ import annotations
 
@@ -102,10 +102,13 @@ def test_image_to_image_runs_on_the_loaded_models(image_engine: ImageEngine) -> 
     job = generate(image_engine, ImageParams(prompt="x", width=64, height=64, steps=4, seed=3, init_image=red,
                                              strength=0.5))
     assert job.state == "done" and b"Denoising strength: 0.5" in (image_engine.store.read(job.images[0]) or b"")
-    pipe, img2img = renderer._pipe, renderer._img2img  # type: ignore[attr-defined]
-    assert img2img is not None and type(img2img).__name__ == "OVStableDiffusionImg2ImgPipeline"
-    assert img2img.unet is pipe.unet and img2img.vae_encoder is pipe.vae_encoder  # the same compiled models
-    assert psutil.Process().memory_info().rss - rss < 64 * 2**20
+    if image_engine.settings.image_runtime == "optimum":
+        pipe, img2img = renderer._pipe, renderer._img2img  # type: ignore[attr-defined]
+        assert img2img is not None and type(img2img).__name__ == "OVStableDiffusionImg2ImgPipeline"
+        assert img2img.unet is pipe.unet and img2img.vae_encoder is pipe.vae_encoder  # the same compiled models
+    else:  # genai: both pipelines are made over one InpaintingPipeline at load
+        assert type(renderer._pipe.image2image).__name__ == "Image2ImagePipeline"  # type: ignore[attr-defined]
+    assert psutil.Process().memory_info().rss - rss < 64 * 2**20  # no second copy of the weights
     fresh = generate(image_engine, ImageParams(prompt="x", width=64, height=64, steps=4, seed=3))
     assert pixels(image_engine, fresh.images[0]) != pixels(image_engine, job.images[0])  # text to image again
 
@@ -128,15 +131,22 @@ def test_interrupt_keeps_the_picture_so_far(image_engine: ImageEngine) -> None:
     assert Image.open(io.BytesIO(image_engine.store.read(job.images[0]) or b"")).size == (512, 512)
 
 
-@pytest.mark.parametrize(("sampler", "schedule", "ok"), [("DPM++ 2M", "karras", True), ("Euler", "exponential", True),
-                                                          ("PLMS", "karras", False), ("Euler", "sgm_uniform", False)])
-def test_schedules(image_engine: ImageEngine, sampler: str, schedule: str, ok: bool) -> None:
+@pytest.mark.parametrize(("sampler", "schedule", "runtimes"), [
+    ("DPM++ 2M", "karras", {"optimum"}), ("Euler", "exponential", {"optimum"}), ("PLMS", "karras", set()),
+    ("Euler", "sgm_uniform", set()), ("Euler a", "automatic", {"genai", "optimum"}),
+    ("LCM", "automatic", {"genai", "optimum"}), ("DDIM", "automatic", {"genai", "optimum"}),
+    ("LMS", "automatic", {"optimum"})])
+def test_schedules(image_engine: ImageEngine, sampler: str, schedule: str, runtimes: set[str]) -> None:
     params = ImageParams(prompt="x", width=64, height=64, steps=3, seed=3, sampler=sampler, schedule=schedule)
-    if not ok:
+    if image_engine.settings.image_runtime not in runtimes:
         with pytest.raises(InvalidRequest) as refused:
             image_engine.submit(params)
-        assert refused.value.param == "scheduler"
+        assert refused.value.param in ("scheduler", "sampler_name")
+        if runtimes:  # the other runtime has it: the error says so, and lists what this one has
+            listed = "automatic" if refused.value.param == "scheduler" else "Euler a"
+            assert "AIPC_IMAGE_RUNTIME=optimum" in refused.value.message and listed in refused.value.message
         return
     job = generate(image_engine, params)
-    assert f"Sampler: {sampler} {schedule.capitalize()}" in (image_engine.store.read(job.images[0]) or b"").decode(
+    name = sampler if schedule == "automatic" else f"{sampler} {schedule.capitalize()}"
+    assert f"Sampler: {name}," in (image_engine.store.read(job.images[0]) or b"").decode(
         "latin-1")

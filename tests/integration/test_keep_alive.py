@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from aipc_chat.engines.contract import GenParams, ImageJob, ImageParams
-from aipc_chat.engines.image import OpenVINOImagePipelines, local_image_engine
+from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
 from aipc_chat.engines.residency import Residency
@@ -78,7 +78,7 @@ def test_never_unloads_with_minus_one(demo_models: Path) -> None:
 
 def test_the_image_model_unloads_when_idle_and_loads_again(demo_models: Path, tmp_path: Path) -> None:
     settings = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path, keep_alive="1s")
-    build, built = counting(OpenVINOImagePipelines(settings, demo_models / "image", "CPU"))
+    build, built = counting(image_pipelines(settings, demo_models / "image", "CPU"))
     engine = local_image_engine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512, pipelines=build)
     engine.load()
     try:
@@ -143,7 +143,7 @@ def test_without_load_on_start_the_llm_loads_on_its_first_request(demo_models: P
 def test_without_load_on_start_the_image_model_knows_its_sizes_before_it_loads(demo_models: Path,
                                                                                 tmp_path: Path) -> None:
     settings = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path, load_on_start=False)
-    build, built = counting(OpenVINOImagePipelines(settings, demo_models / "image", "CPU"))
+    build, built = counting(image_pipelines(settings, demo_models / "image", "CPU"))
     engine = local_image_engine(settings, demo_models / "image", "demo-sd", "CPU", max_size=512, pipelines=build)
     engine.load()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from aipc_chat import cli
-from aipc_chat.provision import bench_models
+from aipc_chat.tooling import bench_models
 
 
 @pytest.mark.parametrize(("args", "built"), [
@@ -32,7 +32,7 @@ def test_a_failed_demo_build_is_one_line_and_exit_2(tmp_path: Path, monkeypatch:
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """DemoModelError belongs to the error tree the CLI reports: a clear line, no traceback."""
     from aipc_chat.errors import DemoModelError
-    from aipc_chat.provision import demo_llm
+    from aipc_chat.tooling import demo_llm
 
     def broken(out: Path, *, force: bool = False) -> Path:
         raise DemoModelError(f"refusing to replace {out}: it exists and is not a demo LLM folder")

@@ -34,7 +34,8 @@ class CheckingPipeline:
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_flagged_images_are_withheld(tmp_path: Path, flag: bool) -> None:
-    engine = local_image_engine(Settings(data_dir=tmp_path), tmp_path, "m", "CPU", max_size=512,
+    engine = local_image_engine(Settings(data_dir=tmp_path, image_runtime="optimum"), tmp_path, "m", "CPU",
+                                max_size=512,
                                 pipelines=lambda: CheckingPipeline(flag))
     engine.load()
     job = engine.submit(ImageParams(prompt="x", width=64, height=64, steps=1, seed=1))

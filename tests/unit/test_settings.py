@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from aipc_chat.errors import ModelSetupError
 from aipc_chat.provision.resolve import check_present, choose_model
-from aipc_chat.settings import DEFAULT_IMAGE_REPO, DEFAULT_LLM_REPO, Settings, user_folder
+from aipc_chat.settings import DEFAULT_IMAGE_REPO, DEFAULT_LLM_REPO, SHIPPED_DEMO_DIR, Settings, user_folder
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -65,7 +65,10 @@ def test_resolution_order(tmp_path: Path) -> None:
     assert choose_model(s, "llm").path == tmp_path / "hub" / "OpenVINO--DeepSeek-R1-Distill-Qwen-1.5B-int4-ov" / "main"
     s = Settings(models_dir=tmp_path, demo=True)
     assert choose_model(s, "image").source == "demo"
-    assert choose_model(s, "image").path == tmp_path / "demo" / "image"
+    assert choose_model(s, "image").path == SHIPPED_DEMO_DIR / "image"  # shipped built with the package
+    assert (SHIPPED_DEMO_DIR / "image" / "model_index.json").is_file()
+    assert (SHIPPED_DEMO_DIR / "llm" / "openvino_model.xml").is_file()
+    assert choose_model(Settings(demo=True, demo_dir=tmp_path / "d"), "llm").path == tmp_path / "d" / "llm"
     s = Settings(models_dir=tmp_path, demo=True, llm_path=tmp_path / "mine")
     assert choose_model(s, "llm").source == "path"
     assert choose_model(s, "image").source == "demo"
@@ -78,4 +81,4 @@ def test_missing_model_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(ModelSetupError, match="aipc-chat download"):
         check_present(choose_model(Settings(models_dir=tmp_path), "llm"))
     with pytest.raises(ModelSetupError, match="demo-models"):
-        check_present(choose_model(Settings(models_dir=tmp_path, demo=True), "image"))
+        check_present(choose_model(Settings(models_dir=tmp_path, demo=True, demo_dir=tmp_path / "none"), "image"))

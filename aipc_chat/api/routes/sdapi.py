@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Request
 from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.images import Img2ImgRequest, Txt2ImgRequest
-from aipc_chat.engines.contract import SCHEDULERS, SCHEDULES, ImageEngineClient, ImageParams
+from aipc_chat.engines.contract import RUNTIME_SCHEDULES, SAMPLERS, ImageEngineClient, ImageParams
 from aipc_chat.errors import Cancelled, InvalidRequest
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
@@ -118,17 +118,17 @@ async def sd_models(runtime: RuntimeDep) -> list[dict[str, Any]]:
 
 
 @router.get("/samplers")
-async def samplers() -> list[dict[str, Any]]:
-    """Samplers this server can switch to."""
-    return [{"name": name, "aliases": [cls], "options": {}} for name, cls in SCHEDULERS.items()]
+async def samplers(settings: SettingsDep) -> list[dict[str, Any]]:
+    """Samplers the configured image runtime can switch to."""
+    return [{"name": name, "aliases": [runs], "options": {}} for name, runs in SAMPLERS[settings.image_runtime].items()]
 
 
 @router.get("/schedulers")
-async def schedulers() -> list[dict[str, Any]]:
+async def schedulers(settings: SettingsDep) -> list[dict[str, Any]]:
     """Schedules a sampler can run with (A1111 1.9+); "DPM++ 2M Karras" is the same as sampler "DPM++ 2M" with
     scheduler "karras"."""
     return [{"name": name, "label": name.capitalize(), "aliases": None, "default_rho": -1,
-             "need_inner_model": False} for name in SCHEDULES]
+             "need_inner_model": False} for name in RUNTIME_SCHEDULES[settings.image_runtime]]
 
 
 @router.get("/sd-vae")

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from aipc_chat.engines.bytelevel import bytes_to_unicode
-from aipc_chat.provision.builds import ensure_replaceable, move_into_place, require_files, staging_folder
-from aipc_chat.provision.errors import DemoModelError
+from aipc_chat.errors import DemoModelError
+from aipc_chat.tooling.builds import ensure_replaceable, move_into_place, require_files, staging_folder
 
 __all__ = [
     "FORMAT_VERSION",

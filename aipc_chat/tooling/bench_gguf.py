@@ -20,7 +20,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from aipc_chat.provision.errors import DemoModelError
+from aipc_chat.errors import DemoModelError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _llama_cpp() -> object:
 
 def _hf_source(dst: Path) -> Path:
     """The random bf16 Qwen2 of ``bench/llm`` (same seed), as a transformers folder."""
-    from aipc_chat.provision import bench_models
+    from aipc_chat.tooling import bench_models
 
     dst.mkdir(parents=True)
     bench_models._save_random_qwen2(dst, bench_models._make_llm_tokenizer())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -12,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.provision.errors import DemoModelError
+from aipc_chat.errors import DemoModelError
+from aipc_chat.provision.convert import forget_quantization_source
 
 
 @contextmanager
@@ -76,17 +76,6 @@ def require_files(folder: Path, names: list[str]) -> None:
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise DemoModelError(f"OpenVINO export is missing {', '.join(missing)}")
-
-
-def forget_quantization_source(config_path: Path) -> None:
-    """Drop the source folder optimum records as the quantization "tokenizer" (a temporary or private path)."""
-    if not config_path.is_file():
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    quantization = config.get("quantization_config")
-    if isinstance(quantization, dict) and "tokenizer" in quantization:
-        quantization["tokenizer"] = None
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def qwen2_byte_level(tok: Any, split_regex: str) -> Any:

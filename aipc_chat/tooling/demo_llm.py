@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.provision.builds import (
+from aipc_chat.errors import DemoModelError
+from aipc_chat.tooling.builds import (
     check_chat_tokenizer,
     finish_llm_export,
     move_into_place,
@@ -34,7 +35,6 @@ from aipc_chat.provision.builds import (
     require_files,
     staging_folder,
 )
-from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
     "ASSISTANT_TOKEN",

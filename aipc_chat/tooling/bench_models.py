@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from aipc_chat.engines.bytelevel import bytes_to_unicode
-from aipc_chat.provision.builds import (
+from aipc_chat.errors import DemoModelError
+from aipc_chat.tooling.builds import (
     check_chat_tokenizer,
     ensure_replaceable,
     finish_llm_export,
@@ -40,14 +41,14 @@ from aipc_chat.provision.builds import (
     require_files,
     staging_folder,
 )
-from aipc_chat.provision.demo_image import (
+from aipc_chat.tooling.demo_image import (
     copy_bpe_files,
     generate_image,
     load_pipeline,
     make_scheduler,
     quiet_libraries,
 )
-from aipc_chat.provision.demo_llm import (
+from aipc_chat.tooling.demo_llm import (
     ASSISTANT_TOKEN,
     BOS_TOKEN,
     CHAT_TEMPLATE,
@@ -57,7 +58,6 @@ from aipc_chat.provision.demo_llm import (
     THINK_OPEN,
     USER_TOKEN,
 )
-from aipc_chat.provision.errors import DemoModelError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -248,7 +248,7 @@ def self_test_bench_image_torch(model_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m aipc_chat.provision.bench_models {llm,image,image-torch} OUT_DIR [--force]``."""
+    """Command line: ``python -m aipc_chat.tooling.bench_models {llm,image,image-torch} OUT_DIR [--force]``."""
     parser = argparse.ArgumentParser(description="Build a random-weight benchmark model (offline).")
     parser.add_argument("which", choices=("llm", "image", "image-torch"), help="which model to build")
     parser.add_argument("out_dir", type=Path, help="folder to build into")
