@@ -3,8 +3,8 @@
 of the weights). It needs nothing beyond openvino-genai: no torch, diffusers or optimum.
 
 Seeds reproduce per seed through genai's CppStdGenerator (its TorchGenerator imports torch; same pixels). The step
-callback drives progress, previews and stopping: a callback that returns True ends ``generate()`` with an empty tensor, so the last latent it saw is kept
-and decoded for the picture so far.
+callback drives progress, previews and stopping: a callback that returns True ends ``generate()`` with an empty
+tensor, so the last latent it saw is kept and decoded for the picture so far.
 """
 
 from __future__ import annotations
