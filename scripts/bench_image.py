@@ -1,4 +1,6 @@
-"""Image benchmark: the raw optimum-intel pipeline in this process vs the aipc-chat server over HTTP.
+"""Image benchmark: the two image runtimes on the same IR, raw in this process (openvino-genai's
+``Text2ImagePipeline``, optimum-intel's pipeline) and through the aipc-chat server over HTTP (one server per
+runtime, ``AIPC_IMAGE_RUNTIME``).
 
 Same model, size, steps and seeds, interleaved runs; per-image and per-step latency (p50/p90), the server/raw
 ratio, load time and peak RSS; optionally diffusers on PyTorch from a diffusers folder (``--torch-dir``) as the
@@ -41,6 +43,15 @@ def raw_run(pipe: Any, size: int, steps: int, seed: int) -> float:
     t0 = time.perf_counter()
     pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.5,
          generator=torch.Generator(device="cpu").manual_seed(seed))
+    return time.perf_counter() - t0
+
+
+def genai_run(pipe: Any, size: int, steps: int, seed: int) -> float:
+    import openvino_genai as ov_genai
+
+    t0 = time.perf_counter()
+    pipe.generate(PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=7.5,
+                  generator=ov_genai.CppStdGenerator(seed))
     return time.perf_counter() - t0
 
 
@@ -117,22 +128,34 @@ def main() -> int:
     env = {"AIPC_IMAGE_PATH": str(model_dir)}
     if (model_dir.parent / "llm").is_dir():
         env["AIPC_LLM_PATH"] = str(model_dir.parent / "llm")
+    import openvino_genai as ov_genai
+
     server = start_server(models, out.parent / "bench-data", out.with_suffix(".server.log"), env=env,
                           ready_timeout=900)
+    optimum = start_server(models, out.parent / "bench-data-optimum", out.with_suffix(".optimum.log"),
+                           env={**env, "AIPC_IMAGE_RUNTIME": "optimum"}, ready_timeout=900)
     try:
-        with PeakRSS(server.proc.pid) as server_rss:
+        with PeakRSS(server.proc.pid) as server_rss, PeakRSS(optimum.proc.pid) as optimum_rss:
             load = httpx.get(f"{server.base_url}/ready").json()["models"]["image"]["load_seconds"]
+            optimum_load = httpx.get(f"{optimum.base_url}/ready").json()["models"]["image"]["load_seconds"]
             t0 = time.perf_counter()
             pipe = OVStableDiffusionPipeline.from_pretrained(str(model_dir), device="CPU")
             pipe.set_progress_bar_config(disable=True)
             raw_load = time.perf_counter() - t0
-            raw, srv = [], []
+            t0 = time.perf_counter()
+            genai_pipe = ov_genai.Text2ImagePipeline(str(model_dir), "CPU")
+            genai_load = time.perf_counter() - t0
+            raw, genai, srv, srv_optimum = [], [], [], []
             for i in range(args.runs + 1):  # the first round is warm-up
                 r = raw_run(pipe, args.size, args.steps, seed=i)
+                g = genai_run(genai_pipe, args.size, args.steps, seed=i)
                 s = server_run(server.base_url, args.size, args.steps, seed=i)
+                o = server_run(optimum.base_url, args.size, args.steps, seed=i)
                 if i:
                     raw.append(r)
+                    genai.append(g)
                     srv.append(s)
+                    srv_optimum.append(o)
             # Image to image runs on the components already loaded: the server's RSS should not grow by a model.
             proc = psutil.Process(server.proc.pid)
             rss_before = proc.memory_info().rss
@@ -141,7 +164,8 @@ def main() -> int:
             img2img_second = server_img2img(server.base_url, args.size, args.steps)
     finally:
         server.stop()
-    del pipe  # PyTorch runs alone
+        optimum.stop()
+    del pipe, genai_pipe  # PyTorch runs alone
     torch_s, torch_load = torch_runs(torch_dir, args.size, args.steps, args.torch_runs) if torch_dir else ([], None)
     result: dict[str, Any] = {
         "when": timestamp(), "machine": machine(), "model": str(model_dir), "size": args.size, "steps": args.steps,
@@ -152,7 +176,12 @@ def main() -> int:
         "peak_rss_mib_server": server_rss.peak / 2**20,
         "img2img_s": {"first": img2img_first, "second": img2img_second}, "img2img_rss_growth_mib": img2img_rss,
         "raw_runs": raw, "server_runs": srv, "torch_runs": torch_s,
+        "genai_s": summary(genai), "server_optimum_s": summary(srv_optimum), "genai_runs": genai,
+        "server_optimum_runs": srv_optimum, "peak_rss_mib_server_optimum": optimum_rss.peak / 2**20,
+        "load_s_genai": {"raw": genai_load, "server_optimum": optimum_load},
     }
+    result["genai_vs_optimum_raw"] = result["genai_s"]["p50"] / result["raw_s"]["p50"]
+    result["genai_vs_optimum_server"] = result["server_s"]["p50"] / result["server_optimum_s"]["p50"]
     result["ratio"] = result["server_s"]["p50"] / result["raw_s"]["p50"]
     if torch_s:
         result["openvino_speedup_vs_torch"] = result["torch_s"]["p50"] / result["raw_s"]["p50"]
@@ -166,7 +195,11 @@ def main() -> int:
 def markdown(r: dict[str, Any]) -> str:
     """The run as Markdown."""
     rows = [["raw optimum-intel (OpenVINO)", r["raw_s"]["p50"], r["raw_s"]["p90"], r["raw_step_ms"]["p50"]],
-            ["aipc-chat server", r["server_s"]["p50"], r["server_s"]["p90"], r["server_step_ms"]["p50"]]]
+            ["raw openvino-genai", r["genai_s"]["p50"], r["genai_s"]["p90"], r["genai_s"]["p50"] / r["steps"] * 1e3],
+            ["server, genai runtime (default)", r["server_s"]["p50"], r["server_s"]["p90"],
+             r["server_step_ms"]["p50"]],
+            ["server, optimum runtime", r["server_optimum_s"]["p50"], r["server_optimum_s"]["p90"],
+             r["server_optimum_s"]["p50"] / r["steps"] * 1e3]]
     if r["torch_runs"]:
         rows.append(["diffusers on PyTorch", r["torch_s"]["p50"], r["torch_s"]["p90"],
                      r["torch_s"]["p50"] / r["steps"] * 1e3])
@@ -175,8 +208,12 @@ def markdown(r: dict[str, Any]) -> str:
     return (f"# Image benchmark ({r['when']})\n\n{machine_line(r['machine'])}; model `{r['model']}`; "
             f"{r['size']}x{r['size']}, {r['steps']} steps, {r['runs']} interleaved runs.\n\n"
             + table(["path", "per image p50 s", "p90 s", "per step p50 ms"], rows)
-            + f"\n\nserver/raw **{r['ratio']:.3f}**{extra}; load raw {r['load_s']['raw']:.2f} s, server "
+            + f"\n\nserver (genai)/raw optimum **{r['ratio']:.3f}**{extra}; load raw {r['load_s']['raw']:.2f} s, "
+              "server "
               f"{r['load_s']['server']} s; server peak RSS {r['peak_rss_mib_server']:.0f} MiB.\n\n"
+              f"genai/optimum per picture: raw **{r['genai_vs_optimum_raw']:.3f}**, servers "
+              f"**{r['genai_vs_optimum_server']:.3f}**; peak RSS of the servers: genai "
+              f"{r['peak_rss_mib_server']:.0f} MiB, optimum {r['peak_rss_mib_server_optimum']:.0f} MiB.\n\n"
               f"img2img (strength 0.75, so {round(r['steps'] * 0.75)} of {r['steps']} steps): first "
               f"{r['img2img_s']['first']:.2f} s, second {r['img2img_s']['second']:.2f} s; server RSS growth over the "
               f"first {r['img2img_rss_growth_mib']:.0f} MiB (the same compiled models: no second copy).\n")

@@ -59,7 +59,9 @@ def test_bench_image_writes_figures(demo_models: Path, tmp_path: Path) -> None:
     result = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert positive(result["raw_s"]["p50"]) and positive(result["server_s"]["p50"]) and positive(result["ratio"])
     assert result["torch_runs"] == []  # no diffusers folder given: PyTorch is not timed
-    assert "server/raw" in out.with_suffix(".md").read_text(encoding="utf-8")
+    assert positive(result["genai_s"]["p50"]) and positive(result["server_optimum_s"]["p50"])
+    assert positive(result["peak_rss_mib_server_optimum"]) and positive(result["genai_vs_optimum_server"])
+    assert "genai/optimum per picture" in out.with_suffix(".md").read_text(encoding="utf-8")
     assert out.with_suffix(".latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
