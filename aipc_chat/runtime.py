@@ -92,15 +92,22 @@ class Runtime:
             self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
             PromptFilter.load(settings.blocked_terms_file), history_limit=settings.conversation_history_limit,
             max_tokens=min(settings.chat_max_tokens, settings.max_tokens_limit), timeout=settings.request_timeout)
+        for kind, status in self.status.items():
+            if status.choice.source == "none":
+                self._disable(kind, f"switched off ({'AIPC_LLM_REPO' if kind == 'llm' else 'AIPC_IMAGE_REPO'}=none)")
 
     def check(self) -> None:
         """Fail fast (ModelSetupError) when a device is absent, or a model asked for is missing and cannot be
         downloaded. A default model that cannot be had is left out (the other kind is served) unless both are."""
         problems: dict[Kind, ModelSetupError] = {}
+        devices = available_devices()
         for kind, status in self.status.items():
-            if status.choice.source == "none":
-                self._disable(kind, f"switched off ({'AIPC_LLM_REPO' if kind == 'llm' else 'AIPC_IMAGE_REPO'}=none)")
+            if status.state == "disabled":
                 continue
+            if status.choice.source != "remote":  # an absent device stops the start, whichever model
+                status.device = resolve_device(status.device, devices, kind)
+            if kind == "image" and status.choice.source != "remote":
+                _check_image_runtime(self.settings)
             try:
                 self._check_one(status)
             except ModelSetupError as problem:
@@ -110,7 +117,9 @@ class Runtime:
         if problems and len(problems) + sum(s.state == "disabled" for s in self.status.values()) == len(self.status):
             raise next(iter(problems.values()))
         for kind, found in problems.items():
-            self._disable(kind, str(found))
+            self._disable(kind, str(found).rstrip("."))
+        if all(s.state == "disabled" for s in self.status.values()):
+            raise ModelSetupError("Both AIPC_LLM_REPO and AIPC_IMAGE_REPO are none: there is nothing to serve.")
 
     def _disable(self, kind: Kind, why: str) -> None:
         status = self.status[kind]
@@ -121,10 +130,8 @@ class Runtime:
             self.orchestrator.disable_images()
 
     def _check_one(self, status: ModelStatus) -> None:
-        devices = available_devices()
         kind, choice = status.choice.kind, status.choice
         if choice.source != "remote":
-            status.device = resolve_device(status.device, devices, kind)
             if choice.source != "repo" or not self._needs_download(choice):
                 check_present(choice)
             elif not self.settings.auto_download_models:
@@ -332,6 +339,15 @@ class Runtime:
 def loading_in_background() -> bool:
     """Whether a start-up load is still under way in this process (perhaps inside OpenVINO's native code)."""
     return any(thread.name == LOADER and thread.is_alive() for thread in threading.enumerate())
+
+
+def _check_image_runtime(settings: Settings) -> None:
+    """The optimum image runtime needs its extra: say so at start, not when the first picture loads."""
+    import importlib.util
+
+    if settings.image_runtime == "optimum" and importlib.util.find_spec("optimum") is None:
+        raise ModelSetupError('AIPC_IMAGE_RUNTIME=optimum needs optimum-intel: pip install "aipc-chat[optimum]" '
+                              "(or use the default runtime, genai).")
 
 
 def all_ready(models: dict[str, dict[str, object]]) -> bool:

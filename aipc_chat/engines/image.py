@@ -171,7 +171,7 @@ class LocalRenderer:
             raise InvalidRequest(f"This NPU pipeline is compiled for {self.static_size[0]}x{self.static_size[1]} "
                                  "images only.", param="size")
         other: ImageRuntime = "optimum" if self.runtime == "genai" else "genai"
-        if params.sampler is not None and params.sampler not in self.samplers:
+        if params.sampler is not None and params.sampler not in (*self.samplers, self.default_sampler):
             elsewhere = (f" ({params.sampler} needs AIPC_IMAGE_RUNTIME={other})"
                          if params.sampler in SAMPLERS[other] else "")
             raise InvalidRequest(f"Unknown sampler '{params.sampler}' for the {self.runtime} image runtime; use one "

@@ -117,7 +117,9 @@ class GenAIRenderer(LocalRenderer):
             raise InvalidRequest("This image model has no VAE encoder: image to image is not available.",
                                  param="init_images")
         if self._samplers[image_to_image] != name:
-            kind = getattr(ov_genai.Scheduler.Type, SAMPLERS["genai"][name])
+            # the model's own scheduler (any genai knows, by its config) or another of genai's by type
+            kind = (ov_genai.Scheduler.Type.AUTO if name == self.default_sampler
+                    else getattr(ov_genai.Scheduler.Type, SAMPLERS["genai"][name]))
             config = self._scheduler_config(unclipped=name == "DDIM")
             self._pipe.set_scheduler(ov_genai.Scheduler.from_config(str(config), kind), image_to_image=image_to_image)
             self._samplers[image_to_image] = name
@@ -159,13 +161,13 @@ class GenAIRenderer(LocalRenderer):
         if p.init_image is not None:
             pixels = np.asarray(p.init_image.convert("RGB"), dtype=np.uint8)[None]
             extra = {"image": ov.Tensor(pixels), "strength": p.strength}
+        if p.negative_prompt and p.guidance_scale > 1:  # genai takes one only with classifier-free guidance
+            extra["negative_prompt"] = p.negative_prompt
         out = self._pipe.generate(
-            p.prompt, negative_prompt=p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
+            p.prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
             generator=ov_genai.CppStdGenerator(seed), callback=on_step, **extra)
         if action[0] == "abort":
             raise Interrupted  # given up outright: no decode
-        if action[0] == "stop":
-            if not last:
-                raise Interrupted  # stopped before the first step finished: nothing to show
+        if action[0] == "stop":  # the callback kept the latent it stopped at
             out = self._pipe.decode(ov.Tensor(last[0]))
         return Image.fromarray(np.array(out.data)[0], "RGB")

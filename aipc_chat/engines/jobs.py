@@ -1,4 +1,5 @@
-"""The image engine: one job queue and owner thread over a renderer (local optimum-intel, or a remote A1111).
+"""The image engine: one job queue and owner thread over a renderer (local openvino-genai or optimum-intel, or a
+remote A1111).
 
 Every job has an id, a state, progress and can be cancelled; observers hear of each job as it ends. A renderer
 supplies only what differs: loading its pipeline, checking a request against it, and rendering one job. A job the

@@ -4,6 +4,7 @@ kind of model serves it (the other's routes answer a clear 503 that names the se
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import free_port, start_server
 
 pytestmark = pytest.mark.e2e
 HEAVY = ("torch", "diffusers", "transformers", "optimum", "nncf")
@@ -73,10 +74,16 @@ def test_image_only(demo_models: Path, tmp_path: Path) -> None:
         r = httpx.post(f"{server.base_url}/v1/images/generations", json={"prompt": "a fox", "size": "64x64",
                                                                          "response_format": "b64_json"}, timeout=120)
         assert r.status_code == 200
+        assert httpx.get(f"{server.base_url}/api/tags").json() == {"models": []}
+        assert [m["type"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]] == ["image"]
         chat = httpx.post(f"{server.base_url}/v1/chat/completions",
                           json={"messages": [{"role": "user", "content": "Hi"}]})
         assert chat.status_code == 503 and "AIPC_LLM_PATH" in chat.json()["error"]["message"]
         assert "not serving chat" in server.log()
+        lcm = httpx.post(f"{server.base_url}/sdapi/v1/txt2img", timeout=120, json={  # no guidance: a picture, no 500
+            "prompt": "a fox", "negative_prompt": "blur", "cfg_scale": 1, "sampler_name": "LCM", "steps": 2,
+            "width": 64, "height": 64})
+        assert lcm.status_code == 200, lcm.text
     finally:
         server.stop()
 
@@ -91,3 +98,11 @@ def test_a_missing_default_image_model_leaves_chat_served(demo_models: Path, tmp
         assert ready["image"]["state"] == "disabled" and "aipc-chat download" in ready["image"]["error"]
     finally:
         server.stop()
+
+
+def test_nothing_to_serve_stops_the_start(demo_models: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "aipc_chat", "serve", "--demo", "--port", str(free_port())],
+                          capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "AIPC_LLM_REPO": "none",
+                          "AIPC_IMAGE_REPO": "none", "AIPC_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2 and "nothing to serve" in done.stderr and "Traceback" not in done.stderr

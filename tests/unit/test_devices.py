@@ -86,3 +86,13 @@ def test_npu_image_engine_takes_only_its_static_size(tmp_path: Path) -> None:
     engine.check(ImageParams(prompt="x", width=512, height=384))
     with pytest.raises(InvalidRequest, match="compiled for 512x384"):
         engine.check(ImageParams(prompt="x", width=512, height=512))
+
+
+def test_genai_image_compile_plan_per_device(tmp_path: Path) -> None:
+    from aipc_chat.engines.image_genai import compile_plan
+
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", npu_image_width=512, npu_image_height=384)
+    npu, gpu = compile_plan(settings, "NPU"), compile_plan(settings, "GPU")
+    assert npu.static == (512, 384, 7.5) and npu.device == "NPU"  # one static shape, reshaped before compiling
+    assert gpu.static is None and gpu.device == "GPU"
+    assert npu.properties == gpu.properties == {"CACHE_DIR": str(tmp_path / "cache" / "image")}

@@ -88,7 +88,9 @@ async def version() -> dict[str, str]:
 
 @router.get("/api/tags")
 async def tags(runtime: RuntimeDep) -> dict[str, Any]:
-    """The LLM this server serves (loaded or not)."""
+    """The LLM this server serves (loaded or not); none when it serves no LLM."""
+    if runtime.status["llm"].state == "disabled":
+        return {"models": []}
     engine = runtime.llm
     name = engine.model_name if engine is not None and engine.model_name else runtime.status["llm"].choice.name
     return {"models": [_listing(runtime, name)]}

@@ -41,6 +41,8 @@ def _models(runtime: Runtime) -> list[dict[str, Any]]:
     created = int(time.time())
     data = []
     for kind, status in runtime.status.items():
+        if status.state == "disabled":  # not served: no client should offer it
+            continue
         engine = runtime.llm if kind == "llm" else runtime.image
         name = engine.model_name if engine is not None and engine.model_name else status.choice.name
         local = engine is not None and status.device != "remote"  # a remote engine's health is a network call
