@@ -9,7 +9,6 @@ from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import ImageEngineClient, LLMEngineClient
 from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
-from aipc_chat.engines.remote import RemoteLLM, remote_image_engine
 from aipc_chat.engines.residency import Residency
 from aipc_chat.provision.resolve import Kind, ModelChoice
 from aipc_chat.settings import Settings
@@ -46,6 +45,8 @@ class EngineFactory:
         return self.pipelines(kind, factory) if self.pipelines is not None else factory
 
     def _remote(self, kind: Kind, choice: ModelChoice) -> Engine:
+        from aipc_chat.engines.remote import RemoteLLM, remote_image_engine  # httpx: imported when a remote is used
+
         s = self.settings
         assert choice.endpoint is not None
         if kind == "llm":

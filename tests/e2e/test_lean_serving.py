@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.conftest import free_port, start_server
 
 pytestmark = pytest.mark.e2e
-HEAVY = ("torch", "diffusers", "transformers", "optimum", "nncf")
+HEAVY = ("torch", "diffusers", "transformers", "optimum", "nncf", "huggingface_hub")  # the last: downloads only
 
 SERVE_AND_LIST_MODULES = """
 import json, sys
