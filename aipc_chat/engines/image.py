@@ -10,6 +10,7 @@ imports a model library at module level: the runtime chosen is imported when its
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aipc_chat.engines.contract import (
     RUNTIME_SCHEDULES,
@@ -225,28 +226,28 @@ class LocalRenderer:
                 "path": json.dumps(str(self.model_dir))}
 
 
+# Each runtime's module (imported when chosen: only the configured runtime's libraries load) and, in it, its pipeline
+# factory and renderer.
+RUNTIMES: dict[ImageRuntime, tuple[str, str, str]] = {
+    "genai": ("aipc_chat.engines.image_genai", "GenAIImagePipelines", "GenAIRenderer"),
+    "optimum": ("aipc_chat.engines.image_optimum", "OptimumImagePipelines", "OptimumRenderer"),
+}
+
+
+def _runtime_part(settings: Settings, index: int) -> Any:
+    module, *names = RUNTIMES[settings.image_runtime]
+    return getattr(importlib.import_module(module), names[index])
+
+
 def image_pipelines(settings: Settings, model_dir: Path, device: str) -> PipelineFactory:
     """The pipeline factory of the configured image runtime."""
-    if settings.image_runtime == "optimum":
-        from aipc_chat.engines.image_optimum import OptimumImagePipelines
-
-        return OptimumImagePipelines(settings, model_dir, device)
-    from aipc_chat.engines.image_genai import GenAIImagePipelines
-
-    return GenAIImagePipelines(settings, model_dir, device)
+    return cast(PipelineFactory, _runtime_part(settings, 0)(settings, model_dir, device))
 
 
 def local_image_engine(settings: Settings, model_dir: Path, model_name: str, device: str, *, max_size: int = 1024,
                        pipelines: PipelineFactory | None = None, residency: Residency | None = None) -> ImageEngine:
     """An image engine over a local pipeline of the configured runtime (``settings.image_runtime``)."""
-    renderer: LocalRenderer
     factory = pipelines if pipelines is not None else image_pipelines(settings, model_dir, device)
-    if settings.image_runtime == "optimum":
-        from aipc_chat.engines.image_optimum import OptimumRenderer
-
-        renderer = OptimumRenderer(settings, model_dir, model_name, device, max_size=max_size, pipelines=factory)
-    else:
-        from aipc_chat.engines.image_genai import GenAIRenderer
-
-        renderer = GenAIRenderer(settings, model_dir, model_name, device, max_size=max_size, pipelines=factory)
+    renderer = _runtime_part(settings, 1)(settings, model_dir, model_name, device, max_size=max_size,
+                                          pipelines=factory)
     return ImageEngine(settings, renderer, residency=residency)
