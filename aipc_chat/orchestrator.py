@@ -15,23 +15,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from aipc_chat.engines.contract import (
-    Arrival,
-    Delta,
-    Done,
-    GenParams,
-    ImageJob,
-    ImageParams,
-    LLMStream,
-    TagConstraint,
-    batches,
-)
+from aipc_chat.engines.contract import Arrival, GenParams, ImageJob, ImageParams, TagConstraint
 from aipc_chat.errors import AipcError
 from aipc_chat.history import HistoryStore, Turn
 from aipc_chat.intent import about_subject, asks_for_picture, picture_subject
 from aipc_chat.prompts import Prompts, fit_to_context, window
 from aipc_chat.reasoning import partial_tag_suffix
 from aipc_chat.safety import PromptFilter
+from aipc_chat.serving import Asked, Reply, gen_params, open_stream, submit_image
+from aipc_chat.serving.streams import ChatEngine, ImageQueue
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +32,18 @@ Event = tuple[str, dict[str, Any]]
 # Bounded lengths: the grammar always terminates, even on a model that would ramble (the demo model).
 IMAGE_PROMPT_REGEX = r'\{"prompt": "[^"\\\n]{1,300}"\}'
 IMAGE_TAG = TagConstraint("<image>", IMAGE_PROMPT_REGEX, "</image>")
+# The request for a picture's prompt alone, under the grammar (ours, not a client's: no API defaults apply).
+IMAGE_PROMPT_PARAMS = GenParams(max_tokens=256, regex=IMAGE_PROMPT_REGEX, temperature=0.6, constraint_param="image")
 PROGRESS_INTERVAL = 0.1  # seconds between image progress events while a picture renders
 
 
-class ChatLLM(Protocol):
+class ChatLLM(ChatEngine, Protocol):
     """What the orchestrator needs of an LLM engine."""
 
     context_length: int
     reasons: bool
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: Arrival | None = None) -> LLMStream: ...
-
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int: ...
-
-
-class ChatImages(Protocol):
-    """What the orchestrator needs of an image engine."""
-
-    def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob: ...
 
 
 @dataclass(frozen=True)
@@ -86,6 +71,13 @@ class ChatTurnRequest:
     max_tokens: int | None = None
     temperature: float | None = None  # the answer's sampling (None: the engine's default); seed for repeatable turns
     seed: int | None = None
+
+
+def turn_params(req: ChatTurnRequest, max_tokens: int) -> GenParams:
+    """A turn's generation parameters (``DEFAULTS["chat"]``; ``max_tokens``, AIPC_CHAT_MAX_TOKENS, unless the turn
+    asks for fewer or more); the image tag is allowed unless the turn is text only."""
+    return gen_params("chat", Asked(max_tokens=req.max_tokens or max_tokens, temperature=req.temperature,
+                                    seed=req.seed, tag=None if req.image == "never" else IMAGE_TAG))
 
 
 @dataclass
@@ -158,10 +150,15 @@ def parse_image_prompt(text: str | None) -> str | None:
     return prompt.strip() or None if isinstance(prompt, str) else None
 
 
+def image_error(exc: AipcError) -> dict[str, str]:
+    """A picture's failure as a turn reports it (``image_error``), with no HTTP status: the turn itself went on."""
+    return {"code": exc.code or "image_error", "message": exc.message}
+
+
 class Orchestrator:
     """Runs /chat turns over the engines, the history store, the prompts and the safety filter."""
 
-    def __init__(self, llm: Callable[[], ChatLLM], images: Callable[[], ChatImages] | None, history: HistoryStore,
+    def __init__(self, llm: Callable[[], ChatLLM], images: Callable[[], ImageQueue] | None, history: HistoryStore,
                  prompts: Prompts, safety: PromptFilter, *, history_limit: int, max_tokens: int,
                  timeout: float) -> None:
         self._llm, self._images = llm, images
@@ -182,7 +179,7 @@ class Orchestrator:
             yield event
         result.timings["llm_s"] = round(time.perf_counter() - t0, 4)
         prompt = await self._image_prompt(llm, req, tags.captured)
-        job = self._start_image(req, prompt, result) if prompt is not None else None
+        job = await self._start_image(req, prompt, result) if prompt is not None else None
         # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
             req.message, result.assistant_response, result.reasoning or None, result.image_names,
@@ -206,7 +203,7 @@ class Orchestrator:
         finally:
             if not finished and job is not None:  # the client left (Stop, disconnect): stop its picture too
                 job.cancel()
-                self.history.set_images(message_id, [], result.image_prompt, "cancelled")
+                await asyncio.to_thread(self.history.set_images, message_id, [], result.image_prompt, "cancelled")
         result.timings["total_s"] = round(time.perf_counter() - t0, 4)
         yield "done", {"result": result}
 
@@ -242,43 +239,35 @@ class Orchestrator:
                       arrival: Arrival | None) -> AsyncIterator[Event]:
         """The LLM's reply over the history window; the image tag is kept out of the answer."""
         earlier = await asyncio.to_thread(self.history.messages, req.user_id, req.conversation_id)
-        max_tokens = req.max_tokens or self.max_tokens
-        messages = fit_to_context(
-            lambda kept: self.prompts.messages(kept, req.message, image_auto=req.image != "never"),
-            window(earlier, self.history_limit), llm.prompt_tokens, llm.context_length - max_tokens)
-        params = GenParams(max_tokens=max_tokens, tag=None if req.image == "never" else IMAGE_TAG,
-                           temperature=GenParams.temperature if req.temperature is None else req.temperature,
-                           seed=req.seed, constraint_param="image")
-        thought: list[str] = []
+        params = turn_params(req, self.max_tokens)
+        assert params.max_tokens is not None
+        # Counting tokens templates and tokenizes the whole history (seconds for a long one): off the event loop.
+        messages = await asyncio.to_thread(
+            fit_to_context, lambda kept: self.prompts.messages(kept, req.message, image_auto=req.image != "never"),
+            window(earlier, self.history_limit), llm.prompt_tokens, llm.context_length - params.max_tokens)
         async for kind, payload in self._generate(llm, messages, params, tags, arrival):
             if kind == "done":
-                done: Done = payload["done"]
-                result.usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
+                reply: Reply = payload["reply"]
+                result.usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+                result.reasoning = reply.reasoning.strip() if llm.reasons else None
                 continue
-            if kind == "reasoning":
-                thought.append(payload["text"])
-            else:
+            if kind == "content":
                 result.assistant_response += payload["text"]
             yield kind, payload
         result.assistant_response = result.assistant_response.strip()
-        result.reasoning = "".join(thought).strip() if llm.reasons else None
 
     async def _generate(self, llm: ChatLLM, messages: list[dict[str, str]], params: GenParams,
                         tags: TagFilter, arrival: Arrival | None = None) -> AsyncIterator[Event]:
-        stream = await asyncio.to_thread(llm.submit, messages, params, asyncio.get_running_loop(), arrival)
-        async for batch in batches(stream, self.timeout):
-            reasoning = "".join(d.reasoning for d in batch if isinstance(d, Delta))
-            content = tags.feed("".join(d.content for d in batch if isinstance(d, Delta)))
-            if reasoning:
-                yield "reasoning", {"text": reasoning}
-            if content:
+        """Reasoning and answer text as they come (the image tag filtered out), then ``done`` with the reply."""
+        generation = await open_stream(llm, messages, params, arrival, timeout=self.timeout)
+        async for chunk in generation.chunks():
+            if chunk.reasoning:
+                yield "reasoning", {"text": chunk.reasoning}
+            if content := tags.feed(chunk.content):
                 yield "content", {"text": content}
-            for item in batch:
-                if isinstance(item, Done):
-                    tail = tags.finish()
-                    if tail:
-                        yield "content", {"text": tail}
-                    yield "done", {"done": item}
+        if tail := tags.finish():
+            yield "content", {"text": tail}
+        yield "done", {"reply": generation.reply}
 
     async def _image_prompt(self, llm: ChatLLM, req: ChatTurnRequest, tag: str | None) -> str | None:
         """The picture's prompt: the one the model wrote in its tag; else, with ``always`` or a message that asks
@@ -293,9 +282,9 @@ class Orchestrator:
     async def _ask_image_prompt(self, llm: ChatLLM, message: str) -> str:
         """Ask for a prompt under a bounded grammar. For an explicit request, the subject it names when the model's
         prompt is not about it (a small model's may not be); else the user's words if it comes back empty."""
-        params = GenParams(max_tokens=256, regex=IMAGE_PROMPT_REGEX, temperature=0.6, constraint_param="image")
         text = ""
-        async for kind, payload in self._generate(llm, self.prompts.image_request(message), params, TagFilter()):
+        async for kind, payload in self._generate(llm, self.prompts.image_request(message), IMAGE_PROMPT_PARAMS,
+                                                  TagFilter()):
             if kind == "content":
                 text += payload["text"]
         prompt, subject = parse_image_prompt(text), picture_subject(message)
@@ -303,7 +292,7 @@ class Orchestrator:
             return subject
         return prompt or message.strip()
 
-    def _start_image(self, req: ChatTurnRequest, prompt: str, result: ChatTurnResult) -> ImageJob | None:
+    async def _start_image(self, req: ChatTurnRequest, prompt: str, result: ChatTurnResult) -> ImageJob | None:
         opts = req.image_options
         params = ImageParams(prompt=prompt, negative_prompt=opts.negative_prompt or "", width=opts.width,
                              height=opts.height, steps=opts.steps, guidance_scale=opts.guidance_scale, seed=opts.seed)
@@ -318,10 +307,9 @@ class Orchestrator:
             return None
         try:
             assert self._images is not None  # a turn asks for pictures only when they are served
-            job = self._images().submit(params, owner=req.user_id)
+            job = await submit_image(self._images(), params, owner=req.user_id)
         except AipcError as exc:
-            result.image_state = "failed"
-            result.image_error = {"code": exc.code or "image_error", "message": exc.message}
+            result.image_state, result.image_error = "failed", image_error(exc)
             return None
         result.image_state, result.image_job_id = "queued", job.id
         result.image_names = list(job.names)
@@ -340,8 +328,7 @@ class Orchestrator:
                                              "progress": round(job.progress, 4)}
             waiter.result()
         except AipcError as exc:
-            result.image_state, result.image_names = "failed", []
-            result.image_error = {"code": exc.code or "image_error", "message": exc.message}
+            result.image_state, result.image_names, result.image_error = "failed", [], image_error(exc)
             yield "image_error", result.image_error
             return
         finally:

@@ -19,10 +19,11 @@ from aipc_chat.engines.contract import (
     LLMEngineClient,
 )
 from aipc_chat.engines.factory import Engine, EngineFactory, PipelineWrapper
+from aipc_chat.engines.llm_loop import capacity
 from aipc_chat.engines.memory import rss_mb
-from aipc_chat.engines.residency import Residency
+from aipc_chat.engines.scheduler import Scheduler, Snapshot
 from aipc_chat.engines.store import free_mb
-from aipc_chat.errors import ModelSetupError, NotReady, NotServed
+from aipc_chat.errors import Cancelled, MemoryFull, ModelSetupError, NotReady, NotServed
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
 from aipc_chat.prompts import Prompts
@@ -82,8 +83,11 @@ class Runtime:
         self.llm_observers: list[Callable[[Done], None]] = []
         self.image_observers: list[Callable[[ImageJob], None]] = []
         self.arrivals = Arrivals()  # LLM requests the HTTP layer is reading: the engine's admission waits for them
-        self.residency = Residency(settings.memory_limit_bytes)  # the resident models and the memory budget
-        self.engines = EngineFactory(settings, self.arrivals, pipelines, self.residency)
+        limit = settings.memory_limit_bytes
+        # the one owner of the local models' lifecycle (loads, unloads, expiry, eviction, recovery)
+        self.scheduler = Scheduler(limit / 2**20 if limit else None, max_waiting=capacity(settings))
+        self.scheduler.start()
+        self.engines = EngineFactory(settings, self.arrivals, pipelines, self.scheduler)
         self.history = HistoryStore(settings.data_dir / "history.sqlite3")
         interrupted = self.history.interrupt_pending()
         if interrupted:
@@ -174,44 +178,62 @@ class Runtime:
         threading.Thread(target=self.load, name=LOADER, daemon=True).start()
 
     def load(self) -> None:
-        """Load both models at once, each on its own thread (blocking until both are loaded or failed).
+        """Load both models, each on its own thread (blocking until both are loaded or failed).
 
-        Their loads overlap (the LLM's warm-up with the image pipeline's imports and compilation), and each model
-        serves as soon as it is ready. Then ``on_loaded`` is called, unless a model could not be had (``fatal``: the
-        server stops) or the runtime closed meanwhile.
+        The image engine gets ready (its configuration, its imports) while the LLM loads; the scheduler loads the
+        pipelines one at a time, the LLM first (it gets the room when both do not fit), so each one's measured size is
+        its own. Each model serves as soon as it is ready. Then ``on_loaded`` is called, unless a model could not be
+        had (``fatal``: the server stops) or the runtime closed meanwhile.
         """
         import openvino  # noqa: F401  # once here, so the two loaders do not both import it at the same time
 
-        if self.residency.limit_mb is not None:  # one at a time, the LLM first: it gets the room when both do not fit
-            for kind in self._served():
-                self._load_one(kind)
-        else:
-            loaders = [threading.Thread(target=self._load_one, args=(kind,), name=f"load-{kind}", daemon=True)
-                       for kind in self._served()]
-            for loader in loaders:
-                loader.start()
-            for loader in loaders:
-                loader.join()
+        llm_done = threading.Event()
+        if "llm" not in self._served():
+            llm_done.set()
+
+        def load_one(kind: Kind) -> None:
+            try:
+                self._load_one(kind, after=llm_done if kind == "image" else None)
+            finally:
+                if kind == "llm":
+                    llm_done.set()
+
+        loaders = [threading.Thread(target=load_one, args=(kind,), name=f"load-{kind}", daemon=True)
+                   for kind in self._served()]
+        for loader in loaders:
+            loader.start()
+        for loader in loaders:
+            loader.join()
         if self.on_loaded is not None and self.fatal is None and not self._closed.is_set():
             self.on_loaded()
 
     def _served(self) -> list[Kind]:
         return [kind for kind, status in self.status.items() if status.state != "disabled"]
 
-    def _load_one(self, kind: Kind) -> None:
+    def _load_one(self, kind: Kind, after: threading.Event | None = None) -> None:
+        """Build and load one engine; its pipeline only ``after`` the other one's (the engine gets ready first)."""
         status = self.status[kind]
         status.state = "loading"
         t0 = time.perf_counter()
         try:
             engine = self._make_engine(kind, status)
             engine.observers = self.llm_observers if kind == "llm" else self.image_observers
-            engine.load()
+            engine.load(preload=after is None and self.settings.load_on_start)
+            if after is not None and self.settings.load_on_start:
+                after.wait()
+                try:
+                    engine.preload()
+                except MemoryFull as exc:
+                    log.warning("the %s model loads on its first request: %s", kind, exc.message)
         except ModelSetupError as exc:
             log.error("%s", exc)
             status.state, status.error = "failed", str(exc)
             self.fatal = str(exc)
             if self.on_fatal is not None:
                 self.on_fatal(str(exc))
+            return
+        except Cancelled:  # the server began shutting down while the model loaded
+            log.debug("loading the %s model stopped: the server is shutting down", kind)
             return
         except Exception as exc:
             log.exception("loading the %s model failed", kind)
@@ -251,9 +273,11 @@ class Runtime:
         """The loaded engine of a kind, if any."""
         return self.llm if kind == "llm" else self.image
 
-    def describe(self) -> dict[str, dict[str, object]]:
-        """Per kind: the model, its state and, once loaded, what it is doing now (a remote engine is asked)."""
+    def describe(self, snapshot: Snapshot | None = None) -> dict[str, dict[str, object]]:
+        """Per kind: the model, its state and, once loaded, what it is doing now (a remote engine is asked). The
+        local models' states, sizes and expiry come from one snapshot of the scheduler."""
         out: dict[str, dict[str, object]] = {kind: status.as_dict() for kind, status in self.status.items()}
+        snap = snapshot if snapshot is not None else self.scheduler.snapshot()
         for kind in self.status:
             engine = self.engine(kind)
             if engine is None:
@@ -265,12 +289,12 @@ class Runtime:
                 out[kind]["retry_after"] = health.retry_after
             if health.on_demand:
                 out[kind]["on_demand"] = True
-            slot = self.residency.slots.get(kind)
-            if slot is not None and getattr(engine, "residency", None) is self.residency:
-                out[kind].update(resident_mb=slot.resident_mb if slot.loaded else None,
-                                 keep_alive_left=_seconds(slot.keeper.expires_in) if slot.loaded else None)
-                if not self.residency.fits(slot):
-                    out[kind].update(state="failed", error=f"it needs about {slot.cost_mb:.0f} MB, more than "
+            view = snap.models.get(kind)
+            if view is not None:
+                left = None if view.expires_in is None else round(view.expires_in, 1)  # None: held, or never
+                out[kind].update(resident_mb=view.size_mb, held_by=view.refs, keep_alive_left=left)
+                if snap.limit_mb is not None and view.cost_mb > snap.limit_mb:
+                    out[kind].update(state="failed", error=f"it needs about {view.cost_mb:.0f} MB, more than "
                                      "AIPC_MEMORY_LIMIT allows")
         if self.llm is not None:
             out["llm"]["active_requests"] = self.llm.active
@@ -282,9 +306,10 @@ class Runtime:
 
     def memory(self) -> dict[str, object]:
         """The memory budget for /ready: the limit, what the resident models count against it, the process RSS."""
-        limit = self.residency.limit_mb
+        snap = self.scheduler.snapshot()
+        limit = snap.limit_mb
         return {"limit_mb": round(limit, 1) if limit is not None else None,
-                "models_mb": self.residency.counted_mb(), "process_rss_mb": round(rss_mb(), 1)}
+                "models_mb": snap.counted_mb, "process_rss_mb": round(rss_mb(), 1)}
 
     def storage(self) -> dict[str, object]:
         """The data folder's state for /ready (it does not change /ready's status: that is the models')."""
@@ -333,6 +358,7 @@ class Runtime:
         for engine in engines:
             if engine is not None:
                 engine.close()
+        self.scheduler.close()
         self.history.close()
 
 

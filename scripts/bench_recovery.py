@@ -26,7 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from aipc_chat.engines import supervisor  # noqa: E402
+from aipc_chat.engines import scheduler  # noqa: E402
 from aipc_chat.engines.contract import GenParams, ImageParams  # noqa: E402
 from aipc_chat.engines.grammar import ConstraintChecker  # noqa: E402
 from aipc_chat.engines.image import image_pipelines, local_image_engine  # noqa: E402
@@ -106,7 +106,7 @@ def llm_rebuild(settings: Settings, model_dir: Path, rounds: int) -> list[float]
             loop.run_until_complete(drain())
             loop.close()
             wait_rebuilt(engine, n)
-            times.append(engine.supervisor.last_rebuild_seconds or 0.0)
+            times.append(engine.scheduler.view(engine.name).load_seconds or 0.0)
     finally:
         engine.close()
     return times
@@ -131,7 +131,7 @@ def image_rebuild(settings: Settings, model_dir: Path, rounds: int) -> list[floa
 
             asyncio.run(wait())
             wait_rebuilt(engine, n)
-            times.append(engine.supervisor.last_rebuild_seconds or 0.0)
+            times.append(engine.scheduler.view(engine.name).load_seconds or 0.0)
     finally:
         engine.close()
     return times
@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("--skip-image", action="store_true", help="time the LLM only")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "recovery"))
     args = parser.parse_args()
-    supervisor.REBUILD_BACKOFF_SECONDS = (0.0, 0.0, 0.0)
+    scheduler.REBUILD_BACKOFF_SECONDS = (0.0, 0.0, 0.0)
     root = Path(args.models_dir) / args.model
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(models_dir=Path(args.models_dir), data_dir=Path(tmp), cache_dir=Path(tmp) / "cache")

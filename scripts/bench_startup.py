@@ -82,14 +82,14 @@ def wait_unloaded(base_url: str, kind: str) -> None:
 def after_unload(base_url: str, proc: psutil.Process, picture: dict[str, Any]) -> dict[str, float]:
     """The first token and a picture while loaded (the request asks to unload right after), then after the unload."""
     first_token(base_url)  # the first request of the process is not what this compares
-    out: dict[str, float] = {"ttft_loaded_s": first_token(base_url, keep_alive=0)}
     rss = proc.memory_info().rss
+    out: dict[str, float] = {"ttft_loaded_s": first_token(base_url, keep_alive=0)}  # unloaded when it returns
     wait_unloaded(base_url, "llm")
     out["llm_freed_mb"] = (rss - proc.memory_info().rss) / 2**20
     out["ttft_after_unload_s"] = first_token(base_url)
     one_picture(base_url, picture)
-    out["picture_loaded_s"] = one_picture(base_url, picture, keep_alive=0)
     rss = proc.memory_info().rss
+    out["picture_loaded_s"] = one_picture(base_url, picture, keep_alive=0)
     wait_unloaded(base_url, "image")
     out["image_freed_mb"] = (rss - proc.memory_info().rss) / 2**20
     out["picture_after_unload_s"] = one_picture(base_url, picture)

@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aipc_chat.api.security import ASGIApp, Message, Receive, Scope, Send
 from aipc_chat.engines.contract import Done, ImageJob
+from aipc_chat.engines.memory import rss_mb
 from aipc_chat.runtime import ModelStatus, Runtime
 
 router = APIRouter(tags=["health"])
@@ -56,7 +57,7 @@ class Metrics:
         load = Gauge("aipc_model_load_seconds", "Model load time", ["kind"], registry=r)
         for kind, status in runtime.status.items():
             load.labels(kind).set_function(partial(_load_seconds, status))
-        r.register(RestartsCollector(runtime))
+        r.register(ModelsCollector(runtime))
         runtime.llm_observers.append(self.observe_llm)
         runtime.image_observers.append(self.observe_image)
 
@@ -80,19 +81,34 @@ class Metrics:
             self.image_seconds.observe(job.finished - job.started)
 
 
-class RestartsCollector(Collector):
-    """``aipc_engine_restarts_total{kind}``: pipelines rebuilt after a failure, read from the engines."""
+class ModelsCollector(Collector):
+    """The models as one snapshot of the scheduler shows them, and the process's memory: restarts, state, size
+    measured at load, requests holding each, and the resident memory of the whole process to compare with."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def collect(self) -> Any:
-        """One sample per kind of model (0 until its engine exists)."""
-        family = CounterMetricFamily("aipc_engine_restarts", "Pipelines rebuilt after a failure", labels=["kind"])
+        """One sample per kind of model (0 until it is loaded here; a remote one is never)."""
+        snap = self.runtime.scheduler.snapshot()
+        restarts = CounterMetricFamily("aipc_engine_restarts", "Pipelines rebuilt after a failure", labels=["kind"])
+        loaded = GaugeMetricFamily("aipc_model_loaded", "1 while the model is resident here", labels=["kind"])
+        size = GaugeMetricFamily("aipc_model_resident_bytes", "What the model's load added to the process's RSS",
+                                 labels=["kind"])
+        held = GaugeMetricFamily("aipc_model_requests_holding", "Requests holding the model now", labels=["kind"])
         for kind in self.runtime.status:
-            engine = self.runtime.engine(kind)
-            family.add_metric([kind], engine.restarts if engine is not None else 0)
-        yield family
+            view = snap.models.get(kind)
+            restarts.add_metric([kind], view.restarts if view is not None else 0)
+            loaded.add_metric([kind], int(view is not None and view.size_mb is not None))
+            size.add_metric([kind], (view.size_mb or 0.0) * 2**20 if view is not None else 0.0)
+            held.add_metric([kind], view.refs if view is not None else 0)
+        process = GaugeMetricFamily("aipc_process_resident_bytes", "This process's resident memory (RSS)")
+        process.add_metric([], rss_mb() * 2**20)
+        yield from (restarts, loaded, size, held, process)
+        if snap.limit_mb is not None:
+            limit = GaugeMetricFamily("aipc_memory_limit_bytes", "AIPC_MEMORY_LIMIT")
+            limit.add_metric([], snap.limit_mb * 2**20)
+            yield limit
 
 
 def _load_seconds(status: ModelStatus) -> float:

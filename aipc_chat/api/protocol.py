@@ -10,9 +10,12 @@ connections a new one gets ``503`` with ``Retry-After`` and is closed at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from aipc_chat.api.errors import error_payload
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +24,11 @@ _TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n
             b"content-length: %d\r\n\r\n%s")
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
          b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
-_TIMEOUT_BODY = (b'{"error": {"message": "The request head did not arrive in time.", "type": "invalid_request_error",'
-                 b' "param": null, "code": "request_timeout"}}')
-_FULL_BODY = (b'{"error": {"message": "Too many open connections; retry shortly.", "type": "server_busy", '
-              b'"param": null, "code": "too_many_connections"}}')
+# Before a request's path is known: OpenAI's shape (Ollama's clients read its status)
+_TIMEOUT_BODY = json.dumps(error_payload("openai", "The request head did not arrive in time.", "invalid_request_error",
+                                         code="request_timeout")).encode()
+_FULL_BODY = json.dumps(error_payload("openai", "Too many open connections; retry shortly.", "server_busy",
+                                      code="too_many_connections")).encode()
 
 
 class GuardedProtocol(HttpToolsProtocol):

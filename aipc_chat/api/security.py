@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aipc_chat.errors import error_body
+from aipc_chat.api.errors import Family, error_payload, family
 from aipc_chat.settings import Settings
 from aipc_chat.users import UserKeys
 
@@ -50,8 +50,8 @@ class RequestIdFilter(logging.Filter):
 
 
 async def _reply(send: Send, status: int, message: str, type_: str, code: str,
-                 headers: list[tuple[bytes, bytes]] | None = None, *, ollama: bool = False) -> None:
-    body = json.dumps({"error": message} if ollama else error_body(message, type_, code=code)).encode()
+                 headers: list[tuple[bytes, bytes]] | None = None, *, api: Family = "openai") -> None:
+    body = json.dumps(error_payload(api, message, type_, code=code)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -154,8 +154,7 @@ class GuardMiddleware:
             REQUEST_ID.reset(token)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ollama = str(scope.get("path", "")).startswith("/api/")  # Ollama's clients read {"error": "message"}
-        reply = functools.partial(_reply, send, ollama=ollama)
+        reply = functools.partial(_reply, send, api=family(str(scope.get("path", ""))))
         if not host_allowed(_header(scope, b"host"), self.hosts):
             log.warning("refused Host %r", _header(scope, b"host"))
             await reply(403, "This server only answers requests addressed to localhost (set "

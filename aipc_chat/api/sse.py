@@ -1,22 +1,22 @@
-"""Server-sent events in one place: ``data: {json}``, ``data: [DONE]``, errors as a last event, keep-alives."""
+"""Streamed responses in one place: server-sent events (``data: {json}``, ``data: [DONE]``, keep-alives) and
+Ollama's NDJSON (one JSON object a line); in both an error after the stream started is a last event."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from aipc_chat.errors import AipcError, error_body
-
-log = logging.getLogger(__name__)
+from aipc_chat.api.errors import exception_payload
 
 KEEPALIVE_SECONDS = 5
 SHUTDOWN_GRACE_SECONDS = 10  # well inside uvicorn's 30 s graceful shutdown
+NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies pass each event on at once
 
 
 SSEItem = dict[str, Any] | str | tuple[str, dict[str, Any]]
@@ -51,11 +51,8 @@ def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None]
                         yield {"event": item[0], "data": json.dumps(item[1], ensure_ascii=False)}
                     else:
                         yield {"data": item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)}
-            except AipcError as exc:
-                yield error_event(exc.to_dict())
-            except Exception:
-                log.exception("stream failed")
-                yield error_event(error_body("Internal server error.", "server_error", code="internal_error"))
+            except Exception as exc:
+                yield error_event(exception_payload("openai", exc))
             if done is not None:
                 yield {"data": done}
         finally:
@@ -64,4 +61,21 @@ def sse_response(events: AsyncIterator[SSEItem], *, on_close: Callable[[], None]
 
     return EventSourceResponse(publish(), ping=KEEPALIVE_SECONDS, sep="\n", shutdown_event=shutdown,
                                shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                               headers=NO_BUFFERING)
+
+
+def ndjson_response(items: AsyncIterator[dict[str, Any]],
+                    on_close: Callable[[], None] = lambda: None) -> StreamingResponse:
+    """One JSON object a line (Ollama's streams); an error after the stream started is a last ``{"error": ...}``
+    line; ``on_close`` always runs."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for item in items:
+                yield (json.dumps(item, ensure_ascii=False) + "\n").encode()
+        except Exception as exc:
+            yield (json.dumps(exception_payload("ollama", exc)) + "\n").encode()
+        finally:
+            on_close()
+
+    return StreamingResponse(body(), media_type="application/x-ndjson", headers=NO_BUFFERING)

@@ -7,11 +7,16 @@ works through these alone, as vLLM's serving classes work through ``EngineClient
 
 Engine states (``EngineHealth.state``):
 
-    loading     the pipeline is being built (start-up)
+    loading     the pipeline is being built (at start, or on demand: then requests wait for it)
     ready       serving
+    unloaded    let go after idling (or not loaded at start); the next request loads it
     recovering  the pipeline failed and is being rebuilt; new requests get 503 with Retry-After
     unreachable a remote engine does not answer (it is asked again on every /ready)
-    failed      the engine cannot serve (its load, or three rebuilds in a row, failed); a restart is needed
+    failed      its last load failed (the next request tries again), or three rebuilds in a row failed (a restart
+                is needed)
+
+The state of a local model is its record in the model scheduler (``engines/scheduler.py``), the one owner of loads,
+unloads, expiry, eviction and recovery.
 """
 
 from __future__ import annotations
@@ -195,8 +200,15 @@ class SupervisedEngine(Protocol):
     def check_serving(self) -> None:
         """Raise NotReady (503, Retry-After while recovering) unless new work can be taken now; cheap."""
 
-    def load(self) -> None:
-        """Build the pipeline and start serving (blocking)."""
+    def load(self, preload: bool | None = None) -> None:
+        """Get ready to serve (blocking); with ``preload`` (default: ``load_on_start``) load the pipeline too."""
+
+    def preload(self, keep_alive: float | None = None) -> None:
+        """Load the pipeline without using it (a request with no work, the start); blocking."""
+
+    def release(self, wait: bool = True) -> None:
+        """Unload the pipeline as soon as no request holds it (Ollama's ``keep_alive: 0``, A1111's
+        unload-checkpoint); with ``wait``, block until it is unloaded."""
 
     def close(self) -> None:
         """Cancel what is in flight and stop."""
@@ -227,11 +239,6 @@ class LLMEngineClient(SupervisedEngine, Protocol):
     def chat_template(self) -> str:
         """The model's chat template ("" when not known here)."""
 
-    def keep_alive_left(self) -> float | None:
-        """Seconds until the idle model unloads (``math.inf``: never); None when it is not loaded here."""
-
-    def release(self) -> None:
-        """Unload the model as soon as it is idle (Ollama's ``keep_alive: 0`` with no prompt)."""
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens the templated messages take."""
@@ -439,6 +446,7 @@ class ImageEngineClient(SupervisedEngine, Protocol):
 
     def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
         """Validate and queue a job for ``owner``; Busy when the queue is full."""
+
 
     def get_job(self, job_id: str) -> ImageJob | None:
         """A recent job by id."""

@@ -9,7 +9,7 @@ from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import ImageEngineClient, LLMEngineClient
 from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
-from aipc_chat.engines.residency import Residency
+from aipc_chat.engines.scheduler import Scheduler
 from aipc_chat.provision.resolve import Kind, ModelChoice
 from aipc_chat.settings import Settings
 
@@ -24,9 +24,9 @@ class EngineFactory:
     chosen; or remote)."""
 
     def __init__(self, settings: Settings, arrivals: Arrivals, pipelines: PipelineWrapper | None = None,
-                 residency: Residency | None = None) -> None:
+                 scheduler: Scheduler | None = None) -> None:
         self.settings, self.arrivals, self.pipelines = settings, arrivals, pipelines
-        self.residency = residency if residency is not None else Residency(settings.memory_limit_bytes)
+        self.scheduler = scheduler
 
     def __call__(self, kind: Kind, choice: ModelChoice, device: str) -> Engine:
         """A new, not yet loaded engine."""
@@ -35,10 +35,10 @@ class EngineFactory:
             return self._remote(kind, choice)
         assert choice.path is not None
         if kind == "llm":
-            return LLMEngine(s, choice.path, choice.name, device, arrivals=self.arrivals, residency=self.residency,
+            return LLMEngine(s, choice.path, choice.name, device, arrivals=self.arrivals, scheduler=self.scheduler,
                              pipelines=self._wrap(kind, OpenVINOPipelines(s, choice.path, device)))
         max_size = min(s.image_max_size, 512) if choice.source == "demo" else s.image_max_size
-        return local_image_engine(s, choice.path, choice.name, device, max_size=max_size, residency=self.residency,
+        return local_image_engine(s, choice.path, choice.name, device, max_size=max_size, scheduler=self.scheduler,
                                   pipelines=self._wrap(kind, image_pipelines(s, choice.path, device)))
 
     def _wrap(self, kind: Kind, factory: PipelineFactory) -> PipelineFactory:

@@ -30,7 +30,7 @@ from aipc_chat.engines.contract import (
     Interrupted,
 )
 from aipc_chat.engines.jobs import ImageEngine
-from aipc_chat.engines.residency import Residency
+from aipc_chat.engines.scheduler import Scheduler
 from aipc_chat.engines.store import ImageStore, infotext
 from aipc_chat.errors import InvalidRequest
 from aipc_chat.settings import Settings
@@ -143,11 +143,6 @@ class LocalRenderer:
         log.info("image model %s loaded on %s by %s in %.2f s (sizes %d..%d step %d)", self.model_name, self.device,
                  self.runtime, time.perf_counter() - t0, self.step_multiple, self.max_size, self.step_multiple)
 
-    def rebuild(self) -> None:
-        """A fresh pipeline in place of one that failed."""
-        self.unload()  # release the broken one first
-        self._install(self._pipelines())
-
     def unload(self) -> bool:
         """Let the pipeline go (the next job loads it again)."""
         self._pipe = None
@@ -245,9 +240,9 @@ def image_pipelines(settings: Settings, model_dir: Path, device: str) -> Pipelin
 
 
 def local_image_engine(settings: Settings, model_dir: Path, model_name: str, device: str, *, max_size: int = 1024,
-                       pipelines: PipelineFactory | None = None, residency: Residency | None = None) -> ImageEngine:
+                       pipelines: PipelineFactory | None = None, scheduler: Scheduler | None = None) -> ImageEngine:
     """An image engine over a local pipeline of the configured runtime (``settings.image_runtime``)."""
     factory = pipelines if pipelines is not None else image_pipelines(settings, model_dir, device)
     renderer = _runtime_part(settings, 1)(settings, model_dir, model_name, device, max_size=max_size,
                                           pipelines=factory)
-    return ImageEngine(settings, renderer, residency=residency)
+    return ImageEngine(settings, renderer, scheduler=scheduler)

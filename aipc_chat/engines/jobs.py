@@ -3,13 +3,15 @@ remote A1111).
 
 Every job has an id, a state, progress and can be cancelled; observers hear of each job as it ends. A renderer
 supplies only what differs: loading its pipeline, checking a request against it, and rendering one job. A job the
-renderer fails fails alone; an unexpected error from the pipeline also has the pipeline rebuilt (supervised: 503
-with Retry-After meanwhile, ``failed`` after three rebuilds in a row fail).
+renderer fails fails alone; an unexpected error from the pipeline also has the model scheduler rebuild the pipeline
+(503 with Retry-After meanwhile, ``failed`` after three rebuilds in a row fail). A local renderer's pipeline is
+loaded and let go by the scheduler; each job holds the model while it renders.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -27,9 +29,8 @@ from aipc_chat.engines.contract import (
     Interrupted,
     JobState,
 )
-from aipc_chat.engines.residency import Keeper, Residency, Slot, weights_mb
+from aipc_chat.engines.scheduler import Lease, ModelSpec, Recovery, Scheduler, health_of, weights_mb
 from aipc_chat.engines.store import ImageStore
-from aipc_chat.engines.supervisor import Supervisor
 from aipc_chat.errors import AipcError, Busy, EngineFailure, InvalidRequest, MemoryFull, NotReady
 from aipc_chat.settings import Settings
 
@@ -56,11 +57,8 @@ class Renderer(Protocol):
     def imports(self) -> None:
         """Import what building the pipeline needs (so that a load's measured cost is the model's alone)."""
 
-    def rebuild(self) -> None:
-        """Replace a pipeline that failed with a fresh one (blocking)."""
-
     def unload(self) -> bool:
-        """Let the pipeline go after idling (its memory is released); False when there is nothing held here."""
+        """Let the pipeline go (the scheduler then gives its memory back); False when there is nothing held here."""
 
     @property
     def loaded(self) -> bool:
@@ -82,17 +80,23 @@ class Renderer(Protocol):
 class ImageEngine:
     """Serves image jobs from one renderer on its own thread."""
 
+    name = "image"
+
     def __init__(self, settings: Settings, renderer: Renderer, store: ImageStore | None = None,
-                 residency: Residency | None = None) -> None:
+                 scheduler: Scheduler | None = None) -> None:
         self.settings = settings
         self.renderer = renderer
-        self.residency = residency if residency is not None and renderer.local else Residency()
-        self.slot = self.residency.add(Slot(
-            "image", weights_mb(renderer.model_dir) if renderer.local else 0.0,
-            keeper=Keeper(settings.keep_alive_seconds if renderer.local else None),
-            idle=lambda: self._current is None and self._queue.empty()))
+        self.scheduler: Scheduler | None = None  # a local renderer's model is the scheduler's; a remote one is not
+        if renderer.local:
+            if scheduler is None:
+                scheduler = Scheduler()
+                scheduler.start()
+            self.scheduler = scheduler
+            keep = settings.keep_alive_seconds
+            scheduler.add(ModelSpec(self.name, self._load_pipeline, self._unload_pipeline,
+                                    weights_mb(renderer.model_dir), 0.0, math.inf if keep is None else keep))
         self.store = store if store is not None else ImageStore(settings.data_dir / "images", settings.image_retention)
-        self.supervisor = Supervisor("image")
+        self.error: str | None = None  # why the owner thread stopped (the model broke for good), if it did
         self.load_seconds: float | None = None
         self.observers: list[Callable[[ImageJob], None]] = []  # called on the owner thread as each job ends
         self._queue: queue.Queue[ImageJob | None] = queue.Queue(maxsize=settings.image_queue_size)
@@ -134,16 +138,18 @@ class ImageEngine:
     @property
     def restarts(self) -> int:
         """Pipelines rebuilt after a failure."""
-        return self.supervisor.restarts
+        return self.scheduler.view(self.name).restarts if self.scheduler is not None else 0
 
     def health(self) -> EngineHealth:
-        """The engine's state; a remote renderer is asked whether it answers."""
-        health = self.supervisor.health()
+        """The engine's state, as the scheduler's record of its model says; a remote renderer is asked whether it
+        answers."""
+        if self._thread is None:
+            return EngineHealth("loading", retry_after=RETRY_AFTER_SECONDS)
+        health = health_of(self.scheduler.view(self.name)) if self.scheduler is not None else EngineHealth("ready")
+        if health.state != "failed" and not self._thread.is_alive():
+            return EngineHealth("failed", self.error or "the owner thread is not running", health.restarts)
         if health.state != "ready":
             return health
-        if self._thread is not None and not self._thread.is_alive():
-            self.supervisor.set_failed("the owner thread is not running")
-            return self.supervisor.health()
         problem = self.renderer.unreachable()
         return EngineHealth("unreachable", problem, health.restarts) if problem else health
 
@@ -151,34 +157,50 @@ class ImageEngine:
         """Raise NotReady unless new jobs can be taken now."""
         if self._thread is None:
             raise NotReady("The image model is not loaded.", retry_after=RETRY_AFTER_SECONDS)
-        self.supervisor.check_serving()
+        if self.scheduler is not None:
+            self.scheduler.check(self.name)
+        if not self._thread.is_alive():
+            raise NotReady(f"The image engine has failed ({self.error}); restart the server.")
 
     def info(self) -> dict[str, Any]:
         """What the engine serves (for /ready, /sdapi/v1/sd-models)."""
         return self.renderer.info()
 
-    def load(self) -> None:
-        """Build the pipeline (blocking; unless ``load_on_start`` is off, or the memory budget has no room: then the
-        first job builds it) and start the owner thread."""
+    def load(self, preload: bool | None = None) -> None:
+        """Ready the engine (blocking) and start its owner thread; with ``preload`` (default: ``load_on_start``)
+        the scheduler loads the pipeline too, unless the memory budget has no room (then the first job loads it)."""
         t0 = time.perf_counter()
         self.renderer.prepare()
-        if self.settings.load_on_start:
-            try:
-                self._load_pipeline()
-            except MemoryFull as exc:
-                log.warning("the image model loads on its first job: %s", exc.message)
+        if self.scheduler is not None:
+            self.renderer.imports()  # before the measured load: the libraries are not the model's cost
+            if self.settings.load_on_start if preload is None else preload:
+                try:
+                    self.scheduler.preload(self.name)
+                except MemoryFull as exc:
+                    log.warning("the image model loads on its first job: %s", exc.message)
         self.load_seconds = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="image-owner", daemon=True)
         self._thread.start()
-        if self.renderer.loaded:
-            self.supervisor.set_ready()
-        else:
-            self.supervisor.set_unloaded()
 
-    def _load_pipeline(self) -> None:
-        self.renderer.imports()
-        with self.residency.loading(self.slot):
-            self.renderer.load()
+    def _load_pipeline(self) -> Any:
+        """Build and install the pipeline (the scheduler's thread: a load, or a rebuild after a failure)."""
+        self.renderer.load()
+        return self.renderer
+
+    def _unload_pipeline(self, _: Any) -> None:
+        """Let the pipeline go (the scheduler's thread; no job holds the model)."""
+        self.renderer.unload()
+
+    def preload(self, keep_alive: float | None = None) -> None:
+        """Load the model without rendering (A1111's reload-checkpoint); blocking."""
+        self.check_serving()
+        if self.scheduler is not None:
+            self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
+
+    def release(self, wait: bool = True) -> None:
+        """Unload the model as soon as no job holds it (A1111's unload-checkpoint)."""
+        if self.scheduler is not None:
+            self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel the running job and what is queued; stop the owner thread."""
@@ -258,51 +280,34 @@ class ImageEngine:
     # --- the owner thread ----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        keeper = self.slot.keeper
         while True:
-            try:
-                job = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if keeper.due():
-                    self._unload()
-                continue
+            job = self._queue.get()
             if job is None:
                 return
-            keeper.busy()
-            self.residency.used(self.slot)
             if job.cancelled:
                 job.end("cancelled")
                 self._notify(job)
-            elif self._ensure_loaded(job) and not self._serve(job):
-                failure = NotReady(f"The image engine has failed ({self.supervisor.error}); restart the server.")
+                continue
+            lease = None
+            if self.scheduler is not None:
+                try:  # the job holds the model while it renders (loaded first if need be)
+                    lease = self.scheduler.acquire(self.name, timeout=self.settings.request_timeout)
+                except AipcError as exc:
+                    job.end("failed", exc.message, exc)
+                    self._notify(job)
+                    continue
+            recovery = self._serve(job, lease)
+            if recovery is not None and not recovery.wait():
+                self.error = "three rebuilds in a row failed"
+                failure = NotReady(f"The image engine has failed ({self.error}); restart the server.")
                 self._end_queued("failed", failure.message, failure)
                 return
-            keeper.finished(job.params.keep_alive)
 
-    def _unload(self) -> None:
-        if not (self.renderer.local and self.renderer.loaded):
-            self.slot.keeper.unloaded()
-            return
-        self.residency.unload(self.slot, self.renderer.unload)
-        self.supervisor.set_unloaded()
-
-    def _ensure_loaded(self, job: ImageJob) -> bool:
-        """Load the pipeline for a job that came while it was unloaded (it waits); False when that failed (the
-        job fails, and the next one tries again)."""
-        if self.renderer.loaded:
-            return True
-        failure = self.supervisor.load_again(self._load_pipeline)
-        if failure is None:
-            return True
-        job.end("failed", failure.message, failure)
-        self._notify(job)
-        return False
-
-    def _serve(self, job: ImageJob) -> bool:
-        """Render one job; False when its failure left an engine that cannot be rebuilt."""
+    def _serve(self, job: ImageJob, lease: Lease | None) -> Recovery | None:
+        """Render one job, holding the model until it ends; the rebuild under way when the pipeline broke."""
         self._current = job
         job.state, job.started = "running", time.time()
-        broken: Exception | None = None
+        recovery: Recovery | None = None
         try:
             self.renderer.render(job, self.store)
         except Interrupted:
@@ -314,16 +319,19 @@ class ImageEngine:
             job.end("failed", exc.message, exc)
         except Exception as exc:  # the pipeline raised: this job fails, and the pipeline is rebuilt
             log.exception("image job %s failed", job.id)
+            if self.scheduler is not None:  # recovering before anyone sees the job fail
+                recovery = self.scheduler.recover(self.name, exc)
             failure = EngineFailure("The image pipeline failed while rendering this picture and is being restarted; "
                                     "retry the request.")
             job.end("failed", f"{type(exc).__name__}: {exc}", failure)
-            broken = exc
         else:
             job.end("done")
         finally:
             self._current = None
+            if lease is not None and self.scheduler is not None:
+                self.scheduler.release(lease, job.params.keep_alive)
             self._notify(job)
-        return broken is None or self.supervisor.recover(broken, self.renderer.rebuild)
+        return recovery
 
     def _notify(self, job: ImageJob) -> None:
         for observe in self.observers:

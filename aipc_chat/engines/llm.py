@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -30,8 +31,7 @@ from aipc_chat.engines.contract import (
 )
 from aipc_chat.engines.grammar import ConstraintChecker
 from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
-from aipc_chat.engines.residency import Keeper, Residency, Slot, weights_mb
-from aipc_chat.engines.supervisor import Supervisor
+from aipc_chat.engines.scheduler import ModelSpec, Scheduler, health_of, weights_mb
 from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, MemoryFull, ModelSetupError, NotReady
 from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, StopMatcher, strip_reasoning
 from aipc_chat.settings import Settings
@@ -238,11 +238,17 @@ class OpenVINOPipelines:
 
 
 class LLMEngine:
-    """Serves chat requests from one openvino-genai pipeline, through an owner loop on its own thread."""
+    """Serves chat requests from one openvino-genai pipeline, through an owner loop on its own thread.
+
+    The model scheduler loads and unloads the pipeline (``_load_pipeline`` / ``_unload_pipeline`` run on its thread);
+    each request holds the model from ``submit`` until it finishes.
+    """
+
+    name = "llm"
 
     def __init__(self, settings: Settings, model_dir: Path, model_name: str, device: str, *,
                  pipelines: PipelineFactory | None = None, arrivals: Arrivals | None = None,
-                 residency: Residency | None = None) -> None:
+                 scheduler: Scheduler | None = None) -> None:
         self.settings = settings
         self.model_dir = model_dir
         self.model_name = model_name
@@ -253,17 +259,22 @@ class LLMEngine:
         self.load_seconds: float | None = None
         self.observers: list[Callable[[Done], None]] = []  # called on the owner thread for each finished request
         self.arrivals = arrivals if arrivals is not None else Arrivals()
-        self.supervisor = Supervisor("LLM")
         self.constraints = ConstraintChecker()
         self._pipelines = pipelines if pipelines is not None else OpenVINOPipelines(settings, model_dir, device)
         self._tokenizer: Any = None
         self._table_decode: ByteLevelDecoder | None = None  # byte-level BPE: decode by table lookup
         self._loop: OwnerLoop | None = None
         self._vocab: Vocabulary | None = None
-        self.residency = residency if residency is not None else Residency()
-        self.slot = self.residency.add(Slot(
-            "llm", weights_mb(model_dir), kv_cache_bound_mb(settings, self.context_length, self._config, device),
-            keeper=Keeper(settings.keep_alive_seconds), idle=lambda: self._loop is None or self._loop.idle_now))
+        self._pipe: Any = None  # the loaded pipeline (the scheduler's handle), kept for the owner loop's start
+        if scheduler is None:
+            scheduler = Scheduler(max_waiting=capacity(settings))
+            scheduler.start()
+        self.scheduler = scheduler
+        keep = settings.keep_alive_seconds
+        scheduler.add(ModelSpec(
+            self.name, self._load_pipeline, self._unload_pipeline, weights_mb(model_dir),
+            kv_cache_bound_mb(settings, self.context_length, self._config, device),
+            math.inf if keep is None else keep))
 
     @property
     def serial(self) -> bool:
@@ -288,52 +299,51 @@ class LLMEngine:
     @property
     def restarts(self) -> int:
         """Pipelines rebuilt after a failure."""
-        return self.supervisor.restarts
+        return self.scheduler.view(self.name).restarts
 
     def health(self) -> EngineHealth:
-        """The engine's state (``loading``, ``ready``, ``recovering``, ``failed``)."""
-        if self._loop is not None and not self._loop.alive and self.supervisor.state == "ready":
-            self.supervisor.set_failed("the owner loop is not running")
-        return self.supervisor.health()
+        """The engine's state, as the scheduler's record of its model says (the owner loop must be running)."""
+        if self._loop is None:
+            return EngineHealth("loading", retry_after=RETRY_AFTER_SECONDS)
+        view = self.scheduler.view(self.name)
+        if not view.broken and not self._loop.alive:
+            return EngineHealth("failed", self._loop.error or "the owner loop is not running", view.restarts)
+        return health_of(view)
 
     def check_serving(self) -> None:
         """Raise NotReady unless new requests can be taken now."""
         if self._loop is None:
             raise NotReady("The LLM is not loaded.", retry_after=RETRY_AFTER_SECONDS)
-        self.supervisor.check_serving()
+        self.scheduler.check(self.name)
+        if not self._loop.alive:
+            raise NotReady(f"The LLM engine has failed ({self._loop.error}); restart the server.")
 
-    def load(self) -> None:
-        """Compile the pipeline (blocking; unless ``load_on_start`` is off, or the memory budget has no room: then
-        only the tokenizer, and the first request loads the pipeline) and start the owner loop."""
+    def load(self, preload: bool | None = None) -> None:
+        """Ready the engine (blocking) and start its owner loop; with ``preload`` (default: ``load_on_start``) the
+        scheduler loads the pipeline first, whose tokenizer then serves, unless the memory budget has no room (then
+        only the tokenizer is loaded, and the first request loads the pipeline)."""
         import openvino_genai as ov_genai  # before the measured load: the library is not the model's cost
 
         t0 = time.perf_counter()
-        pipe = None
-        if self.settings.load_on_start:
+        if self.settings.load_on_start if preload is None else preload:
             try:
-                with self.residency.loading(self.slot):
-                    pipe = self._pipelines()
-                    self._use_tokenizer(pipe.get_tokenizer())
-                    if self.settings.llm_warmup:
-                        self._warm_up(pipe)
+                self.scheduler.preload(self.name)
             except MemoryFull as exc:
                 log.warning("the LLM loads on its first request: %s", exc.message)
-        if pipe is None:
+        if self._tokenizer is None:
             self._use_tokenizer(ov_genai.Tokenizer(str(self.model_dir)))
         self.constraints.load()
         assert self._vocab is not None
         loop_type = SerialLoop if self.serial else BatchLoop
-        self._loop = loop_type(self.settings, pipe, self._vocab, self.supervisor, self._rebuild,
-                               arrivals=self.arrivals, observers=self.observers, load=self._load_pipeline,
-                               residency=self.residency, slot=self.slot)
+        self._loop = loop_type(self.settings, self._vocab, arrivals=self.arrivals, observers=self.observers,
+                               recover=lambda cause: self.scheduler.recover(self.name, cause),
+                               release=self.scheduler.release)
+        self._loop.pipe = self._pipe
         self._loop.start()
         self.load_seconds = time.perf_counter() - t0
-        if pipe is None:
-            self.supervisor.set_unloaded()
-        else:
-            self.supervisor.set_ready()
-        log.info("LLM %s %s on %s in %.2f s (context %d)", self.model_name, "loaded" if pipe else "ready to load",
-                 self.device, self.load_seconds, self.context_length)
+        log.info("LLM %s %s on %s in %.2f s (context %d)", self.model_name,
+                 "loaded" if self._pipe is not None else "ready to load", self.device, self.load_seconds,
+                 self.context_length)
 
     def _use_tokenizer(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
@@ -344,17 +354,23 @@ class LLMEngine:
         self._vocab = Vocabulary(self._decode_many, self._encode(THINK_CLOSE_TEXT),
                                  int(tokenizer.get_eos_token_id()))
 
-    def _rebuild(self) -> Any:
-        """A fresh pipeline after a failure (owner thread), warmed up like the first."""
+    def _load_pipeline(self) -> Any:
+        """Build, warm up and install a pipeline (the scheduler's thread: a load, or a rebuild after a failure)."""
         pipe = self._pipelines()
+        if self._tokenizer is None:
+            self._use_tokenizer(pipe.get_tokenizer())
         if self.settings.llm_warmup:
             self._warm_up(pipe)
+        self._pipe = pipe
+        if self._loop is not None:
+            self._loop.pipe = pipe
         return pipe
 
-    def _load_pipeline(self) -> Any:
-        """A pipeline for an unloaded engine (owner thread), within the memory budget."""
-        with self.residency.loading(self.slot):
-            return self._rebuild()
+    def _unload_pipeline(self, pipe: Any) -> None:
+        """Take the pipeline out (the scheduler's thread; no request holds the model)."""
+        self._pipe = None
+        if self._loop is not None:
+            self._loop.pipe = None
 
     def _warm_up(self, pipe: Any) -> None:
         """One token from a templated greeting: OpenVINO's first inference compiles kernels, which would otherwise
@@ -392,13 +408,14 @@ class LLMEngine:
         """The model's chat template."""
         return str(self._tokenizer.chat_template or "") if self._tokenizer is not None else ""
 
-    def keep_alive_left(self) -> float | None:
-        """Seconds until the idle model unloads (``math.inf``: never); None while unloaded."""
-        return self.slot.keeper.expires_in if self.slot.loaded else None
+    def preload(self, keep_alive: float | None = None) -> None:
+        """Load the model without generating (Ollama's request with no prompt); blocking."""
+        self.check_serving()
+        self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
 
-    def release(self) -> None:
-        """Unload the model as soon as it is idle."""
-        self.slot.keeper.finished(0.0)
+    def release(self, wait: bool = True) -> None:
+        """Unload the model as soon as no request holds it; with ``wait``, block until it is unloaded."""
+        self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout)
 
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """Apply the model's own chat template; earlier answers go in without their reasoning."""
@@ -469,12 +486,17 @@ class LLMEngine:
         stream = LLMStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
         budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
         opened = tags and prompt.rstrip().endswith(THINK_OPEN)
-        self._loop.admit(LoopRequest(
-            stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
-            budget=budget if tags and (opened or budget > 0) else None,
-            splitter=ReasoningSplitter(in_think=opened, tags=tags), keep_alive=params.keep_alive,
-            stopper=StopMatcher(params.stop) if tags and params.stop else None,
-        ))
+        lease = self.scheduler.acquire(self.name, timeout=self.settings.request_timeout)  # loads it if need be
+        try:
+            self._loop.admit(LoopRequest(
+                stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
+                budget=budget if tags and (opened or budget > 0) else None,
+                splitter=ReasoningSplitter(in_think=opened, tags=tags), keep_alive=params.keep_alive,
+                stopper=StopMatcher(params.stop) if tags and params.stop else None, lease=lease,
+            ))
+        except BaseException:
+            self.scheduler.release(lease)
+            raise
         return stream
 
     def _max_new_tokens(self, prompt_tokens: int, asked: int | None) -> int:

@@ -22,8 +22,7 @@ from typing import Any, Literal
 from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import Delta, Done, LLMStream, Timing
 from aipc_chat.engines.detokenize import IncrementalDetokenizer
-from aipc_chat.engines.residency import Keeper, Residency, Slot
-from aipc_chat.engines.supervisor import Supervisor, in_flight_failure
+from aipc_chat.engines.scheduler import Lease, Recovery, in_flight_failure
 from aipc_chat.errors import AipcError, Busy, Cancelled, EngineFailure, NotReady
 from aipc_chat.reasoning import ReasoningSplitter, StopMatcher
 from aipc_chat.settings import Settings
@@ -34,6 +33,7 @@ HANDOFF_SECONDS = 0.010  # the longest the owner waits, per step, for waiting cl
 HANDOFF_MIN_STEP_SECONDS = 0.005  # steps shorter than this are not worth a hand-off (it costs ~0.5 ms)
 ARRIVAL_POLL_SECONDS = 0.001  # while requests are on their way, how often the owner looks whether they still are
 Decoder = Callable[[list[list[int]]], list[str]]
+BROKEN = NotReady("The LLM engine has failed (three rebuilds in a row failed); restart the server.")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class LoopRequest:
     unsent_tokens: int = 0
     text_out: list[str] = field(default_factory=list)
     keep_alive: float | None = None  # the request's own keep-alive for the model (seconds; inf: never)
+    lease: Lease | None = None  # the model held for this request (given back when it finishes)
     stopper: StopMatcher | None = None  # stop strings matched on the answer only (a reasoning model's request)
 
     @property
@@ -78,20 +79,17 @@ class OwnerLoop:
 
     name = "llm-owner"
 
-    def __init__(self, settings: Settings, pipe: Any, vocab: Vocabulary, supervisor: Supervisor,
-                 rebuild: Callable[[], Any], *, arrivals: Arrivals, observers: list[Callable[[Done], None]],
-                 load: Callable[[], Any] | None = None, residency: Residency | None = None,
-                 slot: Slot | None = None) -> None:
+    def __init__(self, settings: Settings, vocab: Vocabulary, *, arrivals: Arrivals,
+                 observers: list[Callable[[Done], None]], recover: Callable[[BaseException], Recovery],
+                 release: Callable[[Lease, float | None], None]) -> None:
         self.settings = settings
-        self.pipe = pipe  # None while unloaded (after idling, or until the first request without load-on-start)
+        self.pipe: Any = None  # installed and taken away by the model scheduler (never while a request holds it)
         self.vocab = vocab
-        self.supervisor = supervisor
-        self._rebuild = rebuild  # builds a fresh pipeline (the engine's factory) and returns it
-        self._load = load or rebuild  # the same, counted in the memory budget (a load after an unload)
+        self._recover = recover  # has the scheduler rebuild the pipeline
+        self._release_lease = release  # gives a finished request's hold on the model back to the scheduler
         self.arrivals = arrivals
         self.observers = observers
-        self.residency = residency or Residency()
-        self.slot = slot or self.residency.add(Slot("llm", 0.0, keeper=Keeper(settings.keep_alive_seconds)))
+        self.error: str | None = None  # why the owner thread stopped, if it did
         self.active = 0  # generating right now
         self._pending = 0  # admitted and not finished
         self._pending_lock = threading.Lock()
@@ -152,7 +150,7 @@ class OwnerLoop:
             self.run()
         except Exception as exc:  # a bug of ours, not the pipeline's: fail whatever is left, refuse what comes
             log.exception("LLM owner thread failed")
-            self.supervisor.set_failed(f"the owner loop stopped: {type(exc).__name__}: {exc}")
+            self.error = f"the owner loop stopped: {type(exc).__name__}: {exc}"
             self._fail_live(EngineFailure("The LLM engine stopped after an internal error; restart the server."))
 
     def run(self) -> None:
@@ -165,46 +163,17 @@ class OwnerLoop:
             stream.close()
         self._live.clear()
 
-    def recover(self, cause: BaseException) -> bool:
-        """The pipeline may be broken: rebuild it; False when the engine has failed for good."""
-        self.pipe = None  # release the broken one before building its replacement
-        ok = self.supervisor.recover(cause, self._build)
+    def recover(self, cause: BaseException, failed: list[LoopRequest]) -> bool:
+        """The pipeline may be broken: it is marked recovering, the requests it failed end, and the scheduler
+        rebuilds it; False when the engine has failed for good."""
+        self.pipe = None  # release the broken one before the scheduler builds its replacement
+        recovery = self._recover(cause)  # first: whoever sees a failed request sees the model recovering
+        for req in failed:
+            self.finish(req, in_flight_failure("LLM"))
+        ok = recovery.wait()
         if not ok:
-            self._fail_remaining(NotReady(f"The LLM engine has failed ({self.supervisor.error}); restart the "
-                                          "server."))
+            self._fail_remaining(BROKEN)
         return ok
-
-    def _build(self) -> None:
-        self.pipe = self._rebuild()
-
-    def idle(self) -> None:
-        """Nothing to do (owner thread): let the pipeline go once it has idled for its keep-alive, or when the
-        memory budget asks."""
-        if not self.slot.keeper.due():
-            return
-        if self.pipe is None:
-            self.slot.keeper.unloaded()
-            return
-        self.residency.unload(self.slot, self._let_go)
-        self.supervisor.set_unloaded()
-
-    def _let_go(self) -> None:
-        self.pipe = None
-
-    def busy(self) -> None:
-        """There is work (owner thread): the idle time starts again from now."""
-        self.slot.keeper.busy()
-        self.residency.used(self.slot)
-
-    def ensure_loaded(self) -> AipcError | None:
-        """Load the pipeline for the requests that came while it was unloaded (owner thread; they wait). The
-        error to end them with when that failed (the next request tries again)."""
-        if self.pipe is not None:
-            return None
-        return self.supervisor.load_again(self._load_now)
-
-    def _load_now(self) -> None:
-        self.pipe = self._load()
 
     def _fail_remaining(self, error: AipcError) -> None:
         """The engine has failed: end what is queued (the caller ends what it holds)."""
@@ -224,9 +193,11 @@ class OwnerLoop:
         with self._pending_lock:
             self._pending -= 1
         self._live.discard(req.stream)
+        if req.lease is not None:  # before the result is seen: keep_alive 0 has begun the unload by then
+            self._release_lease(req.lease, req.keep_alive)
+            req.lease = None
         req.stream.put(result)
         req.stream.close()
-        self.slot.keeper.finished(req.keep_alive)
         if isinstance(result, Done):
             _log_timing(req.stream.request_id, result)
             for observe in self.observers:
@@ -271,21 +242,12 @@ class BatchLoop(OwnerLoop):
         while not self._take_inbox(waiting, block=not running and not waiting):
             self._drop_cancelled(waiting, running)
             if not running and not waiting:
-                self.idle()
-                continue
-            self.busy()
-            failure = self.ensure_loaded()
-            if failure is not None:
-                for req in waiting:
-                    self.finish(req, failure)
-                waiting.clear()
                 continue
             while waiting and len(running) < self.settings.max_num_seqs:
                 self._start(waiting.popleft(), running, None)
             if running and not self._step(running):
                 for req in waiting:
-                    self.finish(req, NotReady(f"The LLM engine has failed ({self.supervisor.error}); restart "
-                                              "the server."))
+                    self.finish(req, BROKEN)
                 return
         for req in [*waiting, *running.values()]:
             if req.handle is not None:
@@ -309,10 +271,9 @@ class BatchLoop(OwnerLoop):
             self.pipe.step()
         except Exception as exc:  # the pipeline cannot tell whose request broke it, and it cannot step again
             log.exception("pipeline step failed with %d requests running", len(running))
-            for req in running.values():
-                self.finish(req, in_flight_failure("LLM"))
+            failed = list(running.values())
             running.clear()
-            return self.recover(exc)
+            return self.recover(exc, failed)
         outputs = {}
         for rid, req in list(running.items()):
             try:
@@ -373,7 +334,7 @@ class BatchLoop(OwnerLoop):
         not wait at all.
         """
         try:
-            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            item = self._inbox.get() if block else self._inbox.get_nowait()
         except queue.Empty:
             return False
         deadline = time.perf_counter() + (self.settings.batch_window_ms / 1000 if block else 0.0)
@@ -526,21 +487,13 @@ class SerialLoop(OwnerLoop):
     def run(self) -> None:
         """Serve requests in order until stopped (or failed for good)."""
         while True:
-            try:
-                req = self._inbox.get(timeout=0.5)
-            except queue.Empty:
-                self.idle()
-                continue
+            req = self._inbox.get()
             if req is None:
                 break
-            self.busy()
             if req.stream.cancelled:
                 self.finish(req, Cancelled("The request was cancelled."))
-            elif (failure := self.ensure_loaded()) is not None:
-                self.finish(req, failure)
             elif not self._serve_one(req):
                 return
-            self.busy()
         self._fail_remaining(Cancelled("The server is shutting down."))
 
     def _serve_one(self, req: LoopRequest) -> bool:
@@ -564,8 +517,7 @@ class SerialLoop(OwnerLoop):
             n = int(res.perf_metrics.get_num_generated_tokens())
         except Exception as exc:  # one request at a time: the culprit is known; the pipeline is rebuilt anyway
             log.exception("%s: generation failed", req.stream.request_id)
-            self.finish(req, EngineFailure(f"Generation failed: {type(exc).__name__}"))
-            return self.recover(exc)
+            return self.recover(exc, [req])
         if req.stream.cancelled:
             self.finish(req, Cancelled("The request was cancelled."))
             return True

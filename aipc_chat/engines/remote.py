@@ -113,7 +113,7 @@ class RemoteLLM:
         self._live: dict[LLMStream, asyncio.Future[None]] = {}
         self._timeout = httpx.Timeout(settings.request_timeout, connect=5.0)
 
-    def load(self) -> None:
+    def load(self, preload: bool | None = None) -> None:
         """Find the model id (the first the remote lists, unless configured); a remote that is down now is
         looked up again later (/ready reports it unreachable meanwhile)."""
         t0 = time.perf_counter()
@@ -128,11 +128,10 @@ class RemoteLLM:
         """Not known here: the remote templates."""
         return ""
 
-    def keep_alive_left(self) -> float | None:
+    def preload(self, keep_alive: float | None = None) -> None:
         """Nothing is loaded here."""
-        return None
 
-    def release(self) -> None:
+    def release(self, wait: bool = True) -> None:
         """Nothing is held here."""
 
     def discover(self) -> None:
@@ -338,10 +337,6 @@ class A1111Renderer:
 
     def imports(self) -> None:
         """Nothing to import."""
-
-    def rebuild(self) -> None:
-        """Nothing is held here: ask the remote again."""
-        self.load()
 
     def unload(self) -> bool:
         """Nothing is held here."""

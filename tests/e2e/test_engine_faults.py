@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from aipc_chat.api.app import create_app
-from aipc_chat.engines import supervisor
+from aipc_chat.engines import scheduler
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
 from tests.e2e.conftest import free_port
@@ -100,7 +100,7 @@ def sse_events(response: httpx.Response) -> list[str]:
 
 def test_a_pipeline_fault_ends_streams_cleanly_and_ready_tells_the_truth(demo_models: Path, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(supervisor, "REBUILD_BACKOFF_SECONDS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(scheduler, "REBUILD_BACKOFF_SECONDS", (0.0, 0.0, 0.0))
     factories: dict[str, Factories] = {}
 
     def wrap(kind: str, real: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from aipc_chat.engines import supervisor
+from aipc_chat.engines import scheduler
 from aipc_chat.engines.contract import Delta, Done, GenParams, ImageJob, ImageParams, LLMStream
 from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.jobs import ImageEngine
@@ -33,7 +33,7 @@ BAD_SCHEMAS = {
 
 @pytest.fixture(autouse=True)
 def _quick_rebuilds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(supervisor, "REBUILD_BACKOFF_SECONDS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(scheduler, "REBUILD_BACKOFF_SECONDS", (0.0, 0.0, 0.0))
     yield
     assert owner_threads() == [], "an engine left its owner thread behind"
 
@@ -210,10 +210,10 @@ def test_the_runtime_reports_recovering_then_ready(demo_settings: Settings) -> N
         assert factories["llm"].blocked.wait(30)
         models = runtime.describe()
         assert models["llm"]["state"] == "recovering" and models["image"]["state"] == "ready"
-        assert not runtime.ready and retry_after(models) == supervisor.RECOVERING_RETRY_AFTER
+        assert not runtime.ready and retry_after(models) == scheduler.RETRY_AFTER_SECONDS
         with pytest.raises(NotReady) as err:
             runtime.require_llm()
-        assert err.value.retry_after == supervisor.RECOVERING_RETRY_AFTER
+        assert err.value.retry_after == scheduler.RETRY_AFTER_SECONDS
         factories["llm"].release.set()
         assert isinstance(loop.run_until_complete(outcome(stream)), EngineFailure)
         loop.close()

@@ -16,7 +16,7 @@ from aipc_chat.engines.contract import GenParams, ImageJob, ImageParams
 from aipc_chat.engines.image import image_pipelines, local_image_engine
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
-from aipc_chat.engines.residency import Residency
+from aipc_chat.engines.scheduler import Scheduler
 from aipc_chat.errors import InvalidRequest, MemoryFull
 from aipc_chat.settings import Settings
 from tests.integration.test_llm_engine import collect
@@ -131,11 +131,11 @@ def test_without_load_on_start_the_llm_loads_on_its_first_request(demo_models: P
     engine.load()
     try:
         assert time.perf_counter() - t0 < 2.0 and built == []  # the tokenizer only
-        assert engine.health().state == "unloaded" and engine.slot.resident_mb is None
+        assert engine.health().state == "unloaded" and engine.scheduler.view("llm").size_mb is None
         assert engine.prompt_tokens(QUESTION) > 5 and engine.reasons  # templating works without the pipeline
         assert ask_one(engine) > 0
-        assert len(built) == 1 and engine.health().state == "ready" and engine.slot.loaded
-        assert engine.slot.resident_mb is not None
+        assert len(built) == 1 and engine.health().state == "ready"
+        assert engine.scheduler.view("llm").size_mb is not None
     finally:
         engine.close()
 
@@ -168,48 +168,52 @@ def test_a_request_keep_alive_overrides_the_default(demo_models: Path) -> None:
         time.sleep(1.5)
         assert engine.health().state == "ready"
         assert ask_one(engine) > 0  # no keep_alive: the server's default (never) again
-        assert engine.slot.keeper.expires_in == math.inf
+        view = engine.scheduler.view("llm")
+        assert view.state == "ready" and view.expires_in is None  # never
     finally:
         engine.close()
 
 
-def both_engines(demo_models: Path, tmp_path: Path, **settings: Any) -> tuple[Residency, LLMEngine, ImageEngine]:
+def both_engines(demo_models: Path, tmp_path: Path, **settings: Any) -> tuple[Scheduler, LLMEngine, ImageEngine]:
     s = Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path, keep_alive="-1", **settings)
-    residency = Residency(100 * 2**30)  # generous while both load and are measured; the tests then lower it
-    llm = LLMEngine(s, demo_models / "llm", "demo", "CPU", residency=residency)
-    image = local_image_engine(s, demo_models / "image", "demo-sd", "CPU", max_size=512, residency=residency)
+    scheduler = Scheduler(100 * 2**10, memory_wait=0.0)  # generous while both load and are measured; then lowered
+    scheduler.start()
+    llm = LLMEngine(s, demo_models / "llm", "demo", "CPU", scheduler=scheduler)
+    image = local_image_engine(s, demo_models / "image", "demo-sd", "CPU", max_size=512, scheduler=scheduler)
     llm.load()
     image.load()
-    return residency, llm, image
+    return scheduler, llm, image
+
+
+def room_for_one(scheduler: Scheduler) -> None:
+    """A limit that holds either model but not both."""
+    snap = scheduler.snapshot()
+    scheduler.limit_mb = max(snap.models["llm"].cost_mb, snap.models["image"].cost_mb) + 1
 
 
 def test_the_memory_limit_unloads_the_least_recently_used_idle_model(demo_models: Path, tmp_path: Path) -> None:
-    residency, llm, image = both_engines(demo_models, tmp_path)
+    scheduler, llm, image = both_engines(demo_models, tmp_path)
     try:
-        assert llm.slot.loaded and image.slot.loaded
-        residency.limit_mb = max(llm.slot.cost_mb, image.slot.cost_mb) + 1  # room for one of them only
+        assert llm.health().state == "ready" and image.health().state == "ready"
+        room_for_one(scheduler)
         assert ask_one(llm) > 0 and llm.health().state == "ready"  # resident already: nothing to do
-        image.renderer.unload()  # as after an idle unload
-        image.slot.loaded = False
-        image.supervisor.set_unloaded()
+        image.release()  # as after an idle unload
         assert render_one(image).state == "done"  # the idle LLM made room
         assert llm.health().state == "unloaded" and image.health().state == "ready"
-        assert llm.slot.freed_mb is not None
         assert ask_one(llm) > 0  # and the other way round
         assert image.health().state == "unloaded" and llm.health().state == "ready"
-        assert residency.counted_mb() == llm.slot.cost_mb
+        assert scheduler.snapshot().counted_mb == scheduler.view("llm").cost_mb
     finally:
         llm.close()
         image.close()
+        scheduler.close()
 
 
 def test_a_model_that_cannot_fit_beside_a_busy_one_gets_503(demo_models: Path, tmp_path: Path) -> None:
-    residency, llm, image = both_engines(demo_models, tmp_path, max_tokens_limit=4096)
+    scheduler, llm, image = both_engines(demo_models, tmp_path, max_tokens_limit=4096)
     try:
-        residency.limit_mb = max(llm.slot.cost_mb, image.slot.cost_mb) + 1
-        image.renderer.unload()
-        image.slot.loaded = False
-        image.supervisor.set_unloaded()
+        room_for_one(scheduler)
+        image.release()
 
         async def long_answer() -> None:
             stream = llm.submit(QUESTION, GenParams(max_tokens=4000, ignore_eos=True), asyncio.get_running_loop())
@@ -225,3 +229,4 @@ def test_a_model_that_cannot_fit_beside_a_busy_one_gets_503(demo_models: Path, t
     finally:
         llm.close()
         image.close()
+        scheduler.close()

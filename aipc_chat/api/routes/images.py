@@ -22,7 +22,9 @@ from aipc_chat.api.schemas.images import (
 )
 from aipc_chat.engines.contract import ImageEngineClient, ImageJob, ImageParams
 from aipc_chat.engines.store import ImageStore
-from aipc_chat.errors import InvalidRequest, ModelNotFound, NotFound, UnsupportedParameter
+from aipc_chat.errors import InvalidRequest, NotFound, UnsupportedParameter
+from aipc_chat.serving import IMAGE_SEED_MAX, resolve_model, resolve_seed, submit_image
+from aipc_chat.serving.params import RANDOM_SEED
 from aipc_chat.settings import Settings
 
 router = APIRouter(tags=["images"])
@@ -37,25 +39,25 @@ def image_url(request: Request, name: str) -> str:
 async def generate_images(body: ImageGenerationRequest, request: Request, runtime: RuntimeDep,
                           settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     """Generate images; ``url`` entries already serve the PNG, ``b64_json`` carries the same PNG bytes."""
-    engine = runtime.require_image()
-    if body.model is not None and body.model != engine.model_name:
-        raise ModelNotFound(f"The image model '{body.model}' is not served here; use '{engine.model_name}'.",
-                            param="model")
+    engine = resolve_model(runtime, "image", body.model)
     return await _answer(engine, body.to_params(), body.response_format, request, settings, caller)
 
 
 async def _answer(engine: ImageEngineClient, params: ImageParams, response_format: str, request: Request,
                   settings: Settings, caller: str | None) -> dict[str, Any]:
-    job = engine.submit(params, owner=caller)
+    job = await submit_image(engine, params, owner=caller)
     await unless_disconnected(request, job.wait(settings.request_timeout))
-    data: list[dict[str, Any]] = []
-    for name in job.images:
-        if response_format == "url":
-            data.append({"url": image_url(request, name), "revised_prompt": params.prompt})
-        else:
-            png = engine.store.read(name) or b""
-            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": params.prompt})
+    if response_format == "url":
+        data = [{"url": image_url(request, name), "revised_prompt": params.prompt} for name in job.images]
+    else:
+        data = [{"b64_json": png, "revised_prompt": params.prompt}
+                for png in await asyncio.to_thread(base64_pngs, engine, job.images)]
     return {"created": int(time.time()), "data": data, "seeds": job.seeds}
+
+
+def base64_pngs(engine: ImageEngineClient, names: list[str]) -> list[str]:
+    """Stored pictures as base64 (reading and encoding megabytes: call it in a worker thread)."""
+    return [base64.b64encode(engine.store.read(name) or b"").decode() for name in names]
 
 
 @router.post("/v1/images/edits")
@@ -73,14 +75,11 @@ async def edit_images(  # OpenAI's multipart form, field by field
     strength: Annotated[float, Form(ge=0, le=1)] = 0.75,
     num_inference_steps: Annotated[int, Form(ge=1, le=500)] = 20,
     guidance_scale: Annotated[float, Form(ge=0, le=30)] = 7.5,
-    seed: Annotated[int | None, Form(ge=-1, le=2**32 - 1)] = None,
+    seed: Annotated[int | None, Form(ge=RANDOM_SEED, le=IMAGE_SEED_MAX)] = None,
 ) -> dict[str, Any]:
     """Image to image from one uploaded picture (``image`` or ``image[]``) and a prompt; ``strength`` (an
     extension: how much of the picture is redrawn) as A1111's denoising strength."""
-    engine = runtime.require_image()
-    if model is not None and model != engine.model_name:
-        raise ModelNotFound(f"The image model '{model}' is not served here; use '{engine.model_name}'.",
-                            param="model")
+    engine = resolve_model(runtime, "image", model)
     uploads = [*(image or []), *(images or [])]
     if len(uploads) != 1:
         raise InvalidRequest("Send exactly one image (image or image[]).", param="image")
@@ -91,7 +90,7 @@ async def edit_images(  # OpenAI's multipart form, field by field
     init = await asyncio.to_thread(decode_image, data, width, height, param="image")
     params = ImageParams(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                          steps=num_inference_steps, guidance_scale=guidance_scale,
-                         seed=None if seed is None or seed < 0 else seed, n=n, init_image=init, strength=strength)
+                         seed=resolve_seed(seed, IMAGE_SEED_MAX), n=n, init_image=init, strength=strength)
     return await _answer(engine, params, response_format, request, settings, caller)
 
 

@@ -9,8 +9,6 @@ nanoseconds. Names match bare or with ``:latest``.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,18 +16,32 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from aipc_chat.api.deps import ArrivalDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
-from aipc_chat.api.schemas.ollama import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest, _Generation
-from aipc_chat.engines.contract import Delta, Done, GenParams, LLMEngineClient, LLMStream
-from aipc_chat.engines.stream import batches
-from aipc_chat.errors import AipcError, InvalidRequest, ModelNotFound, NotFound
+from aipc_chat.api.schemas.ollama import (
+    OllamaChatRequest,
+    OllamaGenerateRequest,
+    OllamaGeneration,
+    OllamaModelRequest,
+)
+from aipc_chat.api.sse import ndjson_response
+from aipc_chat.engines.contract import Arrival
+from aipc_chat.errors import InvalidRequest, NotFound
 from aipc_chat.provision.card import ModelCard, model_card
 from aipc_chat.runtime import Runtime
+from aipc_chat.serving import (
+    Generation,
+    Reply,
+    load_only,
+    model_names,
+    names_match,
+    open_stream,
+    resolve_model,
+    tagged,
+)
+from aipc_chat.settings import Settings
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["ollama"])
 
 OLLAMA_API_VERSION = "0.12.6"  # the Ollama release whose API this follows (clients check it for features)
@@ -41,28 +53,10 @@ def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def bare(name: str) -> str:
-    """A name without ``:latest``."""
-    return name.removesuffix(":latest")
-
-
-def tagged(name: str) -> str:
-    """A name with a tag (``:latest`` unless it has one)."""
-    return name if ":" in name.split("/")[-1] else f"{name}:latest"
-
-
-def served_llm(runtime: Runtime, requested: str | None = None) -> LLMEngineClient:
-    """The LLM engine, checking that ``requested`` names it (Ollama's 404 otherwise)."""
-    engine = runtime.require_llm()
-    if requested is not None and bare(requested) != bare(engine.model_name):
-        raise ModelNotFound(f"model '{requested}' not found; this server serves '{tagged(engine.model_name)}'",
-                            param="model")
-    return engine
-
-
-def _card(runtime: Runtime) -> ModelCard | None:
+async def _card(runtime: Runtime) -> ModelCard | None:
     path = runtime.status["llm"].choice.path
-    return model_card(path) if path is not None and path.exists() else None
+    # Read once per model (a GGUF header, an IR's XML): off the event loop
+    return await asyncio.to_thread(model_card, path) if path is not None and path.exists() else None
 
 
 def _details(card: ModelCard | None) -> dict[str, Any]:
@@ -73,8 +67,8 @@ def _details(card: ModelCard | None) -> dict[str, Any]:
             "parameter_size": card.parameter_size, "quantization_level": card.quantization}
 
 
-def _listing(runtime: Runtime, name: str) -> dict[str, Any]:
-    card = _card(runtime)
+async def _listing(runtime: Runtime, name: str) -> dict[str, Any]:
+    card = await _card(runtime)
     modified = datetime.fromtimestamp(card.modified, UTC) if card else datetime.now(UTC)
     return {"name": tagged(name), "model": tagged(name), "modified_at": modified.isoformat().replace("+00:00", "Z"),
             "size": card.size_bytes if card else 0, "digest": card.digest if card else "", "details": _details(card)}
@@ -91,23 +85,20 @@ async def tags(runtime: RuntimeDep) -> dict[str, Any]:
     """The LLM this server serves (loaded or not); none when it serves no LLM."""
     if runtime.status["llm"].state == "disabled":
         return {"models": []}
-    engine = runtime.llm
-    name = engine.model_name if engine is not None and engine.model_name else runtime.status["llm"].choice.name
-    return {"models": [_listing(runtime, name)]}
+    return {"models": [await _listing(runtime, model_names(runtime, "llm")[0])]}
 
 
 @router.get("/api/ps")
 async def running(runtime: RuntimeDep) -> dict[str, Any]:
-    """The LLM while it is loaded here, its resident size and when an idle unload will let it go."""
+    """The LLM while it is resident here, its size and when an idle unload will let it go."""
     engine = runtime.llm
-    left = engine.keep_alive_left() if engine is not None else None
-    if engine is None or left is None:
+    view = runtime.scheduler.snapshot().models.get("llm")
+    if engine is None or view is None or view.size_mb is None:  # not loaded here (or a remote one)
         return {"models": []}
-    row = _listing(runtime, engine.model_name)
-    slot = runtime.residency.slots.get("llm")
-    resident = slot.resident_mb if slot is not None and slot.resident_mb else None
+    row = await _listing(runtime, engine.model_name)
+    left = view.keep_alive if view.expires_in is None else view.expires_in  # held now: it counts from the release
     expires = NEVER if left == math.inf else datetime.now(UTC) + timedelta(seconds=left)
-    row.update(size=int(resident * 2**20) if resident else row["size"], size_vram=0,
+    row.update(size=int(view.size_mb * 2**20) or row["size"], size_vram=0,
                expires_at=expires.isoformat().replace("+00:00", "Z"), context_length=engine.context_length)
     del row["modified_at"]
     return {"models": [row]}
@@ -116,8 +107,8 @@ async def running(runtime: RuntimeDep) -> dict[str, Any]:
 @router.post("/api/show")
 async def show(body: OllamaModelRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """The model's details, template and ``model_info``."""
-    engine = served_llm(runtime, body.model_name)
-    card = _card(runtime)
+    engine = resolve_model(runtime, "llm", body.model_name)
+    card = await _card(runtime)
     capabilities = ["completion", *(["thinking"] if engine.reasons else [])]
     modified = datetime.fromtimestamp(card.modified, UTC) if card else datetime.now(UTC)
     return {"license": "", "modelfile": f"# served by aipc-chat\nFROM {runtime.status['llm'].choice.path or ''}\n",
@@ -130,16 +121,6 @@ async def show(body: OllamaModelRequest, runtime: RuntimeDep) -> dict[str, Any]:
 async def chat(arrival: ArrivalDep, body: OllamaChatRequest, request: Request, runtime: RuntimeDep,
                settings: SettingsDep) -> Any:
     """Ollama's chat: NDJSON stream by default, or one object with ``stream: false``."""
-    t0 = time.perf_counter()
-    engine = served_llm(runtime, body.model)
-    body.check_supported()
-    if not body.messages:  # no messages: load the model (or, with keep_alive 0, unload it)
-        arrival.settle()
-        return await _load_or_unload(engine, body, t0, {"message": {"role": "assistant", "content": ""}},
-                                     settings.request_timeout)
-    params = _params(body, engine)
-    stream = await asyncio.to_thread(engine.submit, body.chat_messages(), params, asyncio.get_running_loop(),
-                                     arrival)
 
     def line(reasoning: str, content: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -147,25 +128,14 @@ async def chat(arrival: ArrivalDep, body: OllamaChatRequest, request: Request, r
             message["thinking"] = reasoning
         return {"message": message}
 
-    return await _respond(request, stream, engine, body, t0, line, settings.request_timeout)
+    messages = body.chat_messages() if body.messages else None
+    return await _serve(arrival, body, messages, line, request, runtime, settings)
 
 
 @router.post("/api/generate", response_model=None)
 async def generate(arrival: ArrivalDep, body: OllamaGenerateRequest, request: Request, runtime: RuntimeDep,
                    settings: SettingsDep) -> Any:
     """Ollama's completion of one prompt (templated unless ``raw``)."""
-    t0 = time.perf_counter()
-    engine = served_llm(runtime, body.model)
-    body.check_supported()
-    if not body.prompt:
-        arrival.settle()
-        return await _load_or_unload(engine, body, t0, {"response": ""}, settings.request_timeout)
-    params = _params(body, engine)
-    loop = asyncio.get_running_loop()
-    if body.raw:
-        stream = await asyncio.to_thread(engine.submit_prompt, body.prompt, params, loop, arrival)
-    else:
-        stream = await asyncio.to_thread(engine.submit, body.chat_messages(), params, loop, arrival)
 
     def line(reasoning: str, content: str) -> dict[str, Any]:
         out: dict[str, Any] = {"response": content}
@@ -173,81 +143,57 @@ async def generate(arrival: ArrivalDep, body: OllamaGenerateRequest, request: Re
             out["thinking"] = reasoning
         return out
 
-    return await _respond(request, stream, engine, body, t0, line, settings.request_timeout)
+    prompt = (body.prompt if body.raw else body.chat_messages()) if body.prompt else None
+    return await _serve(arrival, body, prompt, line, request, runtime, settings)
 
 
-def _params(body: _Generation, engine: LLMEngineClient) -> GenParams:
-    return body.to_params(engine.context_length)
-
-
-async def _load_or_unload(engine: LLMEngineClient, body: _Generation, t0: float, empty: dict[str, Any],
-                          timeout: float) -> Any:
-    """Ollama's empty request: load the model (a one-token answer loads it), or unload it with keep_alive 0."""
-    if body.keep_alive == 0:
-        engine.release()
-        reason = "unload"
-    else:
-        params = GenParams(max_tokens=1, temperature=0, keep_alive=body.keep_alive)
-        stream = await asyncio.to_thread(engine.submit, [{"role": "user", "content": "Hi"}], params,
-                                         asyncio.get_running_loop())
-        async for _ in batches(stream, timeout):
-            pass
-        reason = "load"
-    final = {"model": tagged(engine.model_name), "created_at": now(), **empty, "done": True,
-             "done_reason": reason, "total_duration": _ns(time.perf_counter() - t0)}
-    if not body.stream:
-        return final
-    return _ndjson(_one(final))
+async def _serve(arrival: Arrival, body: OllamaGeneration, work: list[dict[str, str]] | str | None,
+                 line: Callable[[str, str], dict[str, Any]], request: Request, runtime: Runtime,
+                 settings: Settings) -> Any:
+    """A chat or generate request: no messages (or prompt) loads the model, or with keep_alive 0 unloads it."""
+    t0 = time.perf_counter()
+    engine = resolve_model(runtime, "llm", body.model)
+    body.check_supported()
+    name = tagged(engine.model_name)
+    if work is None:
+        arrival.settle()
+        reason = await load_only(runtime, "llm", body.keep_alive)
+        final = {"model": name, "created_at": now(), **line("", ""), "done": True, "done_reason": reason,
+                 "total_duration": _ns(time.perf_counter() - t0)}
+        return ndjson_response(_one(final)) if body.stream else final
+    generation = await open_stream(engine, work, body.to_params(engine.context_length), arrival,
+                                   timeout=settings.request_timeout)
+    if body.stream:
+        return ndjson_response(_lines(generation, name, body.thinks, t0, line), on_close=generation.cancel)
+    reply = await unless_disconnected(request, generation.collect())
+    thought = reply.reasoning.strip() if body.thinks else ""
+    return {"model": name, "created_at": now(), **line(thought, reply.content.strip()), "done": True,
+            **_final(reply, t0)}
 
 
 async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield item
 
 
-async def _respond(request: Request, stream: LLMStream, engine: LLMEngineClient, body: _Generation, t0: float,
-                   line: Callable[[str, str], dict[str, Any]], timeout: float) -> Any:
-    name = tagged(engine.model_name)
-    think = body.thinks
-
-    async def lines() -> AsyncIterator[dict[str, Any]]:
-        done: Done | None = None
-        async for batch in batches(stream, timeout):
-            reasoning = "".join(d.reasoning for d in batch if isinstance(d, Delta)) if think else ""
-            content = "".join(d.content for d in batch if isinstance(d, Delta))
-            if reasoning or content:
-                yield {"model": name, "created_at": now(), **line(reasoning, content), "done": False}
-            done = next((d for d in batch if isinstance(d, Done)), done)
-        assert done is not None
-        yield {"model": name, "created_at": now(), **line("", ""), "done": True, **_final(done, t0)}
-
-    if body.stream:
-        return _ndjson(lines(), on_close=stream.cancel)
-
-    async def whole() -> dict[str, Any]:
-        reasoning: list[str] = []
-        content: list[str] = []
-        last: dict[str, Any] = {}
-        async for item in lines():
-            part = item.get("message", item)
-            reasoning.append(part.get("thinking", ""))
-            content.append(part.get("content", part.get("response", "")))
-            last = item
-        text, thought = "".join(content).strip(), "".join(reasoning).strip()
-        return {**last, **line(thought, text)}
-
-    return await unless_disconnected(request, whole())
+async def _lines(generation: Generation, name: str, think: bool, t0: float,
+                 line: Callable[[str, str], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async for reasoning, content in generation.chunks():
+        shown = reasoning if think else ""
+        if shown or content:
+            yield {"model": name, "created_at": now(), **line(shown, content), "done": False}
+    yield {"model": name, "created_at": now(), **line("", ""), "done": True, **_final(generation.reply, t0)}
 
 
-def _final(done: Done, t0: float) -> dict[str, Any]:
+def _final(reply: Reply, t0: float) -> dict[str, Any]:
     """The last line's reason, counts and durations (ns): load is the wait for the engine (a reload included),
     prompt evaluation runs to the first token, evaluation from there to the end."""
-    timing = done.timing
+    timing = reply.timing
     end = timing.finished or time.perf_counter()
     started = timing.started or timing.queued
     first = timing.first_token or end
-    return {"done_reason": done.finish_reason, "total_duration": _ns(time.perf_counter() - t0),
-            "load_duration": _ns(started - timing.queued), "prompt_eval_count": done.prompt_tokens,
-            "prompt_eval_duration": _ns(first - started), "eval_count": done.completion_tokens,
+    return {"done_reason": reply.finish_reason, "total_duration": _ns(time.perf_counter() - t0),
+            "load_duration": _ns(started - timing.queued), "prompt_eval_count": reply.prompt_tokens,
+            "prompt_eval_duration": _ns(first - started), "eval_count": reply.completion_tokens,
             "eval_duration": _ns(end - first)}
 
 
@@ -255,37 +201,18 @@ def _ns(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
-def _ndjson(items: AsyncIterator[dict[str, Any]], on_close: Callable[[], None] = lambda: None) -> StreamingResponse:
-    """One JSON object a line; an error after the stream started is a last ``{"error": ...}`` line."""
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for item in items:
-                yield (json.dumps(item, ensure_ascii=False) + "\n").encode()
-        except AipcError as exc:
-            yield (json.dumps({"error": exc.message}) + "\n").encode()
-        except Exception:  # as the SSE helper does: logged, and a generic last line
-            log.exception("stream failed")
-            yield (json.dumps({"error": "Internal server error."}) + "\n").encode()
-        finally:
-            on_close()
-
-    return StreamingResponse(body(), media_type="application/x-ndjson",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
 @router.post("/api/pull")
 async def pull(body: OllamaModelRequest, runtime: RuntimeDep) -> Any:
     """The served model "pulls" at once; any other cannot be pulled through this API."""
     name = body.model_name
     engine = runtime.llm
-    if engine is None or bare(name) != bare(engine.model_name):
+    if engine is None or not names_match(name, model_names(runtime, "llm")):
         served = tagged(engine.model_name) if engine is not None else runtime.status["llm"].choice.name
         raise NotFound(f"pull model manifest: model '{name}' is not available here; aipc-chat serves '{served}' "
                        "and fetches models with `aipc-chat download` (or AIPC_LLM_PATH=ollama:NAME for a model "
                        "Ollama has pulled)")
     done = {"status": "success"}
-    return _ndjson(_one(done)) if body.stream else done
+    return ndjson_response(_one(done)) if body.stream else done
 
 
 @router.post("/api/embed")

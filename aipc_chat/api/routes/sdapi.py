@@ -14,10 +14,12 @@ from fastapi import APIRouter, Body, Request
 
 from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
+from aipc_chat.api.routes.images import base64_pngs
 from aipc_chat.api.schemas.images import Img2ImgRequest, Txt2ImgRequest
 from aipc_chat.engines.contract import RUNTIME_SCHEDULES, SAMPLERS, ImageEngineClient, ImageParams
 from aipc_chat.errors import Cancelled, InvalidRequest
 from aipc_chat.runtime import Runtime
+from aipc_chat.serving import load_only, submit_image
 from aipc_chat.settings import Settings
 
 router = APIRouter(prefix="/sdapi/v1", tags=["automatic1111"])
@@ -50,10 +52,10 @@ async def img2img(body: Img2ImgRequest, request: Request, runtime: RuntimeDep, s
 async def _generate(body: Txt2ImgRequest, params: ImageParams, request: Request, runtime: Runtime,
                     settings: Settings, caller: str | None) -> dict[str, Any]:
     engine = runtime.require_image()
-    job = engine.submit(params, owner=caller)
+    job = await submit_image(engine, params, owner=caller)
     with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the picture as far as it got
         await unless_disconnected(request, job.wait(settings.request_timeout))
-    images = [base64.b64encode(engine.store.read(name) or b"").decode() for name in job.images]
+    images = await asyncio.to_thread(base64_pngs, engine, job.images) if body.send_images else []
     count = len(job.seeds)
     info = {
         "prompt": params.prompt, "all_prompts": [params.prompt] * count,
@@ -68,7 +70,7 @@ async def _generate(body: Txt2ImgRequest, params: ImageParams, request: Request,
     }
     if params.init_image is not None:
         info["denoising_strength"] = params.strength
-    return {"images": images if body.send_images else [], "parameters": body.model_dump(), "info": json.dumps(info)}
+    return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
 
 
 @router.get("/progress")
@@ -158,6 +160,18 @@ async def embeddings() -> dict[str, Any]:
 @router.post("/refresh-checkpoints")
 async def refresh_checkpoints() -> None:
     """The one checkpoint is the one loaded: nothing to refresh."""
+
+
+@router.post("/reload-checkpoint")
+async def reload_checkpoint(runtime: RuntimeDep) -> None:
+    """Load the checkpoint (nothing is rendered); it then stays for AIPC_KEEP_ALIVE."""
+    await load_only(runtime, "image", None)
+
+
+@router.post("/unload-checkpoint")
+async def unload_checkpoint(runtime: RuntimeDep) -> None:
+    """Let the checkpoint go now (the next picture loads it again)."""
+    await load_only(runtime, "image", 0)
 
 
 @router.get("/memory")

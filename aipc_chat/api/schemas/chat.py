@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aipc_chat.api.schemas.images import SEED_MAX, SEED_MIN, ImageSize, parse_size
+from aipc_chat.api.schemas.common import ImageSeed, LLMSeed
+from aipc_chat.api.schemas.images import ImageSize, parse_size
 from aipc_chat.orchestrator import ChatTurnRequest, ImageOptions
+from aipc_chat.serving.params import IMAGE_SEED_MAX, resolve_seed
 
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 MAX_MESSAGE_CHARS = 16_000
@@ -21,7 +23,7 @@ class ChatImageOptions(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=2000)
     steps: int = Field(default=20, ge=1, le=500)
     guidance_scale: float = Field(default=7.5, ge=0, le=30)
-    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    seed: ImageSeed = None
     size: ImageSize = "512x512"
 
 
@@ -39,7 +41,7 @@ class ChatRequest(BaseModel):
     wait_for_image: bool = Field(default=True, description="false: return at once with the job id and URLs.")
     max_tokens: int | None = Field(default=None, ge=16, le=131072)
     temperature: float | None = Field(default=None, ge=0, le=2, description="The answer's sampling temperature.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Repeatable answers with a seed.")
+    seed: LLMSeed = Field(default=None, description="Repeatable answers with a seed (-1: random).")
 
     @field_validator("message")
     @classmethod
@@ -53,7 +55,7 @@ class ChatRequest(BaseModel):
         o = self.image_options
         width, height = parse_size(o.size)
         options = ImageOptions(negative_prompt=o.negative_prompt, steps=o.steps, guidance_scale=o.guidance_scale,
-                               seed=None if o.seed == -1 else o.seed, width=width, height=height)
+                               seed=resolve_seed(o.seed, IMAGE_SEED_MAX), width=width, height=height)
         return ChatTurnRequest(user_id=self.user_id, message=self.message.strip(),
                                conversation_id=self.conversation_id, image=self.image, image_options=options,
                                wait_for_image=self.wait_for_image, max_tokens=self.max_tokens,

@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
+from aipc_chat.serving.params import IMAGE_SEED_MAX, LLM_SEED_MAX, RANDOM_SEED
 from aipc_chat.settings import parse_duration
+
+# -1 is "random" everywhere; the serving layer's ``seed`` turns it (and None) into None.
+LLMSeed = Annotated[int | None, Field(ge=RANDOM_SEED, le=LLM_SEED_MAX)]
+ImageSeed = Annotated[int | None, Field(ge=RANDOM_SEED, le=IMAGE_SEED_MAX)]
 
 
 def keep_alive_seconds(value: object) -> float | None:

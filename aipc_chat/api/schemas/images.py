@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from aipc_chat.api.schemas.common import KeepAlive
+from aipc_chat.api.schemas.common import ImageSeed, KeepAlive
 from aipc_chat.engines.contract import ImageParams, split_sampler
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
+from aipc_chat.serving.params import IMAGE_SEED_MAX, RANDOM_SEED, resolve_seed
 
 MAX_PROMPT_CHARS = 4000
-SEED_MIN, SEED_MAX = -1, 2**32 - 1
 SIZE_PATTERN = r"^\d{1,5}x\d{1,5}$"
 # "WxH", as the OpenAI images API and /chat take it.
 ImageSize = Annotated[str, Field(pattern=SIZE_PATTERN, description="WxH, e.g. 512x512")]
@@ -42,14 +42,15 @@ class ImageGenerationRequest(BaseModel):
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     num_inference_steps: int = Field(default=20, ge=1, le=500)
     guidance_scale: float = Field(default=7.5, ge=0, le=30)
-    seed: int | None = Field(default=None, validation_alias=AliasChoices("seed", "rng_seed"), ge=SEED_MIN, le=SEED_MAX)
+    seed: ImageSeed = Field(default=None, validation_alias=AliasChoices("seed", "rng_seed"))
     keep_alive: KeepAlive = None  # as Ollama's: how long the image model stays loaded after this request
 
     def to_params(self) -> ImageParams:
         """The engine's parameters."""
         width, height = parse_size(self.size)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=width, height=height,
-                           steps=self.num_inference_steps, guidance_scale=self.guidance_scale, seed=self.seed,
+                           steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                           seed=resolve_seed(self.seed, IMAGE_SEED_MAX),
                            n=self.n, keep_alive=self.keep_alive)
 
 
@@ -87,7 +88,7 @@ class Txt2ImgRequest(BaseModel):
 
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    seed: int = Field(default=-1, ge=SEED_MIN, le=SEED_MAX)
+    seed: ImageSeed = RANDOM_SEED
     steps: int = Field(default=50, ge=1, le=500)
     cfg_scale: float = Field(default=7.0, ge=0, le=30)
     width: int = Field(default=512, ge=1, le=8192)
@@ -105,7 +106,7 @@ class Txt2ImgRequest(BaseModel):
         sampler, schedule = split_sampler(self.sampler_name or self.sampler_index, self.scheduler)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width,
                            height=self.height, steps=self.steps, guidance_scale=self.cfg_scale,
-                           seed=None if self.seed == -1 else self.seed, n=self.batch_size * self.n_iter,
+                           seed=resolve_seed(self.seed, IMAGE_SEED_MAX), n=self.batch_size * self.n_iter,
                            sampler=sampler, schedule=schedule)
 
 

@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aipc_chat.api.schemas.common import KeepAlive
+from aipc_chat.api.schemas.common import KeepAlive, LLMSeed
 from aipc_chat.engines.contract import GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
+from aipc_chat.serving.params import Asked, gen_params
 
 MAX_TEXT = 200_000
 
@@ -24,7 +25,7 @@ class OllamaOptions(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0, le=1000)
-    seed: int | None = Field(default=None, ge=-1, le=2**63 - 1)
+    seed: LLMSeed = None
     stop: list[str] | None = Field(default=None, max_length=16)
     num_ctx: int | None = Field(default=None, ge=1)
     repeat_penalty: float | None = Field(default=None, gt=0, le=2)
@@ -50,7 +51,9 @@ class OllamaMessage(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
 
 
-class _Generation(BaseModel):
+class OllamaGeneration(BaseModel):
+    """What ``/api/chat`` and ``/api/generate`` share: the model, streaming, thinking, format and options."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
@@ -60,14 +63,16 @@ class _Generation(BaseModel):
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     keep_alive: KeepAlive = None
 
+    def check_supported(self) -> None:
+        """Refuse what this server does not do (each request type says what)."""
+
     @property
     def thinks(self) -> bool:
         """Whether a reasoning model reasons: unless ``think`` is false (levels count as true)."""
         return self.think is not False
 
     def to_params(self, max_context: int) -> GenParams:
-        """The engine's parameters (Ollama's defaults where the request is silent: temperature 0.8, top_p 0.9,
-        top_k 40, as its runner has them)."""
+        """The engine's parameters (``DEFAULTS["ollama"]`` where the request is silent)."""
         o = self.options
         if o.num_ctx is not None and o.num_ctx > max_context:
             raise InvalidRequest(f"options.num_ctx is {o.num_ctx}; this model's context is {max_context} tokens.",
@@ -77,25 +82,14 @@ class _Generation(BaseModel):
             schema = json.dumps({"type": "object"})
         elif isinstance(self.format, dict):
             schema = json.dumps(self.format)
-        return GenParams(
-            max_tokens=o.num_predict if o.num_predict is not None and o.num_predict > 0 else None,
-            temperature=0.8 if o.temperature is None else o.temperature,
-            top_p=0.9 if o.top_p is None else (o.top_p or 1.0),
-            top_k=40 if o.top_k is None else (o.top_k or None),
-            seed=None if o.seed is None or o.seed < 0 else o.seed,
-            stop=tuple(o.stop or ()),
-            repetition_penalty=1.0 if o.repeat_penalty is None else o.repeat_penalty,
-            presence_penalty=o.presence_penalty or 0.0,
-            frequency_penalty=o.frequency_penalty or 0.0,
-            json_schema=schema,
-            ignore_eos=o.ignore_eos,
-            constraint_param="format",
-            keep_alive=self.keep_alive,
-            think=self.thinks,
-        )
+        return gen_params("ollama", Asked(
+            max_tokens=o.num_predict, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=o.seed,
+            stop=o.stop, repetition_penalty=o.repeat_penalty, presence_penalty=o.presence_penalty,
+            frequency_penalty=o.frequency_penalty, json_schema=schema, ignore_eos=o.ignore_eos,
+            keep_alive=self.keep_alive, think=self.thinks))
 
 
-class OllamaChatRequest(_Generation):
+class OllamaChatRequest(OllamaGeneration):
     """``POST /api/chat``."""
 
     messages: list[OllamaMessage] = Field(default_factory=list, max_length=1000)
@@ -117,7 +111,7 @@ class OllamaChatRequest(_Generation):
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
-class OllamaGenerateRequest(_Generation):
+class OllamaGenerateRequest(OllamaGeneration):
     """``POST /api/generate``."""
 
     prompt: str = Field(default="", max_length=MAX_TEXT)

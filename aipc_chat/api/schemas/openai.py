@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aipc_chat.api.schemas.common import KeepAlive
+from aipc_chat.api.schemas.common import KeepAlive, LLMSeed
 from aipc_chat.engines.contract import GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
+from aipc_chat.serving.params import Asked, gen_params
 
 MAX_MESSAGE_CHARS = 200_000
 
@@ -81,44 +83,59 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions``."""
+class _Sampling(BaseModel):
+    """The sampling fields both OpenAI endpoints take, under OpenAI's names (and vLLM's for the extensions)."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(default=None, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0, le=1000)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: str | list[str] | None = Field(default=None)
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(default=1.0, gt=0, le=2)
+    seed: LLMSeed = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    user: str | None = Field(default=None, max_length=256)
+    ignore_eos: bool = False
+    keep_alive: KeepAlive = None  # Ollama's: how long the model stays loaded after this request
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
+        return stop_list(value)
+
+    def _asked(self) -> Asked:
+        return Asked(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                     seed=self.seed, stop=self.stop, presence_penalty=self.presence_penalty,
+                     frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
+                     ignore_eos=self.ignore_eos, keep_alive=self.keep_alive)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     n: int = Field(default=1, ge=1, le=128)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    user: str | None = Field(default=None, max_length=256)
-    # Extensions, named as OVMS and vLLM name them.
-    ignore_eos: bool = False
-    reasoning_budget: int | None = Field(default=None, ge=0, le=131072)
-    keep_alive: KeepAlive = None  # Ollama's: how long the model stays loaded after this request
+    reasoning_budget: int | None = Field(default=None, ge=0, le=131072)  # OVMS's name
     # llama.cpp's: deepseek (and auto) split the reasoning into reasoning_content; none keeps it in content;
     # deepseek-legacy does both.
     reasoning_format: Literal["deepseek", "auto", "none", "deepseek-legacy"] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
-        return stop_list(value)
 
     def check_supported(self) -> None:
         """Refuse, clearly, what this server does not do (rather than ignoring it)."""
@@ -146,8 +163,7 @@ class ChatCompletionRequest(BaseModel):
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
     def to_params(self) -> GenParams:
-        """The engine's parameters; DeepSeek-R1's recommended sampling where the request is silent."""
-        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        """The engine's parameters (``DEFAULTS["openai_chat"]`` where the request is silent)."""
         json_schema = None
         fmt = self.response_format
         if fmt is not None and fmt.type == "json_object":
@@ -157,54 +173,20 @@ class ChatCompletionRequest(BaseModel):
                 raise InvalidRequest("response_format.json_schema is required for type json_schema.",
                                      param="response_format")
             json_schema = json.dumps(fmt.json_schema.schema_ or {"type": "object"})
-        return GenParams(
-            max_tokens=max_tokens,
-            temperature=0.6 if self.temperature is None else self.temperature,
-            top_p=0.95 if self.top_p is None else self.top_p,
-            top_k=self.top_k or None,
-            seed=self.seed,
-            stop=tuple(self.stop or ()),
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-            ignore_eos=self.ignore_eos,
-            reasoning_budget=self.reasoning_budget,
-            json_schema=json_schema,
-            keep_alive=self.keep_alive,
-        )
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return gen_params("openai_chat", replace(self._asked(), max_tokens=max_tokens, json_schema=json_schema,
+                                                 reasoning_budget=self.reasoning_budget))
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(_Sampling):
     """``POST /v1/completions``: a plain prompt, no chat template."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = Field(default=None, max_length=256)
     prompt: str | list[str] = Field(max_length=MAX_MESSAGE_CHARS)
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0, le=1000)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: str | list[str] | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(default=1.0, gt=0, le=2)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=128)
     best_of: int | None = Field(default=None, ge=1, le=128)
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
-    user: str | None = Field(default=None, max_length=256)
-    ignore_eos: bool = False
-    keep_alive: KeepAlive = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
-        return stop_list(value)
 
     def text(self) -> str:
         """The one prompt."""
@@ -228,10 +210,5 @@ class CompletionRequest(BaseModel):
             raise InvalidRequest("prompt must not be empty.", param="prompt")
 
     def to_params(self) -> GenParams:
-        """The engine's parameters: the text is all answer (no reasoning split)."""
-        return GenParams(
-            max_tokens=self.max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or None, seed=self.seed,
-            stop=tuple(self.stop or ()), presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
-            ignore_eos=self.ignore_eos, split_reasoning=False, keep_alive=self.keep_alive)
+        """The engine's parameters (``DEFAULTS["openai_completions"]`` where the request is silent)."""
+        return gen_params("openai_completions", self._asked())
