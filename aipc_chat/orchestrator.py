@@ -23,6 +23,7 @@ from aipc_chat.prompts import Prompts, fit_to_context, window
 from aipc_chat.reasoning import partial_tag_suffix
 from aipc_chat.safety import PromptFilter
 from aipc_chat.serving import Asked, Reply, gen_params, open_stream, submit_image
+from aipc_chat.serving.aio import wait_job
 from aipc_chat.serving.streams import ChatEngine, ImageQueue
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class Orchestrator:
         async def follow() -> None:
             state = "done"
             try:
-                await job.wait(self.timeout)
+                await wait_job(job, self.timeout)
             except AipcError:
                 state = "cancelled" if job.state == "cancelled" else "failed"
             prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
@@ -317,7 +318,7 @@ class Orchestrator:
 
     async def _wait_image(self, job: ImageJob, result: ChatTurnResult) -> AsyncIterator[Event]:
         t0 = time.perf_counter()
-        waiter = asyncio.ensure_future(job.wait(self.timeout))
+        waiter = asyncio.ensure_future(wait_job(job, self.timeout))
         last = -1
         try:
             while not waiter.done():

@@ -33,6 +33,7 @@ from aipc_chat.engines.image import image_pipelines, local_image_engine  # noqa:
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines, structured_output_config  # noqa: E402
 from aipc_chat.errors import InvalidRequest  # noqa: E402
 from aipc_chat.orchestrator import IMAGE_PROMPT_REGEX, IMAGE_TAG  # noqa: E402
+from aipc_chat.serving.aio import Reader  # noqa: E402
 from aipc_chat.settings import Settings  # noqa: E402
 from scripts.bench_common import machine, machine_line, table, timestamp, write_outputs  # noqa: E402
 from tests.faults import Factories, Faulty  # noqa: E402
@@ -92,19 +93,16 @@ def llm_rebuild(settings: Settings, model_dir: Path, rounds: int) -> list[float]
     times = []
     try:
         for n in range(1, rounds + 1):
-            loop = asyncio.new_event_loop()
-            stream = engine.submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=8, ignore_eos=True),
-                                   loop)
+            stream = engine.submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=8, ignore_eos=True))
 
             async def drain(s: Any = stream) -> None:
                 try:
-                    async for _ in s:
+                    async for _ in Reader(s):
                         pass
                 except Exception:
                     return
 
-            loop.run_until_complete(drain())
-            loop.close()
+            asyncio.run(drain())
             wait_rebuilt(engine, n)
             times.append(engine.scheduler.view(engine.name).load_seconds or 0.0)
     finally:

@@ -2,7 +2,7 @@
 
 Without this an LLM reply or a picture whose client has gone runs to its end, holding a batch slot or the image
 engine. The work runs as a task beside a watcher of the connection; when the client disconnects first, the task is
-cancelled, and its own cleanup cancels the engine work (``batches`` cancels its LLM stream, ``ImageJob.wait``
+cancelled, and its own cleanup cancels the engine work (``batches`` cancels its LLM stream, ``wait_job``
 its job, a ``/chat`` turn both).
 """
 

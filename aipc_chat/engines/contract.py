@@ -3,7 +3,9 @@
 It holds the request and result types that cross into and out of engines (``GenParams``, ``Delta``, ``Done``,
 ``LLMStream``, ``ImageParams``, ``ImageJob``), the health an engine reports, and the two protocols that the local
 (openvino-genai, optimum-intel) and remote (OpenAI, AUTOMATIC1111) engines implement. Everything above the engines
-works through these alone, as vLLM's serving classes work through ``EngineClient``.
+works through these alone, as vLLM's serving classes work through ``EngineClient``. They are plain Python (threads,
+no asyncio, no HTTP): ``submit`` is a blocking call that returns a thread-safe handle; the asyncio adapter that reads
+it is the API side's (``serving/aio.py``).
 
 Engine states (``EngineHealth.state``):
 
@@ -21,9 +23,7 @@ unloads, expiry, eviction and recovery.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import secrets
 import threading
 import time
@@ -34,14 +34,14 @@ from typing import Any, Literal, Protocol
 
 from aipc_chat.engines.admission import Arrival, Arrivals
 from aipc_chat.engines.store import ImageStore
-from aipc_chat.engines.stream import ThreadToAsync, batches
-from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure, NotReady, RequestTimeout
+from aipc_chat.engines.stream import Channel
+from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailure
 
-__all__ = [  # what the layers above the engines use, admission and stream helpers included
+__all__ = [  # what the layers above the engines use, admission included
     "ALL_SAMPLERS", "FILTERED", "RETRY_AFTER_SECONDS", "RUNTIME_SCHEDULES", "SAMPLERS", "SCHEDULES", "Arrival",
     "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged", "GenParams", "ImageEngineClient",
     "ImageJob", "ImageParams", "ImageRuntime", "Interrupted", "JobState", "LLMEngineClient", "LLMStream",
-    "SupervisedEngine", "TagConstraint", "Timing", "batches", "constrains_whole_reply", "split_sampler",
+    "SupervisedEngine", "TagConstraint", "Timing", "constrains_whole_reply", "split_sampler",
 ]
 
 EngineState = Literal["loading", "ready", "unloaded", "recovering", "unreachable", "failed"]
@@ -178,11 +178,11 @@ class Done:
     timing: Timing
 
 
-class LLMStream(ThreadToAsync[Delta | Done]):
-    """A request in flight: iterate it for ``Delta``s and one final ``Done``; ``cancel()`` to stop it."""
+class LLMStream(Channel[Delta | Done]):
+    """A request in flight: ``Delta``s and one final ``Done`` (or an error) arrive in it; ``cancel()`` stops it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, request_id: str, prompt_tokens: int) -> None:
-        super().__init__(loop)
+    def __init__(self, request_id: str, prompt_tokens: int) -> None:
+        super().__init__()
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
 
@@ -243,16 +243,14 @@ class LLMEngineClient(SupervisedEngine, Protocol):
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens the templated messages take."""
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: Arrival | None = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Validate and queue a request; errors are raised here, before anything streams.
 
         ``arrival`` is the admission handle the HTTP layer took when the request came in; it is settled once the
         request is queued (or refused).
         """
 
-    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
-                      arrival: Arrival | None = None) -> LLMStream:
+    def submit_prompt(self, prompt: str, params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Queue a prompt as it is, without the chat template (UnsupportedParameter where that cannot be done)."""
 
 
@@ -310,7 +308,7 @@ class ImageJob:
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
-    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list, repr=False)
+    _callbacks: list[Callable[[ImageJob], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -358,37 +356,23 @@ class ImageJob:
         return self._cancel.is_set()
 
     def end(self, state: JobState, error: str | None = None, failure: AipcError | None = None) -> None:
-        """Owner thread: the job is over; wake whoever waits for it."""
+        """Owner thread: the job is over; tell whoever waits for it."""
         self.state, self.error, self.finished = state, error, time.time()
         if failure is not None:
             self.failure = failure
         with self._lock:
             self._done.set()
-            waiters = list(self._waiters)
-        for loop, event in waiters:
-            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
-                loop.call_soon_threadsafe(event.set)
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
 
-    async def wait(self, timeout: float) -> None:
-        """Wait until the job ends; raise what ended it badly; cancel it and raise RequestTimeout past timeout."""
-        event = asyncio.Event()
+    def when_done(self, callback: Callable[[ImageJob], None]) -> None:
+        """Call ``callback(job)`` once the job has ended (at once if it has; else from the owner thread)."""
         with self._lock:
-            if self._done.is_set():
-                event.set()
-            else:
-                self._waiters.append((asyncio.get_running_loop(), event))
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            self.cancel()
-            if self.started is None:  # it waited the whole time (for a load on demand, or in the queue)
-                raise NotReady(f"The image did not start within {timeout:g} s (the model was loading or the queue "
-                               "was long) and was cancelled; retry.", retry_after=RETRY_AFTER_SECONDS) from None
-            raise RequestTimeout(f"The image took longer than {timeout:g} s and was cancelled.") from None
-        except asyncio.CancelledError:  # whoever waited is gone (a client that disconnected): so is the job
-            self.cancel()
-            raise
-        self.raise_for_state()
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
 
     def raise_for_state(self) -> None:
         """Raise the error of a failed or cancelled job."""

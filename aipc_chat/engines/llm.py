@@ -9,7 +9,6 @@ pipeline would refuse is a 400 here, never a failure inside the shared batch.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -448,29 +447,27 @@ class LLMEngine:
         encoded = self._tokenizer.encode(text, add_special_tokens=False)
         return [int(t) for t in encoded.input_ids.data.reshape(-1)]
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: Arrival | None = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Template, tokenize, check and queue a request; errors are raised here, before streaming.
 
-        Results are delivered on ``loop``. Call it from a worker thread (tokenizing a long prompt takes a while).
-        ``arrival`` is settled once the request is queued or refused.
+        Blocking (tokenizing a long prompt takes a while; a model that is not loaded is loaded first): call it from
+        a worker thread. ``arrival`` is settled once the request is queued or refused.
         """
         try:
-            return self._queue(self.render_prompt(messages), params, loop)
+            return self._queue(self.render_prompt(messages), params)
         finally:
             if arrival is not None:  # after the queueing: the owner sees the request either on its way or queued
                 arrival.settle()
 
-    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
-                      arrival: Arrival | None = None) -> LLMStream:
+    def submit_prompt(self, prompt: str, params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Queue a prompt as it is (no chat template), as ``submit`` does."""
         try:
-            return self._queue(prompt, params, loop)
+            return self._queue(prompt, params)
         finally:
             if arrival is not None:
                 arrival.settle()
 
-    def _queue(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+    def _queue(self, prompt: str, params: GenParams) -> LLMStream:
         self.check_serving()
         assert self._loop is not None
         if (constrains_whole_reply(params) or not params.think) and prompt.rstrip().endswith(THINK_OPEN):
@@ -483,7 +480,7 @@ class LLMEngine:
         structured = structured_output_config(params)
         if structured is not None:  # compiled on the probe: a constraint that does not compile never enters the batch
             self.constraints.check(params, structured)
-        stream = LLMStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
+        stream = LLMStream(f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
         budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
         opened = tags and prompt.rstrip().endswith(THINK_OPEN)
         lease = self.scheduler.acquire(self.name, timeout=self.settings.request_timeout)  # loads it if need be

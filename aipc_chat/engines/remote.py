@@ -111,6 +111,8 @@ class RemoteLLM:
         self.restarts = 0  # nothing to rebuild: the remote is asked again on every /ready
         self.observers: list[Callable[[Done], None]] = []
         self._live: dict[LLMStream, asyncio.Future[None]] = {}
+        self._io: asyncio.AbstractEventLoop | None = None
+        self._io_lock = threading.Lock()
         self._timeout = httpx.Timeout(settings.request_timeout, connect=5.0)
 
     def load(self, preload: bool | None = None) -> None:
@@ -174,20 +176,31 @@ class RemoteLLM:
             stream.cancel()
 
     def close(self) -> None:
-        """Cancel what is in flight."""
+        """Cancel what is in flight and stop the engine's event loop thread."""
         self.cancel_all()
+        with self._io_lock:
+            loop, self._io = self._io, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
 
-    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
-                      arrival: Arrival | None = None) -> LLMStream:
+    def _io_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the upstream requests run on (httpx's async client), on a thread of its own: the engine
+        contract is plain, so the engine brings its own loop rather than borrowing the server's."""
+        with self._io_lock:
+            if self._io is None:
+                self._io = asyncio.new_event_loop()
+                threading.Thread(target=self._io.run_forever, name="remote-llm", daemon=True).start()
+            return self._io
+
+    def submit_prompt(self, prompt: str, params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """A plain prompt cannot be passed on: the remote templates every request itself."""
         if arrival is not None:
             arrival.settle()
         raise UnsupportedParameter("A plain prompt (no chat template) cannot be sent to a remote LLM; use chat "
                                    "completions.", param="prompt")
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: Arrival | None = None) -> LLMStream:
-        """Start the upstream request on ``loop``; any thread may call this."""
+    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
+        """Start the upstream request on this engine's own event loop thread; any thread may call this."""
         if arrival is not None:  # nothing is batched here: the request is on its way no longer
             arrival.settle()
         if params.max_tokens is not None and params.max_tokens > self.settings.max_tokens_limit:
@@ -195,8 +208,8 @@ class RemoteLLM:
                                  f"{self.settings.max_tokens_limit}.", param="max_tokens")
         if not self.model_name:
             self.discover()
-        stream = _RemoteStream(loop, f"chatcmpl-{uuid.uuid4().hex[:24]}", 0)
-        future = asyncio.run_coroutine_threadsafe(self._run(stream, messages, params), loop)
+        stream = _RemoteStream(f"chatcmpl-{uuid.uuid4().hex[:24]}", 0)
+        future = asyncio.run_coroutine_threadsafe(self._run(stream, messages, params), self._io_loop())
         stream.future = future
         return stream
 

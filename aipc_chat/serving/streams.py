@@ -26,8 +26,8 @@ from aipc_chat.engines.contract import (
     LLMEngineClient,
     LLMStream,
     Timing,
-    batches,
 )
+from aipc_chat.serving.aio import batches
 
 if TYPE_CHECKING:
     from aipc_chat.runtime import Runtime
@@ -39,8 +39,8 @@ Batch = list[Delta | Done]
 class ChatEngine(Protocol):
     """What ``open_stream`` needs of an LLM engine for chat messages (a prompt needs ``submit_prompt`` too)."""
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: Arrival | None = None) -> LLMStream: ...
+    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
+        ...
 
     def release(self, wait: bool = True) -> None: ...
 
@@ -134,12 +134,11 @@ async def open_stream(engine: ChatEngine, request: Request, params: GenParams, a
 async def _lifetime(engine: ChatEngine, request: Request, params: GenParams, arrival: Arrival | None,
                     timeout: float) -> AsyncGenerator[LLMStream | Batch, None]:
     """The one place an LLM request starts and ends: first the stream once submitted, then its batches."""
-    loop = asyncio.get_running_loop()
     if isinstance(request, str):
         prompt = cast(LLMEngineClient, engine).submit_prompt
-        submitted = asyncio.ensure_future(asyncio.to_thread(prompt, request, params, loop, arrival))
+        submitted = asyncio.ensure_future(asyncio.to_thread(prompt, request, params, arrival))
     else:
-        submitted = asyncio.ensure_future(asyncio.to_thread(engine.submit, request, params, loop, arrival))
+        submitted = asyncio.ensure_future(asyncio.to_thread(engine.submit, request, params, arrival))
     try:
         stream = await asyncio.shield(submitted)
     except asyncio.CancelledError:  # the caller left while the engine took the request: cancel it once it has

@@ -19,6 +19,7 @@ from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
 from aipc_chat.errors import EngineFailure, InvalidRequest, NotReady
 from aipc_chat.runtime import Runtime, retry_after
+from aipc_chat.serving.aio import Reader, wait_job
 from aipc_chat.settings import Settings
 from tests.faults import Factories, Faulty, owner_threads
 
@@ -53,7 +54,7 @@ def llm(demo_models: Path, *script: Any) -> tuple[LLMEngine, Factories]:
 async def outcome(stream: LLMStream) -> Done | BaseException:
     """How a stream ended: its Done, or the error that ended it."""
     try:
-        items = [item async for item in stream]
+        items = [item async for item in Reader(stream)]
     except Exception as exc:
         return exc
     done = items[-1]
@@ -63,8 +64,7 @@ async def outcome(stream: LLMStream) -> Done | BaseException:
 
 def run_together(engine: LLMEngine, *params: GenParams) -> list[Done | BaseException]:
     async def main() -> list[Done | BaseException]:
-        loop = asyncio.get_running_loop()
-        streams = [engine.submit([{"role": "user", "content": f"Question {i}"}], p, loop)
+        streams = [engine.submit([{"role": "user", "content": f"Question {i}"}], p)
                    for i, p in enumerate(params)]
         return list(await asyncio.gather(*(outcome(s) for s in streams)))
 
@@ -131,10 +131,8 @@ def test_a_failed_step_fails_what_is_in_flight_and_the_pipeline_is_rebuilt(demo_
 def test_a_schema_that_does_not_compile_is_a_400_before_admission(demo_models: Path, schema: str) -> None:
     engine, factories = llm(demo_models)
     try:
-        loop = asyncio.new_event_loop()
         with pytest.raises(InvalidRequest) as err:
-            engine.submit([{"role": "user", "content": "JSON please"}], GenParams(json_schema=schema), loop)
-        loop.close()
+            engine.submit([{"role": "user", "content": "JSON please"}], GenParams(json_schema=schema))
         assert err.value.param == "response_format" and BAD_SCHEMAS[schema] in err.value.message
         assert ".cc" not in err.value.message and "[" not in err.value.message[:3], "no build paths or timestamps"
         assert serves(engine) and engine.restarts == 0 and factories.builds == 1
@@ -145,13 +143,11 @@ def test_a_schema_that_does_not_compile_is_a_400_before_admission(demo_models: P
 def test_the_check_caches_each_verdict(demo_models: Path) -> None:
     engine, _ = llm(demo_models)
     try:
-        loop = asyncio.new_event_loop()
         good = GenParams(json_schema='{"type": "object", "properties": {"a": {"type": "integer"}}}', max_tokens=4)
         for _ in range(3):
-            engine.submit([{"role": "user", "content": "x"}], good, loop).cancel()
+            engine.submit([{"role": "user", "content": "x"}], good).cancel()
             with pytest.raises(InvalidRequest):
-                engine.submit([{"role": "user", "content": "x"}], GenParams(json_schema='{"type": "objectt"}'), loop)
-        loop.close()
+                engine.submit([{"role": "user", "content": "x"}], GenParams(json_schema='{"type": "objectt"}'))
         assert len(engine.constraints.compile_seconds) == 2  # one compile per schema text
     finally:
         engine.close()
@@ -182,10 +178,8 @@ def test_three_failed_rebuilds_leave_the_engine_failed_for_good(demo_models: Pat
         health = engine.health()
         assert health.state == "failed" and "3 rebuilds in a row failed" in (health.error or "")
         assert health.retry_after is None
-        loop = asyncio.new_event_loop()
         with pytest.raises(NotReady, match="restart the server") as err:
-            engine.submit([{"role": "user", "content": "Hi"}], GenParams(), loop)
-        loop.close()
+            engine.submit([{"role": "user", "content": "Hi"}], GenParams())
         assert err.value.retry_after is None
     finally:
         engine.close()
@@ -205,8 +199,7 @@ def test_the_runtime_reports_recovering_then_ready(demo_settings: Settings) -> N
     try:
         assert runtime.ready
         engine = runtime.require_llm()
-        loop = asyncio.new_event_loop()
-        stream = engine.submit([{"role": "user", "content": "Hi"}], LONG, loop)
+        stream = engine.submit([{"role": "user", "content": "Hi"}], LONG)
         assert factories["llm"].blocked.wait(30)
         models = runtime.describe()
         assert models["llm"]["state"] == "recovering" and models["image"]["state"] == "ready"
@@ -215,8 +208,7 @@ def test_the_runtime_reports_recovering_then_ready(demo_settings: Settings) -> N
             runtime.require_llm()
         assert err.value.retry_after == scheduler.RETRY_AFTER_SECONDS
         factories["llm"].release.set()
-        assert isinstance(loop.run_until_complete(outcome(stream)), EngineFailure)
-        loop.close()
+        assert isinstance(asyncio.run(outcome(stream)), EngineFailure)
         deadline = time.monotonic() + 30
         while not runtime.ready and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -244,7 +236,7 @@ def render(engine: ImageEngine, seed: int = 1) -> ImageJob:
 
     async def wait() -> None:
         try:
-            await job.wait(60)
+            await wait_job(job, 60)
         except Exception:
             return
 

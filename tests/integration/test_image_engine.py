@@ -12,13 +12,14 @@ from PIL import Image
 from aipc_chat.engines.contract import ImageJob, ImageParams
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.errors import Cancelled, InvalidRequest
+from aipc_chat.serving.aio import wait_job
 
 pytestmark = pytest.mark.integration
 
 
 def generate(engine: ImageEngine, params: ImageParams) -> ImageJob:
     job = engine.submit(params)
-    asyncio.run(job.wait(120))
+    asyncio.run(wait_job(job, 120))
     return job
 
 
@@ -68,7 +69,7 @@ def test_cancel_stops_a_running_job(image_engine: ImageEngine) -> None:
     assert job.state == "running"
     job.cancel()
     with pytest.raises(Cancelled):
-        asyncio.run(job.wait(60))
+        asyncio.run(wait_job(job, 60))
     assert job.state == "cancelled" and job.step < 100 and not job.images
 
 
@@ -126,7 +127,7 @@ def test_interrupt_keeps_the_picture_so_far(image_engine: ImageEngine) -> None:
         time.sleep(0.01)
     image_engine.interrupt()
     with pytest.raises(Cancelled):
-        asyncio.run(job.wait(60))
+        asyncio.run(wait_job(job, 60))
     assert job.state == "cancelled" and job.step < 100 and len(job.images) == 1  # not the second picture
     assert Image.open(io.BytesIO(image_engine.store.read(job.images[0]) or b"")).size == (512, 512)
 

@@ -18,6 +18,7 @@ from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
 from aipc_chat.engines.scheduler import Scheduler
 from aipc_chat.errors import InvalidRequest, MemoryFull
+from aipc_chat.serving.aio import Reader, wait_job
 from aipc_chat.settings import Settings
 from tests.integration.test_llm_engine import collect
 
@@ -50,7 +51,7 @@ def test_the_llm_unloads_when_idle_and_loads_again_for_the_next_requests(demo_mo
     assert loop is not None
     try:
         async def ask(n: int) -> list[int]:
-            streams = [engine.submit(QUESTION, GenParams(temperature=0, max_tokens=12), asyncio.get_running_loop())
+            streams = [engine.submit(QUESTION, GenParams(temperature=0, max_tokens=12))
                        for _ in range(n)]
             return [(await collect(s))[2].completion_tokens for s in streams]
 
@@ -86,7 +87,7 @@ def test_the_image_model_unloads_when_idle_and_loads_again(demo_models: Path, tm
 
         def render() -> str:
             job = engine.submit(params)
-            asyncio.run(job.wait(60))
+            asyncio.run(wait_job(job, 60))
             return job.state
 
         assert render() == "done"
@@ -111,7 +112,7 @@ def test_durations(text: str, seconds: float | None) -> None:
 
 def ask_one(engine: LLMEngine, **params: Any) -> int:
     async def run() -> int:
-        stream = engine.submit(QUESTION, GenParams(temperature=0, max_tokens=8, **params), asyncio.get_running_loop())
+        stream = engine.submit(QUESTION, GenParams(temperature=0, max_tokens=8, **params))
         return (await collect(stream))[2].completion_tokens
 
     return asyncio.run(run())
@@ -119,7 +120,7 @@ def ask_one(engine: LLMEngine, **params: Any) -> int:
 
 def render_one(engine: ImageEngine, **params: Any) -> ImageJob:
     job = engine.submit(ImageParams(prompt="a red cube", width=64, height=64, steps=2, seed=1, **params))
-    asyncio.run(job.wait(60))
+    asyncio.run(wait_job(job, 60))
     return job
 
 
@@ -216,8 +217,8 @@ def test_a_model_that_cannot_fit_beside_a_busy_one_gets_503(demo_models: Path, t
         image.release()
 
         async def long_answer() -> None:
-            stream = llm.submit(QUESTION, GenParams(max_tokens=4000, ignore_eos=True), asyncio.get_running_loop())
-            async for _ in stream:
+            stream = llm.submit(QUESTION, GenParams(max_tokens=4000, ignore_eos=True))
+            async for _ in Reader(stream):
                 break  # generating: the LLM is busy
             with pytest.raises(MemoryFull, match="in use") as refused:
                 await asyncio.to_thread(render_one, image)

@@ -15,6 +15,7 @@ from aipc_chat.engines.contract import Delta, Done, GenParams, LLMStream
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
 from aipc_chat.engines.llm_loop import BatchLoop
 from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, EngineFailure, InvalidRequest, NotReady
+from aipc_chat.serving.aio import Reader
 from aipc_chat.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 async def collect(stream: LLMStream) -> tuple[str, str, Done, int]:
     reasoning, content, deltas = [], [], 0
     done = None
-    async for item in stream:
+    async for item in Reader(stream):
         if isinstance(item, Delta):
             reasoning.append(item.reasoning)
             content.append(item.content)
@@ -36,7 +37,7 @@ async def collect(stream: LLMStream) -> tuple[str, str, Done, int]:
 
 def run(engine: LLMEngine, text: str, params: GenParams) -> tuple[str, str, Done, int]:
     async def main() -> tuple[str, str, Done, int]:
-        stream = engine.submit([{"role": "user", "content": text}], params, asyncio.get_running_loop())
+        stream = engine.submit([{"role": "user", "content": text}], params)
         return await collect(stream)
 
     return asyncio.run(main())
@@ -88,9 +89,8 @@ def test_concurrent_streams_each_get_their_own_text(llm_engine: LLMEngine) -> No
            for q in questions]
 
     async def main() -> list[tuple[str, str, Done, int]]:
-        loop = asyncio.get_running_loop()
-        streams = [llm_engine.submit([{"role": "user", "content": q}], GenParams(temperature=0, max_tokens=60),
-                                     loop) for q in questions]
+        streams = [llm_engine.submit([{"role": "user", "content": q}], GenParams(temperature=0, max_tokens=60))
+                   for q in questions]
         return list(await asyncio.gather(*(collect(s) for s in streams)))
 
     for text, (reasoning, content, _, _) in zip(raw, asyncio.run(main()), strict=True):
@@ -115,9 +115,9 @@ def test_max_tokens_counts_exactly(llm_engine: LLMEngine) -> None:
 def test_cancel_frees_the_slot_at_once(llm_engine: LLMEngine) -> None:
     async def main() -> float:
         stream = llm_engine.submit([{"role": "user", "content": "Go on forever."}],
-                                   GenParams(max_tokens=3000, ignore_eos=True), asyncio.get_running_loop())
+                                   GenParams(max_tokens=3000, ignore_eos=True))
         got = 0
-        async for _ in stream:
+        async for _ in Reader(stream):
             got += 1
             if got == 3:
                 break
@@ -142,18 +142,17 @@ def test_context_and_limits_are_checked_before_queueing(llm_engine: LLMEngine) -
 
 def test_full_queue_is_busy_not_a_hang(llm_engine: LLMEngine) -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         params = GenParams(max_tokens=2000, ignore_eos=True)
-        streams = [llm_engine.submit([{"role": "user", "content": f"n{i}"}], params, loop)
+        streams = [llm_engine.submit([{"role": "user", "content": f"n{i}"}], params)
                    for i in range(llm_engine.capacity)]
         with pytest.raises(Busy) as info:
-            llm_engine.submit([{"role": "user", "content": "one more"}], params, loop)
+            llm_engine.submit([{"role": "user", "content": "one more"}], params)
         assert info.value.retry_after >= 1
         for s in streams:
             s.cancel()
         for s in streams:
             with contextlib.suppress(Cancelled):
-                async for _ in s:
+                async for _ in Reader(s):
                     pass
 
     asyncio.run(main())
@@ -171,12 +170,13 @@ def test_the_llm_path_never_imports_torch(llm_engine: LLMEngine) -> None:
         "from aipc_chat.api.app import create_app\n"
         "from aipc_chat.engines.contract import GenParams\n"
         "from aipc_chat.engines.llm import LLMEngine\n"
+        "from aipc_chat.serving.aio import Reader\n"
         "from aipc_chat.settings import Settings\n"
         f"e = LLMEngine(Settings(demo=True), Path({str(llm_engine.model_dir)!r}), 'demo', 'CPU')\n"
         "e.load()\n"
         "async def main():\n"
-        "    s = e.submit([{'role': 'user', 'content': 'Hi'}], GenParams(max_tokens=8), asyncio.get_running_loop())\n"
-        "    return [x async for x in s]\n"
+        "    s = e.submit([{'role': 'user', 'content': 'Hi'}], GenParams(max_tokens=8))\n"
+        "    return [x async for x in Reader(s)]\n"
         "assert len(asyncio.run(main())) >= 2\n"
         "e.close()\n"
         "print(sorted(m for m in ('torch', 'optimum', 'diffusers', 'transformers') if m in sys.modules))\n"
@@ -209,9 +209,9 @@ def test_each_token_reaches_a_waiting_client_before_the_next_step(demo_models: P
 
     async def main() -> list[int]:
         stream = engine.submit([{"role": "user", "content": "Tell me about laptops."}],
-                               GenParams(temperature=0, max_tokens=40, ignore_eos=True), asyncio.get_running_loop())
+                               GenParams(temperature=0, max_tokens=40, ignore_eos=True))
         lags, made = [], 0
-        async for item in stream:
+        async for item in Reader(stream):
             if isinstance(item, Delta) and item.tokens:
                 made += item.tokens  # one token per step: the step that made this delta's last token
                 lags.append(counting.steps - made)  # steps begun since then, before the consumer saw it
@@ -271,18 +271,15 @@ def test_a_dead_owner_thread_fails_requests_instead_of_hanging(demo_models: Path
     monkeypatch.setattr(BatchLoop, "_detokenize", broken)
     try:
         async def main() -> None:
-            stream = engine.submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=20),
-                                   asyncio.get_running_loop())
+            stream = engine.submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=20))
             await asyncio.wait_for(collect(stream), timeout=30)
 
         with pytest.raises(EngineFailure, match="restart the server"):
             asyncio.run(main())
         health = engine.health()
         assert health.state == "failed" and "a bug in the owner loop" in (health.error or "")
-        loop = asyncio.new_event_loop()
         with pytest.raises(NotReady, match="restart the server"):
-            engine.submit([{"role": "user", "content": "Hi again"}], GenParams(), loop)
-        loop.close()
+            engine.submit([{"role": "user", "content": "Hi again"}], GenParams())
     finally:
         engine.close()
 
@@ -295,16 +292,12 @@ def test_the_byte_level_vocabulary_decodes_by_table(llm_engine: LLMEngine) -> No
 
 def test_values_that_vanish_in_float32_are_a_400_and_the_engine_goes_on(llm_engine: LLMEngine) -> None:
     """1e-100 passes `> 0` in Python but is 0 to the pipeline, which refuses it: found by the schema fuzzer."""
-    loop = asyncio.new_event_loop()
-    try:
-        with pytest.raises(InvalidRequest, match="repetition_penalty") as err:
-            llm_engine.submit([{"role": "user", "content": "Hi"}], GenParams(repetition_penalty=1e-100), loop)
-        assert err.value.param == "repetition_penalty"
-        with pytest.raises(InvalidRequest, match="top_p") as err:
-            llm_engine.submit([{"role": "user", "content": "Hi"}], GenParams(temperature=1.0, top_p=1e-60), loop)
-        assert err.value.param == "top_p"
-    finally:
-        loop.close()
+    with pytest.raises(InvalidRequest, match="repetition_penalty") as err:
+        llm_engine.submit([{"role": "user", "content": "Hi"}], GenParams(repetition_penalty=1e-100))
+    assert err.value.param == "repetition_penalty"
+    with pytest.raises(InvalidRequest, match="top_p") as err:
+        llm_engine.submit([{"role": "user", "content": "Hi"}], GenParams(temperature=1.0, top_p=1e-60))
+    assert err.value.param == "top_p"
     # a vanishing temperature is greedy decoding, not an error
     _, content, done, _ = run(llm_engine, "Hi", GenParams(temperature=1e-50, max_tokens=20))
     assert done.completion_tokens > 0
@@ -321,16 +314,15 @@ def test_a_request_on_its_way_starts_in_the_same_step(llm_engine: LLMEngine) -> 
     """Woken by one request while another is announced, the owner waits for it: both prefill in the first step."""
     arrivals = llm_engine.arrivals
 
-    def submit(arrival: object, text: str, loop: asyncio.AbstractEventLoop) -> LLMStream:
-        return llm_engine.submit([{"role": "user", "content": text}], GenParams(max_tokens=4), loop,
+    def submit(arrival: object, text: str) -> LLMStream:
+        return llm_engine.submit([{"role": "user", "content": text}], GenParams(max_tokens=4),
                                  arrival)  # type: ignore[arg-type]
 
     async def main() -> tuple[Done, Done]:
-        loop = asyncio.get_running_loop()
         first, second = arrivals.arrive(), arrivals.arrive()
-        a = await asyncio.to_thread(submit, first, "one", loop)
+        a = await asyncio.to_thread(submit, first, "one")
         await asyncio.sleep(0.02)
-        b = await asyncio.to_thread(submit, second, "two", loop)
+        b = await asyncio.to_thread(submit, second, "two")
         (*_, done_a, _), (*_, done_b, _) = await asyncio.gather(collect(a), collect(b))
         return done_a, done_b
 

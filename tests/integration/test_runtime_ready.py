@@ -11,6 +11,7 @@ import pytest
 from aipc_chat.engines.contract import GenParams
 from aipc_chat.engines.llm_loop import BatchLoop
 from aipc_chat.runtime import Runtime
+from aipc_chat.serving.aio import Reader
 from aipc_chat.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -27,16 +28,14 @@ def test_a_stopped_llm_engine_makes_the_server_not_ready(demo_settings: Settings
             raise RuntimeError("a bug in the owner loop")
 
         monkeypatch.setattr(BatchLoop, "_detokenize", broken)
-        loop = asyncio.new_event_loop()
-        stream = runtime.require_llm().submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=8), loop)
+        stream = runtime.require_llm().submit([{"role": "user", "content": "Hi"}], GenParams(max_tokens=8))
 
         async def drain() -> None:
             with contextlib.suppress(Exception):
-                async for _ in stream:
+                async for _ in Reader(stream):
                     pass
 
-        loop.run_until_complete(drain())
-        loop.close()
+        asyncio.run(drain())
         deadline = time.monotonic() + 10
         while runtime.ready and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -13,6 +13,7 @@ from PIL import Image
 from aipc_chat.engines.contract import ImageParams
 from aipc_chat.engines.image import local_image_engine
 from aipc_chat.errors import ContentFiltered
+from aipc_chat.serving.aio import wait_job
 from aipc_chat.settings import Settings
 
 
@@ -42,10 +43,10 @@ def test_flagged_images_are_withheld(tmp_path: Path, flag: bool) -> None:
     try:
         if flag:
             with pytest.raises(ContentFiltered):
-                asyncio.run(job.wait(5))
+                asyncio.run(wait_job(job, 5))
             assert job.images == [] and engine.store.path(job.names[0]) is None
         else:
-            asyncio.run(job.wait(5))
+            asyncio.run(wait_job(job, 5))
             assert engine.store.path(job.names[0]) is not None
         assert engine.health().state == "ready" and engine.restarts == 0  # a flagged image is no pipeline fault
     finally:

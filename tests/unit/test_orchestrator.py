@@ -40,11 +40,10 @@ class FakeLLM:
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return sum(len(m["content"].split()) for m in messages)
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: object = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: object = None) -> LLMStream:
         self.calls.append((messages, params))
         reply = self.script.pop(0)
-        stream = LLMStream(loop, "fake", 10)
+        stream = LLMStream("fake", 10)
         if isinstance(reply, Exception):
             stream.put(reply)
         else:

@@ -200,24 +200,22 @@ class ScriptedLLM:
         self.streams: list[LLMStream] = []
         self.asked: list[tuple[object, GenParams]] = []
 
-    def _stream(self, request: object, params: GenParams, loop: asyncio.AbstractEventLoop) -> LLMStream:
+    def _stream(self, request: object, params: GenParams) -> LLMStream:
         if self.refuse is not None:
             raise self.refuse
         self.asked.append((request, params))
-        stream = LLMStream(loop, "chatcmpl-1", 3)
+        stream = LLMStream("chatcmpl-1", 3)
         for item in self.items:
             stream.put(item)
         stream.close()
         self.streams.append(stream)
         return stream
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, loop: asyncio.AbstractEventLoop,
-               arrival: object = None) -> LLMStream:
-        return self._stream(messages, params, loop)
+    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: object = None) -> LLMStream:
+        return self._stream(messages, params)
 
-    def submit_prompt(self, prompt: str, params: GenParams, loop: asyncio.AbstractEventLoop,
-                      arrival: object = None) -> LLMStream:
-        return self._stream(prompt, params, loop)
+    def submit_prompt(self, prompt: str, params: GenParams, arrival: object = None) -> LLMStream:
+        return self._stream(prompt, params)
 
 
 REPLY = (Delta("Let me ", "", 2), Delta("think.", "", 1), Delta("", "Hello", 1), Delta("", ", world", 2),

@@ -1,4 +1,4 @@
-"""The owner-thread-to-asyncio channel keeps order: items, then the error or the end that follows them."""
+"""The owner thread's channel, read on an event loop, keeps order: items, then the error or end after them."""
 
 from __future__ import annotations
 
@@ -6,38 +6,41 @@ import asyncio
 
 import pytest
 
-from aipc_chat.engines.stream import ThreadToAsync
+from aipc_chat.engines.stream import Channel
 from aipc_chat.errors import Cancelled
+from aipc_chat.serving.aio import Reader
 
 
 def test_error_after_items_is_raised_after_them() -> None:
     async def main() -> list[list[int] | None]:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch: Channel[int] = Channel()
+        reader = Reader(ch)
         for i in range(3):
             ch.put(i)
         ch.put(Cancelled("stop"))
         ch.close()
         await asyncio.sleep(0)
-        first = await ch.get_batch()
+        first = await reader.get_batch()
         with pytest.raises(Cancelled):
-            await ch.get_batch()
-        return [first, await ch.get_batch(), await ch.get_batch()]
+            await reader.get_batch()
+        return [first, await reader.get_batch(), await reader.get_batch()]
 
     assert asyncio.run(main()) == [[0, 1, 2], None, None]
 
 
 def test_end_after_items() -> None:
     async def main() -> list[list[int] | None]:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch: Channel[int] = Channel()
+        reader = Reader(ch)
         ch.put(1)
         ch.close()
         await asyncio.sleep(0)
-        return [await ch.get_batch(), await ch.get_batch()]
+        return [await reader.get_batch(), await reader.get_batch()]
 
     assert asyncio.run(main()) == [[1], None]
 
 
-def _owner_puts(ch: ThreadToAsync[int], values: list[int], wait: float, log: list[str]) -> None:
+def _owner_puts(ch: Channel[int], values: list[int], wait: float, log: list[str]) -> None:
     """An owner thread: put each value, then wait (bounded) for the hand-off, like the LLM engine after a step."""
     import time
 
@@ -56,7 +59,7 @@ def test_owner_waits_until_a_waiting_consumer_has_taken_the_item() -> None:
     log: list[str] = []
 
     async def main() -> None:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch: Channel[int] = Channel()
         owner = threading.Thread(target=_owner_puts, args=(ch, [1, 2, 3], 5.0, log))
         consumer = asyncio.ensure_future(consume(ch))
         await asyncio.sleep(0.05)  # the consumer parks on the empty queue first
@@ -64,8 +67,8 @@ def test_owner_waits_until_a_waiting_consumer_has_taken_the_item() -> None:
         await consumer
         owner.join()
 
-    async def consume(ch: ThreadToAsync[int]) -> None:
-        async for v in ch:
+    async def consume(ch: Channel[int]) -> None:
+        async for v in Reader(ch):
             log.append(f"sent {v}")
 
     asyncio.run(main())
@@ -78,13 +81,14 @@ def test_owner_does_not_wait_for_a_consumer_that_is_not_waiting() -> None:
     import time
 
     async def main() -> tuple[bool, float]:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch: Channel[int] = Channel()
+        reader = Reader(ch)
         ch.put(1)  # nobody is parked: nothing is owed
         owed_unparked = ch.owes_handoff
-        getter = asyncio.ensure_future(ch.get_batch())
+        getter = asyncio.ensure_future(reader.get_batch())
         await asyncio.sleep(0.01)
         assert await getter == [1]
-        parked = asyncio.ensure_future(ch.get_batch())
+        parked = asyncio.ensure_future(reader.get_batch())
         await asyncio.sleep(0.01)  # now it waits on an empty queue
         ch.put(2)
         assert ch.owes_handoff
@@ -104,11 +108,11 @@ def test_owner_does_not_wait_for_a_consumer_that_is_not_waiting() -> None:
 def test_a_silent_stream_times_out_and_its_work_is_cancelled() -> None:
     import time
 
-    from aipc_chat.engines.stream import batches
     from aipc_chat.errors import RequestTimeout
+    from aipc_chat.serving.aio import batches
 
-    async def main() -> tuple[list[list[int]], ThreadToAsync[int], float]:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+    async def main() -> tuple[list[list[int]], Channel[int], float]:
+        ch: Channel[int] = Channel()
         ch.put(1)  # what arrived before the deadline is delivered first
         got: list[list[int]] = []
 
@@ -128,27 +132,27 @@ def test_a_silent_stream_times_out_and_its_work_is_cancelled() -> None:
 
 
 def test_a_finished_stream_leaves_no_timer_behind() -> None:
-    from aipc_chat.engines.stream import batches
+    from aipc_chat.serving.aio import batches
 
     async def main() -> list[list[int]]:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())
+        ch: Channel[int] = Channel()
         ch.put(1)
         ch.put(2)
         ch.close()
         out = [b async for b in batches(ch, 0.1)]
         await asyncio.sleep(0.2)  # past the deadline: nothing is raised or queued any more
-        assert ch._queue.empty()
+        assert ch.take() == []
         return out
 
     assert asyncio.run(main()) == [[1, 2]]
 
 
 def test_a_stream_that_never_started_times_out_as_503_with_retry_after() -> None:
-    from aipc_chat.engines.stream import batches
     from aipc_chat.errors import NotReady
+    from aipc_chat.serving.aio import batches
 
-    async def main() -> ThreadToAsync[int]:
-        ch: ThreadToAsync[int] = ThreadToAsync(asyncio.get_running_loop())  # nothing ever arrives: a long load
+    async def main() -> Channel[int]:
+        ch: Channel[int] = Channel()  # nothing ever arrives: a long load
 
         async def consume() -> None:
             async for _ in batches(ch, 0.1):

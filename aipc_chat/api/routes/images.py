@@ -24,6 +24,7 @@ from aipc_chat.engines.contract import ImageEngineClient, ImageJob, ImageParams
 from aipc_chat.engines.store import ImageStore
 from aipc_chat.errors import InvalidRequest, NotFound, UnsupportedParameter
 from aipc_chat.serving import IMAGE_SEED_MAX, resolve_model, resolve_seed, submit_image
+from aipc_chat.serving.aio import wait_job
 from aipc_chat.serving.params import RANDOM_SEED
 from aipc_chat.settings import Settings
 
@@ -46,7 +47,7 @@ async def generate_images(body: ImageGenerationRequest, request: Request, runtim
 async def _answer(engine: ImageEngineClient, params: ImageParams, response_format: str, request: Request,
                   settings: Settings, caller: str | None) -> dict[str, Any]:
     job = await submit_image(engine, params, owner=caller)
-    await unless_disconnected(request, job.wait(settings.request_timeout))
+    await unless_disconnected(request, wait_job(job, settings.request_timeout))
     if response_format == "url":
         data = [{"url": image_url(request, name), "revised_prompt": params.prompt} for name in job.images]
     else:

@@ -20,6 +20,7 @@ from aipc_chat.engines.contract import RUNTIME_SCHEDULES, SAMPLERS, ImageEngineC
 from aipc_chat.errors import Cancelled, InvalidRequest
 from aipc_chat.runtime import Runtime
 from aipc_chat.serving import load_only, submit_image
+from aipc_chat.serving.aio import wait_job
 from aipc_chat.settings import Settings
 
 router = APIRouter(prefix="/sdapi/v1", tags=["automatic1111"])
@@ -54,7 +55,7 @@ async def _generate(body: Txt2ImgRequest, params: ImageParams, request: Request,
     engine = runtime.require_image()
     job = await submit_image(engine, params, owner=caller)
     with contextlib.suppress(Cancelled):  # A1111 answers an interrupt with 200 and the picture as far as it got
-        await unless_disconnected(request, job.wait(settings.request_timeout))
+        await unless_disconnected(request, wait_job(job, settings.request_timeout))
     images = await asyncio.to_thread(base64_pngs, engine, job.images) if body.send_images else []
     count = len(job.seeds)
     info = {
