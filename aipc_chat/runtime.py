@@ -355,10 +355,10 @@ class Runtime:
         with self._publishing:
             self._closed.set()
             engines = (self.llm, self.image)
+        self.scheduler.close()  # first: an owner thread waiting for a load hears the server is shutting down
         for engine in engines:
             if engine is not None:
                 engine.close()
-        self.scheduler.close()
         self.history.close()
 
 

@@ -206,9 +206,9 @@ class SupervisedEngine(Protocol):
     def preload(self, keep_alive: float | None = None) -> None:
         """Load the pipeline without using it (a request with no work, the start); blocking."""
 
-    def release(self, wait: bool = True) -> None:
+    def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Unload the pipeline as soon as no request holds it (Ollama's ``keep_alive: 0``, A1111's
-        unload-checkpoint); with ``wait``, block until it is unloaded."""
+        unload-checkpoint), or ``if_idle`` only if none holds it now; with ``wait``, block until it is unloaded."""
 
     def close(self) -> None:
         """Cancel what is in flight and stop."""

@@ -197,10 +197,10 @@ class ImageEngine:
         if self.scheduler is not None:
             self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
 
-    def release(self, wait: bool = True) -> None:
+    def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Unload the model as soon as no job holds it (A1111's unload-checkpoint)."""
         if self.scheduler is not None:
-            self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout)
+            self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout, if_idle=if_idle)
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel the running job and what is queued; stop the owner thread."""

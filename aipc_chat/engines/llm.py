@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -265,6 +266,7 @@ class LLMEngine:
         self._loop: OwnerLoop | None = None
         self._vocab: Vocabulary | None = None
         self._pipe: Any = None  # the loaded pipeline (the scheduler's handle), kept for the owner loop's start
+        self._pipe_lock = threading.Lock()  # the scheduler's thread installs it while the owner loop is created
         if scheduler is None:
             scheduler = Scheduler(max_waiting=capacity(settings))
             scheduler.start()
@@ -334,11 +336,11 @@ class LLMEngine:
         self.constraints.load()
         assert self._vocab is not None
         loop_type = SerialLoop if self.serial else BatchLoop
-        self._loop = loop_type(self.settings, self._vocab, arrivals=self.arrivals, observers=self.observers,
-                               recover=lambda cause: self.scheduler.recover(self.name, cause),
-                               release=self.scheduler.release)
-        self._loop.pipe = self._pipe
-        self._loop.start()
+        loop = loop_type(self.settings, self._vocab, arrivals=self.arrivals, observers=self.observers,
+                         recover=lambda cause: self.scheduler.recover(self.name, cause), release=self.scheduler.release)
+        with self._pipe_lock:
+            self._loop, loop.pipe = loop, self._pipe
+        loop.start()
         self.load_seconds = time.perf_counter() - t0
         log.info("LLM %s %s on %s in %.2f s (context %d)", self.model_name,
                  "loaded" if self._pipe is not None else "ready to load", self.device, self.load_seconds,
@@ -360,16 +362,18 @@ class LLMEngine:
             self._use_tokenizer(pipe.get_tokenizer())
         if self.settings.llm_warmup:
             self._warm_up(pipe)
-        self._pipe = pipe
-        if self._loop is not None:
-            self._loop.pipe = pipe
+        with self._pipe_lock:
+            self._pipe = pipe
+            if self._loop is not None:
+                self._loop.pipe = pipe
         return pipe
 
     def _unload_pipeline(self, pipe: Any) -> None:
         """Take the pipeline out (the scheduler's thread; no request holds the model)."""
-        self._pipe = None
-        if self._loop is not None:
-            self._loop.pipe = None
+        with self._pipe_lock:
+            self._pipe = None
+            if self._loop is not None:
+                self._loop.pipe = None
 
     def _warm_up(self, pipe: Any) -> None:
         """One token from a templated greeting: OpenVINO's first inference compiles kernels, which would otherwise
@@ -412,9 +416,10 @@ class LLMEngine:
         self.check_serving()
         self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
 
-    def release(self, wait: bool = True) -> None:
-        """Unload the model as soon as no request holds it; with ``wait``, block until it is unloaded."""
-        self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout)
+    def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
+        """Unload the model as soon as no request holds it (``if_idle``: only if none does now); with ``wait``,
+        block until it is unloaded."""
+        self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout, if_idle=if_idle)
 
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """Apply the model's own chat template; earlier answers go in without their reasoning."""

@@ -94,7 +94,8 @@ class OwnerLoop:
         self._pending = 0  # admitted and not finished
         self._pending_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[LoopRequest | None] = queue.SimpleQueue()
-        self._live: set[LLMStream] = set()
+        self._live: dict[LLMStream, LoopRequest] = {}  # admitted and not finished
+        self._stopped = False  # the owner thread has ended: nothing is admitted any more
         self._thread: threading.Thread | None = None
 
     @property
@@ -132,10 +133,12 @@ class OwnerLoop:
     def admit(self, req: LoopRequest) -> None:
         """Queue a request (any thread); Busy when the queue is full."""
         with self._pending_lock:
+            if self._stopped:
+                raise NotReady(f"The LLM engine has stopped ({self.error or 'shutting down'}).")
             if self._pending >= self.capacity:
                 raise Busy(f"The LLM queue is full ({self.capacity} requests); retry shortly.", retry_after=2)
             self._pending += 1
-        self._live.add(req.stream)
+            self._live[req.stream] = req
         self._inbox.put(req)
 
     def cancel_all(self) -> None:
@@ -146,22 +149,26 @@ class OwnerLoop:
     # --- the owner thread ----------------------------------------------------------------------------------------
 
     def _main(self) -> None:
+        error: AipcError = Cancelled("The server is shutting down.")
         try:
             self.run()
         except Exception as exc:  # a bug of ours, not the pipeline's: fail whatever is left, refuse what comes
             log.exception("LLM owner thread failed")
             self.error = f"the owner loop stopped: {type(exc).__name__}: {exc}"
-            self._fail_live(EngineFailure("The LLM engine stopped after an internal error; restart the server."))
+            error = EngineFailure("The LLM engine stopped after an internal error; restart the server.")
+        finally:
+            with self._pending_lock:
+                self._stopped = True
+            self._fail_live(error)
 
     def run(self) -> None:
         """The loop itself (owner thread)."""
         raise NotImplementedError
 
     def _fail_live(self, error: AipcError) -> None:
-        for stream in list(self._live):
-            stream.put(error)
-            stream.close()
-        self._live.clear()
+        """End whatever was admitted and not finished (the loop has stopped): each gives its model back."""
+        for req in list(self._live.values()):
+            self.finish(req, error)
 
     def recover(self, cause: BaseException, failed: list[LoopRequest]) -> bool:
         """The pipeline may be broken: it is marked recovering, the requests it failed end, and the scheduler
@@ -186,13 +193,15 @@ class OwnerLoop:
                 self.finish(req, error)
 
     def finish(self, req: LoopRequest, result: Done | BaseException) -> None:
-        """End a request with its result or error."""
+        """End a request with its result or error (once: a request already ended is left as it is)."""
+        if req.timing.finished is not None:
+            return
         if req.timing.started is not None:
             self.active -= 1
         req.timing.finished = time.perf_counter()
         with self._pending_lock:
             self._pending -= 1
-        self._live.discard(req.stream)
+        self._live.pop(req.stream, None)
         if req.lease is not None:  # before the result is seen: keep_alive 0 has begun the unload by then
             self._release_lease(req.lease, req.keep_alive)
             req.lease = None
@@ -249,17 +258,19 @@ class BatchLoop(OwnerLoop):
                 for req in waiting:
                     self.finish(req, BROKEN)
                 return
-        for req in [*waiting, *running.values()]:
+        for req in running.values():
             if req.handle is not None:
                 req.handle.cancel()
+        self._release()  # before the requests end: their models may be unloaded as soon as they are given back
+        for req in [*waiting, *running.values()]:
             self.finish(req, Cancelled("The server is shutting down."))
-        self._release()
 
     def _release(self) -> None:
         """Let the scheduler free the KV blocks of cancelled requests (it does so on its next step)."""
+        pipe = self.pipe
         try:
-            if self.pipe is not None and self.pipe.has_non_finished_requests():
-                self.pipe.step()
+            if pipe is not None and pipe.has_non_finished_requests():
+                pipe.step()
         except Exception:
             log.exception("releasing cancelled requests failed")
 
@@ -365,13 +376,13 @@ class BatchLoop(OwnerLoop):
         for req in [r for r in waiting if r.stream.cancelled]:
             waiting.remove(req)
             self.finish(req, Cancelled("The request was cancelled."))
-        for rid, req in list(running.items()):
-            if req.stream.cancelled:
-                self._cancel_handle(req)
-                del running[rid]
-                self.finish(req, Cancelled("The request was cancelled."))
-                if not running:
-                    self._release()
+        dropped = [running.pop(rid) for rid, req in list(running.items()) if req.stream.cancelled]
+        for req in dropped:
+            self._cancel_handle(req)
+        if dropped and not running:
+            self._release()  # the pipeline is used before the requests give their model back, not after
+        for req in dropped:
+            self.finish(req, Cancelled("The request was cancelled."))
 
     def _start(self, req: LoopRequest, running: dict[int, LoopRequest], ids: list[int] | None,
                max_new: int | None = None) -> None:

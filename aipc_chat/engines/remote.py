@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -133,7 +134,7 @@ class RemoteLLM:
     def preload(self, keep_alive: float | None = None) -> None:
         """Nothing is loaded here."""
 
-    def release(self, wait: bool = True) -> None:
+    def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Nothing is held here."""
 
     def discover(self) -> None:
@@ -175,13 +176,16 @@ class RemoteLLM:
         for stream in list(self._live):
             stream.cancel()
 
-    def close(self) -> None:
-        """Cancel what is in flight and stop the engine's event loop thread."""
-        self.cancel_all()
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel what is in flight (each stream ends, each upstream request is closed), then stop the engine's
+        event loop thread."""
         with self._io_lock:
             loop, self._io = self._io, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        if loop is None:
+            return
+        with contextlib.suppress(Exception):  # a loop that is gone already: nothing in flight
+            asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
 
     def _io_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the upstream requests run on (httpx's async client), on a thread of its own: the engine
@@ -189,7 +193,7 @@ class RemoteLLM:
         with self._io_lock:
             if self._io is None:
                 self._io = asyncio.new_event_loop()
-                threading.Thread(target=self._io.run_forever, name="remote-llm", daemon=True).start()
+                threading.Thread(target=_run_loop, args=(self._io,), name="remote-llm", daemon=True).start()
             return self._io
 
     def submit_prompt(self, prompt: str, params: GenParams, arrival: Arrival | None = None) -> LLMStream:
@@ -305,6 +309,21 @@ class _RemoteStream(LLMStream):
         super().cancel()
         if self.future is not None:
             self.future.cancel()
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+async def _cancel_all_tasks() -> None:
+    """Cancel every task of the running loop but this one, and wait until each has ended."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _sse_json(response: httpx.Response) -> Any:

@@ -123,10 +123,10 @@ class Recovery:
 
 @dataclass(frozen=True)
 class Lease:
-    """A model held by one request: pass it back to ``release``."""
+    """A model held by one request: pass it back to ``release``. (Not the pipeline itself: a lease must not keep a
+    pipeline that is being replaced alive.)"""
 
     name: str
-    handle: Any
 
 
 @dataclass(frozen=True)
@@ -197,13 +197,17 @@ class Scheduler:
                 self._thread = threading.Thread(target=self._run, name="model-scheduler", daemon=True)
                 self._thread.start()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread; whoever waits hears the server is shutting down (loaded models are left to the
-        process's end)."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the thread; whoever waits hears the server is shutting down, an owner thread waiting on a rebuild
+        hears it failed (loaded models are left to the process's end). A load under way (compiling can take
+        minutes) is waited for ``timeout`` seconds at most: the thread is a daemon."""
         with self._cond:
             self._closed = True
             for record in self._records.values():
                 self._fail_waiters(record, Cancelled("The server is shutting down."))
+                if record.recovery is not None:
+                    record.recovery.done.set()
+                    record.recovery = None
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -223,8 +227,6 @@ class Scheduler:
                            "shortly.", retry_after=RETRY_AFTER_SECONDS)
             waiter = Waiter()
             record.waiters.append(waiter)
-            if record.state in ("unloaded", "failed"):
-                record.on_demand = True
             self._cond.notify_all()
         if not waiter.done.wait(timeout):
             with self._cond:
@@ -267,14 +269,17 @@ class Scheduler:
                 record.preload_keep = record.spec.keep_alive if keep_alive is None else keep_alive
                 self._cond.notify_all()
 
-    def unload(self, name: str, *, wait: bool = True, timeout: float | None = None) -> bool:
+    def unload(self, name: str, *, wait: bool = True, timeout: float | None = None, if_idle: bool = False) -> bool:
         """Let the model go as soon as no request holds it (Ollama's ``keep_alive: 0`` with no prompt). With
         ``wait``, block until it is unloaded, unless a request holds it (then it goes when that one is done, and
-        this does not wait for it); True when it is not resident."""
+        this does not wait for it); ``if_idle``: only if no request holds it now (a request's own ``keep_alive 0``
+        must not cut another's keep-alive short). True when it is not resident."""
         with self._cond:
             record = self._records[name]
             if record.state in ("unloaded", "failed"):
                 return True
+            if if_idle and record.refs:
+                return False
             record.unload_asked = True
             self._cond.notify_all()
             if not wait or record.refs:
@@ -288,6 +293,9 @@ class Scheduler:
         the scheduler thread rebuilds it. The owner thread fails the work in flight, then waits on the result."""
         recovery = Recovery(f"{type(cause).__name__}: {_first_line(cause)}")
         with self._cond:
+            if self._closed:  # shutting down: nothing is rebuilt
+                recovery.done.set()
+                return recovery
             record = self._records[name]
             record.recovery = recovery
             self._set(record, "recovering", error=recovery.cause)
@@ -343,7 +351,7 @@ class Scheduler:
         record.refs += 1
         record.expires_at = None
         record.last_used = self._clock()
-        return Lease(record.spec.name, record.handle)
+        return Lease(record.spec.name)
 
     def _set(self, record: Record, state: RecordState, *, error: str | None = None) -> None:
         record.state, record.error = state, error
@@ -412,8 +420,9 @@ class Scheduler:
         return None
 
     def _hand_out(self, record: Record) -> None:
-        """The model is ready: every waiting acquire holds it now."""
-        record.unload_asked = False
+        """The model is ready: every waiting acquire holds it now (a new user cancels an unload asked earlier)."""
+        if record.waiters:
+            record.unload_asked = False
         while record.waiters:
             waiter = record.waiters.popleft()
             waiter.lease = self._hold(record)
@@ -457,6 +466,7 @@ class Scheduler:
     def _load(self, record: Record) -> None:
         name = record.spec.name
         with self._cond:
+            record.on_demand = bool(record.waiters)
             self._set(record, "loading", error=None)
         t0 = time.perf_counter()
         before = self._measure()
@@ -526,6 +536,9 @@ class Scheduler:
         last: BaseException | None = None
         for attempt, pause in enumerate(REBUILD_BACKOFF_SECONDS[:MAX_REBUILDS], start=1):
             self._sleep(pause)
+            if self._closed:
+                recovery.done.set()
+                return
             t0 = time.perf_counter()
             try:
                 new = record.spec.load()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, cast
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from aipc_chat.runtime import Runtime
 
 Request = list[dict[str, str]] | str  # chat messages (templated), or a prompt as it is
+# submit blocks while a model loads (a request waits for it there): its own threads, so that waiting requests never
+# take the default pool's few threads from /ready, history and the other work the event loop hands out
+SUBMITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llm-submit")
 Batch = list[Delta | Done]
 
 
@@ -42,7 +46,7 @@ class ChatEngine(Protocol):
     def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         ...
 
-    def release(self, wait: bool = True) -> None: ...
+    def release(self, wait: bool = True, *, if_idle: bool = False) -> None: ...
 
 
 class ImageQueue(Protocol):
@@ -134,11 +138,12 @@ async def open_stream(engine: ChatEngine, request: Request, params: GenParams, a
 async def _lifetime(engine: ChatEngine, request: Request, params: GenParams, arrival: Arrival | None,
                     timeout: float) -> AsyncGenerator[LLMStream | Batch, None]:
     """The one place an LLM request starts and ends: first the stream once submitted, then its batches."""
+    loop = asyncio.get_running_loop()
     if isinstance(request, str):
         prompt = cast(LLMEngineClient, engine).submit_prompt
-        submitted = asyncio.ensure_future(asyncio.to_thread(prompt, request, params, arrival))
+        submitted = loop.run_in_executor(SUBMITS, prompt, request, params, arrival)
     else:
-        submitted = asyncio.ensure_future(asyncio.to_thread(engine.submit, request, params, arrival))
+        submitted = loop.run_in_executor(SUBMITS, engine.submit, request, params, arrival)
     try:
         stream = await asyncio.shield(submitted)
     except asyncio.CancelledError:  # the caller left while the engine took the request: cancel it once it has
@@ -151,7 +156,7 @@ async def _lifetime(engine: ChatEngine, request: Request, params: GenParams, arr
             async for batch in drained:
                 yield batch
         if params.keep_alive == 0:  # the request gave the model back with keep_alive 0: unloaded before the reply
-            await asyncio.to_thread(engine.release)
+            await asyncio.to_thread(engine.release, if_idle=True)  # (unless another request holds it now)
     finally:
         stream.cancel()  # idempotent; frees the engine's slot when the consumer stopped early
 
