@@ -98,7 +98,7 @@ async def running(runtime: RuntimeDep) -> dict[str, Any]:
     row = await _listing(runtime, engine.model_name)
     left = view.keep_alive if view.expires_in is None else view.expires_in  # held now: it counts from the release
     expires = NEVER if left == math.inf else datetime.now(UTC) + timedelta(seconds=left)
-    row.update(size=int(view.size_mb * 2**20) or row["size"], size_vram=0,
+    row.update(size=int(view.size_mb * 2**20), size_vram=0,  # what its load added to RSS, as /metrics says
                expires_at=expires.isoformat().replace("+00:00", "Z"), context_length=engine.context_length)
     del row["modified_at"]
     return {"models": [row]}
