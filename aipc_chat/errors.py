@@ -57,10 +57,6 @@ class AipcError(Exception):
         if code is not None:
             self.code = code
 
-    def to_dict(self) -> dict[str, object]:
-        """The OpenAI-style error body."""
-        return error_body(self.message, self.type, param=self.param, code=self.code)
-
 
 class InvalidRequest(AipcError):
     """The request is malformed or asks for something out of bounds."""

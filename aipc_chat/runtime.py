@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -388,11 +387,6 @@ def retry_after(models: dict[str, dict[str, object]]) -> int | None:
              if m.get("retry_after") is not None and m["state"] != "failed"]
     pending = any(m["state"] in ("pending", "downloading", "loading") for m in models.values())
     return max(waits) if waits else (RETRY_AFTER_SECONDS if pending else None)
-
-
-def _seconds(value: float) -> float | None:
-    """Seconds for JSON (None for never)."""
-    return None if value == math.inf else round(value, 1)
 
 
 def _not_ready(status: ModelStatus) -> NotReady:

@@ -80,7 +80,10 @@ def wait_rebuilt(engine: Any, restarts: int, timeout: float = 900) -> None:
     """Wait until the engine has rebuilt its pipeline ``restarts`` times and serves again (the failed request can
     end before the rebuild begins)."""
     t0 = time.perf_counter()
-    while (engine.restarts < restarts or engine.health().state != "ready") and time.perf_counter() - t0 < timeout:
+    while time.perf_counter() - t0 < timeout:
+        health = engine.health()
+        if health.restarts >= restarts and health.state == "ready":
+            return
         time.sleep(0.005)
 
 

@@ -190,10 +190,6 @@ class LLMStream(Channel[Delta | Done]):
 class SupervisedEngine(Protocol):
     """The life cycle and health every engine has, local or remote, LLM or image."""
 
-    @property
-    def restarts(self) -> int:
-        """Pipelines rebuilt after a failure."""
-
     def health(self) -> EngineHealth:
         """The engine's state now (a remote one is asked)."""
 
@@ -224,7 +220,6 @@ class LLMEngineClient(SupervisedEngine, Protocol):
     device: str
     context_length: int
     reasons: bool  # the model writes <think> reasoning (split into reasoning_content); False: all is answer
-    load_seconds: float | None
     observers: list[Callable[[Done], None]]
 
     @property
@@ -321,11 +316,6 @@ class ImageJob:
         """0..1."""
         return 1.0 if self.state == "done" else min(1.0, self.step / max(1, self.total_steps))
 
-    @property
-    def finished_ok(self) -> bool:
-        """True when the job ended with its images."""
-        return self.state == "done"
-
     def cancel(self) -> None:
         """Stop the job at its next step (or before it starts)."""
         self._cancel.set()
@@ -400,7 +390,6 @@ class ImageJob:
 class ImageEngineClient(SupervisedEngine, Protocol):
     """What the runtime, the orchestrator and the routes use of an image engine (local or remote)."""
 
-    load_seconds: float | None
     store: ImageStore
     observers: list[Callable[[ImageJob], None]]
 
@@ -440,6 +429,3 @@ class ImageEngineClient(SupervisedEngine, Protocol):
 
     def skip(self, owner: str | None = None) -> None:
         """End the running job's current picture as far as it got and go on with the next (A1111's skip)."""
-
-    def info(self) -> dict[str, Any]:
-        """What the engine serves."""

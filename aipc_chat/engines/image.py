@@ -143,10 +143,9 @@ class LocalRenderer:
         log.info("image model %s loaded on %s by %s in %.2f s (sizes %d..%d step %d)", self.model_name, self.device,
                  self.runtime, time.perf_counter() - t0, self.step_multiple, self.max_size, self.step_multiple)
 
-    def unload(self) -> bool:
+    def unload(self) -> None:
         """Let the pipeline go (the next job loads it again)."""
         self._pipe = None
-        return True
 
     @property
     def loaded(self) -> bool:
@@ -213,12 +212,6 @@ class LocalRenderer:
 
     def imports(self) -> None:
         """Import the runtime's libraries (before a load is measured: they are not the model's cost)."""
-
-    def info(self) -> dict[str, Any]:
-        """What the engine serves (for /ready, /sdapi/v1/sd-models)."""
-        return {"model": self.model_name, "device": self.device, "runtime": self.runtime, "sampler": self.sampler,
-                "size_step": self.step_multiple, "max_size": self.max_size,
-                "path": json.dumps(str(self.model_dir))}
 
 
 # Each runtime's module (imported when chosen: only the configured runtime's libraries load) and, in it, its pipeline

@@ -80,10 +80,10 @@ class OptimumRenderer(LocalRenderer):
         import optimum.intel  # noqa: F401
         import torch  # noqa: F401
 
-    def unload(self) -> bool:
+    def unload(self) -> None:
         """Let the pipelines go (the next job loads them again)."""
         self._img2img, self._schedulers, self._current = None, {}, None
-        return super().unload()
+        super().unload()
 
     def _install(self, pipe: Any) -> None:
         self._img2img = None

@@ -57,12 +57,8 @@ class Renderer(Protocol):
     def imports(self) -> None:
         """Import what building the pipeline needs (so that a load's measured cost is the model's alone)."""
 
-    def unload(self) -> bool:
-        """Let the pipeline go (the scheduler then gives its memory back); False when there is nothing held here."""
-
-    @property
-    def loaded(self) -> bool:
-        """Whether a pipeline is held (a remote renderer always says yes)."""
+    def unload(self) -> None:
+        """Let the pipeline go (the scheduler then gives its memory back)."""
 
     def check(self, params: ImageParams) -> None:
         """Raise InvalidRequest for what this pipeline cannot do (beyond the engine's common bounds)."""
@@ -72,9 +68,6 @@ class Renderer(Protocol):
 
     def unreachable(self) -> str | None:
         """Why the renderer cannot be used now (a remote that does not answer), or None."""
-
-    def info(self) -> dict[str, Any]:
-        """What the renderer serves."""
 
 
 class ImageEngine:
@@ -97,7 +90,6 @@ class ImageEngine:
                                     weights_mb(renderer.model_dir), 0.0, math.inf if keep is None else keep))
         self.store = store if store is not None else ImageStore(settings.data_dir / "images", settings.image_retention)
         self.error: str | None = None  # why the owner thread stopped (the model broke for good), if it did
-        self.load_seconds: float | None = None
         self.observers: list[Callable[[ImageJob], None]] = []  # called on the owner thread as each job ends
         self._queue: queue.Queue[ImageJob | None] = queue.Queue(maxsize=settings.image_queue_size)
         self._jobs: dict[str, ImageJob] = {}
@@ -135,11 +127,6 @@ class ImageEngine:
         """Jobs waiting."""
         return self._queue.qsize()
 
-    @property
-    def restarts(self) -> int:
-        """Pipelines rebuilt after a failure."""
-        return self.scheduler.view(self.name).restarts if self.scheduler is not None else 0
-
     def health(self) -> EngineHealth:
         """The engine's state, as the scheduler's record of its model says; a remote renderer is asked whether it
         answers."""
@@ -162,14 +149,9 @@ class ImageEngine:
         if not self._thread.is_alive():
             raise NotReady(f"The image engine has failed ({self.error}); restart the server.")
 
-    def info(self) -> dict[str, Any]:
-        """What the engine serves (for /ready, /sdapi/v1/sd-models)."""
-        return self.renderer.info()
-
     def load(self, preload: bool | None = None) -> None:
         """Ready the engine (blocking) and start its owner thread; with ``preload`` (default: ``load_on_start``)
         the scheduler loads the pipeline too, unless the memory budget has no room (then the first job loads it)."""
-        t0 = time.perf_counter()
         self.renderer.prepare()
         if self.scheduler is not None:
             self.renderer.imports()  # before the measured load: the libraries are not the model's cost
@@ -178,7 +160,6 @@ class ImageEngine:
                     self.scheduler.preload(self.name)
                 except MemoryFull as exc:
                     log.warning("the image model loads on its first job: %s", exc.message)
-        self.load_seconds = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._run, name="image-owner", daemon=True)
         self._thread.start()
 
@@ -308,29 +289,28 @@ class ImageEngine:
         self._current = job
         job.state, job.started = "running", time.time()
         recovery: Recovery | None = None
+        ending: tuple[JobState, str | None, AipcError | None] = ("done", None, None)
         try:
             self.renderer.render(job, self.store)
         except Interrupted:
-            job.end("cancelled")
+            ending = ("cancelled", None, None)
         except Flagged:
-            job.end("failed", f"{FILTERED}: the safety checker flagged the image")
+            ending = ("failed", f"{FILTERED}: the safety checker flagged the image", None)
         except AipcError as exc:  # the job's own failure (a remote's answer, a request it refused)
             log.warning("image job %s failed: %s", job.id, exc.message)
-            job.end("failed", exc.message, exc)
+            ending = ("failed", exc.message, exc)
         except Exception as exc:  # the pipeline raised: this job fails, and the pipeline is rebuilt
             log.exception("image job %s failed", job.id)
             if self.scheduler is not None:  # recovering before anyone sees the job fail
                 recovery = self.scheduler.recover(self.name, exc)
-            failure = EngineFailure("The image pipeline failed while rendering this picture and is being restarted; "
-                                    "retry the request.")
-            job.end("failed", f"{type(exc).__name__}: {exc}", failure)
-        else:
-            job.end("done")
+            ending = ("failed", f"{type(exc).__name__}: {exc}", EngineFailure(
+                "The image pipeline failed while rendering this picture and is being restarted; retry the request."))
         finally:
             self._current = None
-            if lease is not None and self.scheduler is not None:
-                self.scheduler.release(lease, job.params.keep_alive)
-            self._notify(job)
+            if lease is not None and self.scheduler is not None:  # before the job ends: whoever sees it end (and
+                self.scheduler.release(lease, job.params.keep_alive)  # asks for the other model) finds it free
+        job.end(*ending)
+        self._notify(job)
         return recovery
 
     def _notify(self, job: ImageJob) -> None:

@@ -256,7 +256,6 @@ class LLMEngine:
         self._config = _model_config(model_dir)
         self.context_length = _context_length(self._config, settings.context_length)
         self.reasons = True  # known at load: whether the template or vocabulary has think tags
-        self.load_seconds: float | None = None
         self.observers: list[Callable[[Done], None]] = []  # called on the owner thread for each finished request
         self.arrivals = arrivals if arrivals is not None else Arrivals()
         self.constraints = ConstraintChecker()
@@ -292,22 +291,12 @@ class LLMEngine:
         """Requests admitted and not yet generating."""
         return self._loop.waiting if self._loop is not None else 0
 
-    @property
-    def capacity(self) -> int:
-        """Requests admitted at once: generating plus waiting."""
-        return capacity(self.settings)
-
-    @property
-    def restarts(self) -> int:
-        """Pipelines rebuilt after a failure."""
-        return self.scheduler.view(self.name).restarts
-
     def health(self) -> EngineHealth:
         """The engine's state, as the scheduler's record of its model says (the owner loop must be running)."""
         if self._loop is None:
             return EngineHealth("loading", retry_after=RETRY_AFTER_SECONDS)
         view = self.scheduler.view(self.name)
-        if not view.broken and not self._loop.alive:
+        if not view.broken and self._loop.stopped:
             return EngineHealth("failed", self._loop.error or "the owner loop is not running", view.restarts)
         return health_of(view)
 
@@ -316,7 +305,7 @@ class LLMEngine:
         if self._loop is None:
             raise NotReady("The LLM is not loaded.", retry_after=RETRY_AFTER_SECONDS)
         self.scheduler.check(self.name)
-        if not self._loop.alive:
+        if self._loop.stopped:
             raise NotReady(f"The LLM engine has failed ({self._loop.error}); restart the server.")
 
     def load(self, preload: bool | None = None) -> None:
@@ -341,18 +330,17 @@ class LLMEngine:
         with self._pipe_lock:
             self._loop, loop.pipe = loop, self._pipe
         loop.start()
-        self.load_seconds = time.perf_counter() - t0
         log.info("LLM %s %s on %s in %.2f s (context %d)", self.model_name,
-                 "loaded" if self._pipe is not None else "ready to load", self.device, self.load_seconds,
+                 "loaded" if self._pipe is not None else "ready to load", self.device, time.perf_counter() - t0,
                  self.context_length)
 
     def _use_tokenizer(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self.reasons = think_tags(str(tokenizer.chat_template or ""), self._encode(THINK_OPEN))
+        self.reasons = think_tags(str(tokenizer.chat_template or ""), self.encode(THINK_OPEN))
         self._table_decode = ByteLevelDecoder.load(self.model_dir, self._decode_with_openvino,
                                                    (self._config or {}).get("vocab_size"))
         log.info("LLM detokenizing with %s", "a byte-level table" if self._table_decode else "openvino-tokenizers")
-        self._vocab = Vocabulary(self._decode_many, self._encode(THINK_CLOSE_TEXT),
+        self._vocab = Vocabulary(self._decode_many, self.encode(THINK_CLOSE_TEXT),
                                  int(tokenizer.get_eos_token_id()))
 
     def _load_pipeline(self) -> Any:
@@ -390,7 +378,7 @@ class LLMEngine:
             pipe.generate(prompt, config)
         else:
             pipe.generate([prompt], [config])
-        self.decode(self._encode(THINK_CLOSE_TEXT))  # the detokenizer's first call is slow too
+        self.decode(self.encode(THINK_CLOSE_TEXT))  # the detokenizer's first call is slow too
         log.info("LLM warm-up took %.2f s", time.perf_counter() - t0)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -434,21 +422,14 @@ class LLMEngine:
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens of the templated prompt for these messages."""
-        return self.count_tokens(self.render_prompt(messages))
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` as the model sees it."""
-        return len(self._encode(text))
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no special tokens added)."""
-        return self._encode(text)
+        return len(self.encode(self.render_prompt(messages)))
 
     def decode(self, ids: list[int]) -> str:
         """Text of token ids, as the engine decodes them while streaming."""
         return self._decode_many([ids])[0]
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
         encoded = self._tokenizer.encode(text, add_special_tokens=False)
         return [int(t) for t in encoded.input_ids.data.reshape(-1)]
 
@@ -477,7 +458,7 @@ class LLMEngine:
         assert self._loop is not None
         if (constrains_whole_reply(params) or not params.think) and prompt.rstrip().endswith(THINK_OPEN):
             prompt += "</think>\n\n"  # no reasoning wanted (or no room for it): close the block empty
-        ids = self._encode(prompt)
+        ids = self.encode(prompt)
         max_new = self._max_new_tokens(len(ids), params.max_tokens)
         tags = self.reasons and params.split_reasoning
         # A reasoning model's stop strings are matched on its answer here: the pipeline would match its reasoning too

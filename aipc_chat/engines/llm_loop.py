@@ -99,24 +99,16 @@ class OwnerLoop:
         self._thread: threading.Thread | None = None
 
     @property
-    def capacity(self) -> int:
-        """Requests admitted at once: generating plus waiting."""
-        return capacity(self.settings)
-
-    @property
     def waiting(self) -> int:
         """Requests admitted and not yet generating."""
         return max(0, self._pending - self.active)
 
     @property
-    def idle_now(self) -> bool:
-        """Nothing admitted and unfinished (any thread)."""
-        return self._pending == 0
-
-    @property
-    def alive(self) -> bool:
-        """True while the owner thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+    def stopped(self) -> bool:
+        """True once the owner thread has ended, or is ending (it failed: ``error`` says why, set before the
+        requests it held are failed)."""
+        thread = self._thread
+        return self.error is not None or self._stopped or (thread is not None and not thread.is_alive())
 
     def start(self) -> None:
         """Start the owner thread."""
@@ -135,8 +127,8 @@ class OwnerLoop:
         with self._pending_lock:
             if self._stopped:
                 raise NotReady(f"The LLM engine has stopped ({self.error or 'shutting down'}).")
-            if self._pending >= self.capacity:
-                raise Busy(f"The LLM queue is full ({self.capacity} requests); retry shortly.", retry_after=2)
+            if self._pending >= (limit := capacity(self.settings)):
+                raise Busy(f"The LLM queue is full ({limit} requests); retry shortly.", retry_after=2)
             self._pending += 1
             self._live[req.stream] = req
         self._inbox.put(req)

@@ -106,10 +106,8 @@ class RemoteLLM:
         self.device = "remote"
         self.context_length = settings.context_length or REMOTE_CONTEXT
         self.reasons = True  # a remote model's reasoning, if any, arrives apart as reasoning_content
-        self.load_seconds: float | None = None
         self.active = 0
         self.waiting = 0
-        self.restarts = 0  # nothing to rebuild: the remote is asked again on every /ready
         self.observers: list[Callable[[Done], None]] = []
         self._live: dict[LLMStream, asyncio.Future[None]] = {}
         self._io: asyncio.AbstractEventLoop | None = None
@@ -119,12 +117,10 @@ class RemoteLLM:
     def load(self, preload: bool | None = None) -> None:
         """Find the model id (the first the remote lists, unless configured); a remote that is down now is
         looked up again later (/ready reports it unreachable meanwhile)."""
-        t0 = time.perf_counter()
         try:
             self.discover()
         except AipcError as exc:
             log.warning("remote LLM at %s: %s", self.base_url, exc.message)
-        self.load_seconds = time.perf_counter() - t0
 
     @property
     def chat_template(self) -> str:
@@ -370,14 +366,8 @@ class A1111Renderer:
     def imports(self) -> None:
         """Nothing to import."""
 
-    def unload(self) -> bool:
+    def unload(self) -> None:
         """Nothing is held here."""
-        return False
-
-    @property
-    def loaded(self) -> bool:
-        """A remote is always at hand."""
-        return True
 
     def check(self, params: ImageParams) -> None:
         """The remote checks its own limits; image to image is not passed on."""
@@ -391,11 +381,6 @@ class A1111Renderer:
         except AipcError as exc:
             return exc.message
         return None
-
-    def info(self) -> dict[str, Any]:
-        """What the remote serves."""
-        return {"model": self.model_name, "device": self.device, "sampler": self.sampler, "endpoint": self.base_url,
-                "size_step": self.step_multiple, "max_size": self.max_size}
 
     def health(self) -> str:
         """The remote's current checkpoint (raises an upstream error when it does not answer)."""

@@ -77,7 +77,6 @@ class Record:
     error: str | None = None
     broken: bool = False  # recovery failed for good
     load_seconds: float | None = None
-    loads: int = 0
     restarts: int = 0  # successful rebuilds after a failure
     on_demand: bool = False  # this load was asked for by a request (it waits), not by the start
     waiters: deque[Waiter] = field(default_factory=deque)
@@ -133,7 +132,6 @@ class Lease:
 class ModelView:
     """A record as ``snapshot`` shows it."""
 
-    name: str
     state: RecordState
     size_mb: float | None
     cost_mb: float
@@ -142,7 +140,6 @@ class ModelView:
     error: str | None
     broken: bool
     load_seconds: float | None
-    loads: int
     restarts: int
     on_demand: bool
     keep_alive: float
@@ -159,8 +156,7 @@ class Snapshot:
     @property
     def counted_mb(self) -> float:
         """What the resident models count against the budget."""
-        return round(sum(m.cost_mb for m in self.models.values() if m.size_mb is not None and m.state in
-                         ("ready", "unloading", "recovering")), 1)
+        return round(sum(m.cost_mb for m in self.models.values() if m.size_mb is not None), 1)  # None: not resident
 
 
 class Scheduler:
@@ -186,9 +182,6 @@ class Scheduler:
         """Register a model (not loaded until asked)."""
         with self._cond:
             self._records[spec.name] = Record(spec)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._records
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -258,9 +251,8 @@ class Scheduler:
                 timeout: float | None = None) -> None:
         """Load the model without using it (Ollama's request with no prompt, the start); its keep-alive starts
         once it is loaded. With ``wait``, block until then and raise what stopped it."""
-        lease = self.acquire(name, timeout) if wait else None
-        if lease is not None:
-            self.release(lease, keep_alive)
+        if wait:
+            self.release(self.acquire(name, timeout), keep_alive)
             return
         with self._cond:
             record = self._records[name]
@@ -319,19 +311,12 @@ class Scheduler:
         with self._cond:
             return self._view(self._records[name], self._clock())
 
-    def fits(self, name: str) -> bool:
-        """Whether the model can ever be resident under the limit."""
-        with self._cond:
-            record = self._records[name]
-            return self.limit_mb is None or record.cost_mb <= self.limit_mb
-
     # --- under the lock ------------------------------------------------------------------------------------------
 
     def _view(self, r: Record, now: float) -> ModelView:
         expires = None if r.expires_at is None or r.state != "ready" else max(0.0, r.expires_at - now)
-        return ModelView(r.spec.name, r.state, r.size_mb if r.resident else None, round(r.cost_mb, 1), r.refs,
-                         expires, r.error, r.broken, r.load_seconds, r.loads, r.restarts, r.on_demand,
-                         r.spec.keep_alive, len(r.waiters))
+        return ModelView(r.state, r.size_mb if r.resident else None, round(r.cost_mb, 1), r.refs, expires, r.error,
+                         r.broken, r.load_seconds, r.restarts, r.on_demand, r.spec.keep_alive, len(r.waiters))
 
     def _check(self, record: Record) -> None:
         name = record.spec.name
@@ -343,9 +328,7 @@ class Scheduler:
             raise NotReady(f"The {name} engine is recovering from an internal error; retry shortly.",
                            retry_after=RETRY_AFTER_SECONDS)
         if self.limit_mb is not None and record.cost_mb > self.limit_mb:
-            raise MemoryFull(f"The {name} model needs about {record.cost_mb:.0f} MB, more than AIPC_MEMORY_LIMIT "
-                             f"({self.limit_mb:.0f} MB) allows; raise the limit or serve a smaller model.",
-                             retry_after=None)
+            raise _too_big(record, self.limit_mb)
 
     def _hold(self, record: Record) -> Lease:
         record.refs += 1
@@ -443,9 +426,7 @@ class Scheduler:
             record.blocked_until = None
             return None
         if record.cost_mb > limit:
-            self._fail_waiters(record, MemoryFull(
-                f"The {record.spec.name} model needs about {record.cost_mb:.0f} MB, more than AIPC_MEMORY_LIMIT "
-                f"({limit:.0f} MB) allows; raise the limit or serve a smaller model.", retry_after=None))
+            self._fail_waiters(record, _too_big(record, limit))
             record.preload_keep = None
             record.blocked = "too big"
             return None
@@ -487,7 +468,7 @@ class Scheduler:
         size = round(max(0.0, self._measure() - before), 1)
         with self._cond:
             record.handle, record.size_mb = handle, size
-            record.load_seconds, record.loads = round(time.perf_counter() - t0, 3), record.loads + 1
+            record.load_seconds = round(time.perf_counter() - t0, 3)
             self._set(record, "ready")
             record.on_demand = False
             record.last_used = self._clock()
@@ -581,6 +562,11 @@ def in_flight_failure(kind: str) -> EngineFailure:
     """The error a request in flight gets when the pipeline fails under it."""
     return EngineFailure(f"The {kind} engine failed while serving this request and is being restarted; "
                          "retry the request.")
+
+
+def _too_big(record: Record, limit: float) -> MemoryFull:
+    return MemoryFull(f"The {record.spec.name} model needs about {record.cost_mb:.0f} MB, more than AIPC_MEMORY_LIMIT "
+                      f"({limit:.0f} MB) allows; raise the limit or serve a smaller model.", retry_after=None)
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -93,7 +93,7 @@ def test_a_request_add_request_refuses_fails_alone(demo_models: Path) -> None:
         first, second = run_together(engine, LONG, LONG)
         assert isinstance(first, Done) and first.completion_tokens == 40
         assert isinstance(second, EngineFailure)
-        assert engine.health().state == "ready" and engine.restarts == 0
+        assert engine.health().state == "ready" and engine.health().restarts == 0
         assert serves(engine)
     finally:
         engine.close()
@@ -106,7 +106,7 @@ def test_an_unreadable_output_fails_that_request_alone(demo_models: Path) -> Non
         failed = [r for r in results if isinstance(r, EngineFailure)]
         finished = [r for r in results if isinstance(r, Done)]
         assert len(failed) == 1 and len(finished) == 1 and finished[0].completion_tokens == 40
-        assert engine.health().state == "ready" and engine.restarts == 0
+        assert engine.health().state == "ready" and engine.health().restarts == 0
         assert serves(engine)
     finally:
         engine.close()
@@ -119,7 +119,7 @@ def test_a_failed_step_fails_what_is_in_flight_and_the_pipeline_is_rebuilt(demo_
         assert all(isinstance(r, EngineFailure) and "being restarted" in r.message for r in results), results
         wait_state(engine)
         assert serves(engine)
-        assert factories.builds == 2 and engine.restarts == 1
+        assert factories.builds == 2 and engine.health().restarts == 1
         health = engine.health()
         assert health.state == "ready" and health.error is None
         assert owner_threads() == ["llm-owner"]
@@ -135,7 +135,7 @@ def test_a_schema_that_does_not_compile_is_a_400_before_admission(demo_models: P
             engine.submit([{"role": "user", "content": "JSON please"}], GenParams(json_schema=schema))
         assert err.value.param == "response_format" and BAD_SCHEMAS[schema] in err.value.message
         assert ".cc" not in err.value.message and "[" not in err.value.message[:3], "no build paths or timestamps"
-        assert serves(engine) and engine.restarts == 0 and factories.builds == 1
+        assert serves(engine) and engine.health().restarts == 0 and factories.builds == 1
     finally:
         engine.close()
 
@@ -164,7 +164,7 @@ def test_a_really_broken_pipeline_recovers(demo_models: Path) -> None:
         assert isinstance(other, EngineFailure) or isinstance(other, Done) and other.completion_tokens == 40
         wait_state(engine)
         assert serves(engine) and serves(engine)
-        assert engine.restarts == 1 and factories.builds == 2
+        assert engine.health().restarts == 1 and factories.builds == 2
     finally:
         engine.close()
 
@@ -253,7 +253,7 @@ def test_an_image_pipeline_that_raises_fails_its_job_alone_and_is_rebuilt(demo_m
         wait_state(engine)
         fine = render(engine, seed=2)
         assert fine.state == "done" and engine.store.path(fine.names[0]) is not None
-        assert engine.restarts == 1 and factories.builds == 2 and engine.health().state == "ready"
+        assert engine.health().restarts == 1 and factories.builds == 2 and engine.health().state == "ready"
     finally:
         engine.close()
 
@@ -283,7 +283,7 @@ def test_the_serial_npu_loop_fails_the_request_and_rebuilds(demo_models: Path) -
         (failed,) = run_together(engine, GenParams(max_tokens=8))
         assert isinstance(failed, EngineFailure)
         wait_state(engine)
-        assert serves(engine) and engine.restarts == 1 and factories.builds == 2
+        assert serves(engine) and engine.health().restarts == 1 and factories.builds == 2
         assert owner_threads() == ["llm-owner-serial"]
     finally:
         engine.close()

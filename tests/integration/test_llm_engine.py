@@ -13,7 +13,7 @@ import pytest
 
 from aipc_chat.engines.contract import Delta, Done, GenParams, LLMStream
 from aipc_chat.engines.llm import LLMEngine, OpenVINOPipelines
-from aipc_chat.engines.llm_loop import BatchLoop
+from aipc_chat.engines.llm_loop import BatchLoop, capacity
 from aipc_chat.errors import Busy, Cancelled, ContextLengthExceeded, EngineFailure, InvalidRequest, NotReady
 from aipc_chat.serving.aio import Reader
 from aipc_chat.settings import Settings
@@ -144,7 +144,7 @@ def test_full_queue_is_busy_not_a_hang(llm_engine: LLMEngine) -> None:
     async def main() -> None:
         params = GenParams(max_tokens=2000, ignore_eos=True)
         streams = [llm_engine.submit([{"role": "user", "content": f"n{i}"}], params)
-                   for i in range(llm_engine.capacity)]
+                   for i in range(capacity(llm_engine.settings))]
         with pytest.raises(Busy) as info:
             llm_engine.submit([{"role": "user", "content": "one more"}], params)
         assert info.value.retry_after >= 1

@@ -48,6 +48,7 @@ def test_flagged_images_are_withheld(tmp_path: Path, flag: bool) -> None:
         else:
             asyncio.run(wait_job(job, 5))
             assert engine.store.path(job.names[0]) is not None
-        assert engine.health().state == "ready" and engine.restarts == 0  # a flagged image is no pipeline fault
+        health = engine.health()
+        assert health.state == "ready" and health.restarts == 0  # a flagged image is no pipeline fault
     finally:
         engine.close()
