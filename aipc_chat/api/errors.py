@@ -82,8 +82,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = error_payload(family(request.url.path), str(exc.detail),
-                             _HTTP_TYPES.get(exc.status_code, "invalid_request_error"))
+        message, code = str(exc.detail), None
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):  # no route: say so
+            message = (f"{request.method} {request.url.path} is not supported by aipc-chat (see /docs for its "
+                       "endpoints).")
+            code = "unsupported_endpoint"
+        body = error_payload(family(request.url.path), message,
+                             _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), code=code)
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

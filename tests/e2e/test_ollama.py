@@ -5,6 +5,7 @@ thinking (whole and streamed), generate, and Ollama-shaped errors. Raw lines are
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime
 
 import httpx
@@ -131,3 +132,29 @@ def test_a_client_that_leaves_stops_its_stream(live_server: LiveServer, name: st
     assert_a_dropped_stream_stops(live_server.base_url, "/api/chat", {
         "model": name, "messages": [{"role": "user", "content": "Go on and on."}],
         "options": {"num_predict": 4000, "ignore_eos": True}}, within=2.0)
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_is_json_whatever_its_content_type_says(live_server: LiveServer, name: str,
+                                                       content_type: str | None) -> None:
+    """As Ollama reads it: its own curl examples send no Content-Type (curl then says form-encoded)."""
+    body = json.dumps({"model": name, "messages": QUESTION, "stream": False, "options": SHORT}).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    r = httpx.post(f"{live_server.base_url}/api/chat", content=body, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True and r.json()["message"]["role"] == "assistant"
+    curl = subprocess.run(["curl", "-s", f"{live_server.base_url}/api/generate", "-d",
+                           json.dumps({"model": name, "prompt": "Hi", "stream": False, "options": SHORT})],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(curl.stdout)["done"] is True  # Ollama's docs' own command, as they write it
+
+
+def test_unknown_routes_say_so_in_each_apis_shape(live_server: LiveServer) -> None:
+    for path, family in (("/v1/nope", "openai"), ("/sdapi/v1/nope", "openai"), ("/api/nope", "ollama")):
+        r = httpx.post(f"{live_server.base_url}{path}", json={})
+        assert r.status_code == 404, (path, r.text)
+        error = r.json()["error"]
+        message = error if family == "ollama" else error["message"]
+        assert path in message and "not supported" in message, (path, message)
+        if family == "openai":
+            assert error["code"] == "unsupported_endpoint" and error["type"] == "not_found_error"

@@ -149,3 +149,9 @@ def test_the_ollama_api_with_a_model_that_does_not_reason(smol_server: LiveServe
     answer = client.generate(model="SmolLM2-135M-Instruct.Q4_1", prompt="What is the capital of France?",
                              options={"temperature": 0, "num_predict": 40})
     assert "Paris" in answer.response and not answer.thinking
+    for ask in (lambda: client.chat(model="SmolLM2-135M-Instruct.Q4_1", think=True, messages=[
+                    {"role": "user", "content": "Hi"}]),
+                lambda: client.generate(model="SmolLM2-135M-Instruct.Q4_1", prompt="Hi", think="high")):
+        with pytest.raises(ollama.ResponseError, match="does not support thinking") as refused:
+            ask()  # as Ollama answers for a model without the thinking capability
+        assert refused.value.status_code == 400

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 
 from aipc_chat.api.deps import ArrivalDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
@@ -42,7 +43,24 @@ from aipc_chat.serving import (
 )
 from aipc_chat.settings import Settings
 
-router = APIRouter(tags=["ollama"])
+
+class _JSONWhateverTheType(APIRoute):
+    """Ollama reads every request body as JSON, whatever its ``Content-Type`` says: its own curl examples send
+    none (curl then says form-encoded), nor do litellm's Ollama providers. So do these routes."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "DELETE"):
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+            return await handler(request)
+
+        return route
+
+
+router = APIRouter(tags=["ollama"], route_class=_JSONWhateverTheType)
 
 OLLAMA_API_VERSION = "0.12.6"  # the Ollama release whose API this follows (clients check it for features)
 NEVER = datetime(2318, 1, 1, tzinfo=UTC)  # Ollama's expires_at for a model kept loaded for good
@@ -155,6 +173,8 @@ async def _serve(arrival: Arrival, body: OllamaGeneration, work: list[dict[str, 
     engine = resolve_model(runtime, "llm", body.model)
     body.check_supported()
     name = tagged(engine.model_name)
+    if body.think not in (None, False) and not engine.reasons:  # Ollama's answer to the same request
+        raise InvalidRequest(f'"{name}" does not support thinking', param="think")
     if work is None:
         arrival.settle()
         reason = await load_only(runtime, "llm", body.keep_alive)
