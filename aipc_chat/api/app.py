@@ -16,7 +16,7 @@ from aipc_chat.api.deps import no_lone_surrogates
 from aipc_chat.api.errors import install_error_handlers
 from aipc_chat.api.metrics import Metrics, MetricsMiddleware
 from aipc_chat.api.ratelimit import RateLimiter
-from aipc_chat.api.routes import chat, health, images, ollama, openai_chat, sdapi, web
+from aipc_chat.api.routes import chat, embeddings, health, images, ollama, openai_chat, sdapi, web
 from aipc_chat.api.security import ALLOWED_ORIGIN, GuardMiddleware
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
@@ -44,7 +44,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.chat_limiter = RateLimiter(settings.chat_rate_per_minute)
     app.state.metrics = metrics = Metrics(rt)
     install_error_handlers(app)
-    for module in (health, chat, openai_chat, images, sdapi, ollama, metrics_routes, web):
+    for module in (health, chat, openai_chat, images, embeddings, sdapi, ollama, metrics_routes, web):
         app.include_router(module.router)
     # Last added runs first: metrics see every request, the guard refuses before CORS or a route runs.
     app.add_middleware(CORSMiddleware, allow_origin_regex=ALLOWED_ORIGIN.pattern, allow_origins=settings.extra_origins,

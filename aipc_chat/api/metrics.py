@@ -96,7 +96,7 @@ class ModelsCollector(Collector):
         size = GaugeMetricFamily("aipc_model_resident_bytes", "What the model's load added to the process's RSS",
                                  labels=["kind"])
         held = GaugeMetricFamily("aipc_model_requests_holding", "Requests holding the model now", labels=["kind"])
-        for kind in self.runtime.status:
+        for kind in dict.fromkeys([*self.runtime.status, *snap.models]):  # the embedding model too, if served
             view = snap.models.get(kind)
             restarts.add_metric([kind], view.restarts if view is not None else 0)
             loaded.add_metric([kind], int(view is not None and view.size_mb is not None))

@@ -106,7 +106,7 @@ class Waiter:
     error: AipcError | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Recovery:
     """An owner thread's request to rebuild a failed pipeline; ``wait()`` for the outcome."""
 
@@ -171,6 +171,7 @@ class Scheduler:
         self.memory_wait = memory_wait  # how long a load waits for models in use to be released before a 503
         self._measure, self._clock, self._sleep = measure, clock, sleep
         self._records: dict[str, Record] = {}
+        self._recoveries: set[Recovery] = set()  # asked for and not yet over
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -198,9 +199,9 @@ class Scheduler:
             self._closed = True
             for record in self._records.values():
                 self._fail_waiters(record, Cancelled("The server is shutting down."))
-                if record.recovery is not None:
-                    record.recovery.done.set()
-                    record.recovery = None
+                record.recovery = None
+            for recovery in self._recoveries:  # asked for, or under way: the owner threads stop waiting
+                recovery.done.set()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -290,6 +291,7 @@ class Scheduler:
                 return recovery
             record = self._records[name]
             record.recovery = recovery
+            self._recoveries.add(recovery)
             self._set(record, "recovering", error=recovery.cause)
             self._cond.notify_all()
         log.warning("the %s pipeline failed (%s); rebuilding it", name, recovery.cause)
@@ -518,7 +520,6 @@ class Scheduler:
         for attempt, pause in enumerate(REBUILD_BACKOFF_SECONDS[:MAX_REBUILDS], start=1):
             self._sleep(pause)
             if self._closed:
-                recovery.done.set()
                 return
             t0 = time.perf_counter()
             try:
@@ -528,14 +529,15 @@ class Scheduler:
                 log.exception("rebuilding the %s pipeline failed (attempt %d of %d)", name, attempt, MAX_REBUILDS)
                 continue
             with self._cond:
+                if self._closed:  # shut down meanwhile: the owner thread has been told already
+                    return
                 record.handle, record.restarts = new, record.restarts + 1
                 record.load_seconds = round(time.perf_counter() - t0, 3)
                 self._set(record, "ready")
                 self._cond.notify_all()
             log.info("the %s pipeline was rebuilt in %.2f s (restart %d)", name, time.perf_counter() - t0,
                      record.restarts)
-            recovery.ok = True
-            recovery.done.set()
+            self._end_recovery(recovery, ok=True)
             return
         with self._cond:
             record.broken = True
@@ -543,7 +545,14 @@ class Scheduler:
                                               f"{type(last).__name__}: {_first_line(last)}")
             self._fail_waiters(record, NotReady(f"The {name} engine has failed ({record.error}); restart the "
                                                 "server."))
-        recovery.done.set()
+        self._end_recovery(recovery, ok=False)
+
+    def _end_recovery(self, recovery: Recovery, *, ok: bool) -> None:
+        with self._cond:
+            self._recoveries.discard(recovery)
+            if not recovery.done.is_set():  # (close() may have ended it already: then it stays failed)
+                recovery.ok = ok
+                recovery.done.set()
 
 
 def health_of(view: ModelView) -> EngineHealth:

@@ -22,6 +22,7 @@ from aipc_chat.api.deps import ArrivalDep, RuntimeDep, SettingsDep
 from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.ollama import (
     OllamaChatRequest,
+    OllamaEmbedRequest,
     OllamaGenerateRequest,
     OllamaGeneration,
     OllamaModelRequest,
@@ -41,6 +42,7 @@ from aipc_chat.serving import (
     resolve_model,
     tagged,
 )
+from aipc_chat.serving.embeddings import embed
 from aipc_chat.settings import Settings
 
 
@@ -100,10 +102,16 @@ async def version() -> dict[str, str]:
 
 @router.get("/api/tags")
 async def tags(runtime: RuntimeDep) -> dict[str, Any]:
-    """The LLM this server serves (loaded or not); none when it serves no LLM."""
-    if runtime.status["llm"].state == "disabled":
-        return {"models": []}
-    return {"models": [await _listing(runtime, model_names(runtime, "llm")[0])]}
+    """The LLM this server serves (loaded or not), and its embedding model if it serves one."""
+    models = [] if runtime.status["llm"].state == "disabled" else [
+        await _listing(runtime, model_names(runtime, "llm")[0])]
+    if runtime.embedding_status is not None:
+        name = tagged(str(runtime.embedding_status["model"]))
+        models.append({"name": name, "model": name, "modified_at": now(), "digest": "",
+                       "size": runtime.embedding.size_bytes if runtime.embedding is not None else 0,
+                       "details": {"format": "openvino", "family": "bert", "families": ["bert"],
+                                   "parameter_size": "", "quantization_level": ""}})
+    return {"models": models}
 
 
 @router.get("/api/ps")
@@ -236,11 +244,21 @@ async def pull(body: OllamaModelRequest, runtime: RuntimeDep) -> Any:
 
 
 @router.post("/api/embed")
+async def embed_texts(body: OllamaEmbedRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    """Ollama's embeddings: one text or several, each vector normalised as the model's card asks."""
+    done = await embed(runtime, body.model, body.texts(), truncate=body.truncate, keep_alive=body.keep_alive)
+    return {"model": done.model, "embeddings": done.vectors, "total_duration": _ns(done.seconds),
+            "load_duration": 0, "prompt_eval_count": done.tokens}
+
+
 @router.post("/api/embeddings")
-async def embeddings() -> Any:
-    """No embedding model here."""
-    raise InvalidRequest("this server does not support embeddings: it serves a chat model and an image model",
-                         param="model")
+async def embed_prompt(body: OllamaEmbedRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    """Ollama's older embeddings endpoint: one ``prompt``, one ``embedding``."""
+    texts = body.texts()
+    if len(texts) != 1:
+        raise InvalidRequest("/api/embeddings takes one prompt; use /api/embed for several.", param="prompt")
+    done = await embed(runtime, body.model, texts, keep_alive=body.keep_alive)
+    return {"embedding": done.vectors[0]}
 
 
 @router.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "HEAD"], include_in_schema=False)

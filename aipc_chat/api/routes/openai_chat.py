@@ -25,7 +25,8 @@ router = APIRouter(tags=["openai"])
 async def retrieve_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """One model by id (``client.models.retrieve``); 404 ``model_not_found`` for any other."""
     for model in _models(runtime):
-        if names_match(model_id, model_names(runtime, model["type"])):
+        names = [model["id"]] if model["type"] == "embedding" else model_names(runtime, model["type"])
+        if names_match(model_id, names):
             return model
     raise ModelNotFound(f"The model '{model_id}' does not exist here.", param="model")
 
@@ -48,6 +49,11 @@ def _models(runtime: Runtime) -> list[dict[str, Any]]:
         data.append({"id": name, "object": "model", "created": created, "owned_by": "aipc-chat",
                      "type": "llm" if kind == "llm" else "image", "device": status.device,
                      "state": engine.health().state if local and engine is not None else status.state})
+    if runtime.embedding_status is not None:
+        embedder = runtime.embedding
+        data.append({"id": runtime.embedding_status["model"], "object": "model", "created": created,
+                     "owned_by": "aipc-chat", "type": "embedding", "device": runtime.embedding_status["device"],
+                     "state": embedder.health().state if embedder is not None else runtime.embedding_status["state"]})
     return data
 
 

@@ -141,6 +141,24 @@ class OllamaGenerateRequest(OllamaGeneration):
         return [*messages, {"role": "user", "content": self.prompt}]
 
 
+class OllamaEmbedRequest(BaseModel):
+    """``/api/embed``: one text or several; ``/api/embeddings`` (the older form): one ``prompt``."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    input: str | list[str] | None = None
+    prompt: str | None = None
+    truncate: bool = True
+    keep_alive: KeepAlive = None
+
+    def texts(self) -> list[str]:
+        """What to embed, in order."""
+        given = self.input if self.input is not None else self.prompt
+        if given is None:
+            raise InvalidRequest("input is required: a text or a list of texts.", param="input")
+        return [given] if isinstance(given, str) else list(given)
+
+
 class OllamaModelRequest(BaseModel):
     """``/api/show``, ``/api/pull``, ``/api/delete``: a model by name (``name`` is the older field)."""
 

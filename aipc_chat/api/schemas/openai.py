@@ -212,3 +212,24 @@ class CompletionRequest(_Sampling):
     def to_params(self) -> GenParams:
         """The engine's parameters (``DEFAULTS["openai_completions"]`` where the request is silent)."""
         return gen_params("openai_completions", self._asked())
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``: a text, texts, or token ids (one list, or one per input)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, a list of texts, token ids, or a list of token id lists.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    keep_alive: KeepAlive = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or len(value) > 2048):
+            raise ValueError("input takes 1 to 2048 items")
+        if value == "" or (isinstance(value, list) and any(item in ("", []) for item in value)):
+            raise ValueError("input must not be empty")
+        return value

@@ -1,0 +1,53 @@
+"""Embeddings, the same for every API: which model a request names, texts or token ids in, vectors and counts out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aipc_chat.errors import InvalidRequest, ModelNotFound
+from aipc_chat.serving.models import model_names, names_match
+
+if TYPE_CHECKING:
+    from aipc_chat.runtime import Runtime
+
+Inputs = str | list[str] | list[int] | list[list[int]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What a request's texts came to."""
+
+    model: str
+    vectors: list[list[float]]
+    tokens: int
+    seconds: float
+
+
+async def embed(runtime: Runtime, model: str, inputs: Inputs, *, truncate: bool = True,
+                dimensions: int | None = None, keep_alive: float | None = None) -> Embedded:
+    """Embed ``inputs`` with the embedding model ``model`` names (404 for any other; token ids are decoded with the
+    model's own tokenizer first). ``dimensions`` must be the model's own: it has no shorter forms."""
+    if runtime.status["llm"].state != "disabled" and names_match(model, model_names(runtime, "llm")):
+        raise InvalidRequest(f'"{model}" does not support embeddings (it is the chat model); '
+                             + ("ask for the embedding model." if runtime.embedding_status is not None else
+                                "set AIPC_EMBEDDING_PATH to serve an embedding model."), param="model")
+    engine = runtime.require_embedding()
+    names = [engine.model_name, engine.model_dir.name, engine.model_dir.name.removesuffix("-ov")]
+    if not names_match(model, names):
+        raise ModelNotFound(f"The embedding model '{model}' is not served here; this server serves "
+                            f"'{engine.model_name}'.", param="model")
+    if dimensions is not None and dimensions != engine.dimensions:
+        raise InvalidRequest(f"{engine.model_name} makes {engine.dimensions}-dimensional embeddings only; "
+                             f"dimensions {dimensions} is not available.", param="dimensions")
+    if isinstance(inputs, str):
+        texts = [inputs]
+    elif all(isinstance(item, int) for item in inputs):
+        texts = [engine.decode(inputs)]  # type: ignore[arg-type]
+    else:
+        texts = [item if isinstance(item, str) else engine.decode(item) for item in inputs]  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    vectors, tokens = await asyncio.to_thread(engine.embed, texts, truncate=truncate, keep_alive=keep_alive)
+    return Embedded(engine.model_name, vectors, tokens, time.perf_counter() - t0)
