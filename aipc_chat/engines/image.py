@@ -10,6 +10,7 @@ imports a model library at module level: the runtime chosen is imported when its
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -107,6 +108,7 @@ class LocalRenderer:
         self.device = device
         self.max_size = max_size
         self.step_multiple = 64
+        self.native_size = 512  # the size it was trained at (size "auto"); read from the model's configuration
         self.sampler = self.default_sampler = "PLMS"
         self.static_size = npu_static_size(settings, device)
         self._pipelines = pipelines
@@ -135,6 +137,8 @@ class LocalRenderer:
             scheduler = "PNDMScheduler"
         self.step_multiple = step
         self.default_sampler = self.sampler = SAMPLER_OF_CLASS.get(scheduler, scheduler)
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # what the UNet was trained at
+            self.native_size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
     def load(self) -> None:
         """Load and compile the pipeline (blocking)."""
@@ -195,7 +199,8 @@ class LocalRenderer:
         for index, seed in enumerate(job.seeds):
             t0 = time.perf_counter()
             image = self._render_one(job, seed, done_before=index * p.steps)
-            text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name)
+            done = max(0, min(p.steps, job.step - index * p.steps)) if job.cancelled else None  # interrupted
+            text = infotext(p, seed=seed, sampler=self.sampler, model=self.model_name, steps=done)
             job.infotexts.append(text)
             job.images.append(store.save(image, text, name=job.names[index]))
             log.info("image job %s: %dx%d, %d steps, seed %d in %.2f s%s", job.id, p.width, p.height, p.steps,

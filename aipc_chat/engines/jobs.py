@@ -16,11 +16,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from aipc_chat.engines.contract import (
     FILTERED,
+    NATIVE_SIZE,
     RETRY_AFTER_SECONDS,
     EngineHealth,
     Flagged,
@@ -45,6 +47,7 @@ class Renderer(Protocol):
     model_dir: Path
     max_size: int
     step_multiple: int
+    native_size: int  # the size it was trained at (what size "auto" means)
     sampler: str  # the sampler the last job used (A1111's name)
     local: bool  # holds its pipeline in this process (counted in the memory budget, unloaded when idle)
 
@@ -219,6 +222,9 @@ class ImageEngine:
     def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
         """Queue a job for ``owner``; Busy when the queue is full, NotReady while the pipeline is rebuilt."""
         self.check_serving()
+        if params.width == NATIVE_SIZE:  # size "auto": the size the model was trained at
+            native = self.renderer.native_size
+            params = replace(params, width=native, height=native)
         self.check(params)
         self.store.check_free_space(self.settings.min_free_mb)
         job = ImageJob(params, owner=owner, names=[self.store.new_name() for _ in range(params.n)])

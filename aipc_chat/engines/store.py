@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import os
 import re
@@ -49,17 +50,38 @@ def storage_error(folder: Path, exc: OSError) -> StorageError:
     return StorageError(f"Could not write to {folder} ({reason}): {hint}. What is already stored is kept.")
 
 
-def infotext(params: ImageParams, *, seed: int, sampler: str, model: str) -> str:
-    """The A1111 "infotext": prompt, negative prompt, then ``key: value`` pairs."""
+def infotext(params: ImageParams, *, seed: int, sampler: str, model: str, steps: int | None = None) -> str:
+    """The A1111 "infotext": prompt, negative prompt, then ``key: value`` pairs (``steps``: those done, when the
+    picture was interrupted before all were)."""
     lines = [params.prompt]
     if params.negative_prompt:
         lines.append(f"Negative prompt: {params.negative_prompt}")
-    pairs = {"Steps": params.steps, "Sampler": sampler, "CFG scale": f"{params.guidance_scale:g}", "Seed": seed,
+    pairs = {"Steps": params.steps if steps is None else steps, "Sampler": sampler,
+             "CFG scale": f"{params.guidance_scale:g}", "Seed": seed,
              "Size": f"{params.width}x{params.height}", "Model": model}
     if params.init_image is not None:
         pairs["Denoising strength"] = f"{params.strength:g}"
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items()))
     return "\n".join(lines)
+
+
+_PAIR = re.compile(r'\s*([^:,]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """An A1111 infotext back into its parts: ``Prompt``, ``Negative prompt`` and each ``key: value`` of its last
+    line (quoted values unquoted), as A1111's ``parse_generation_parameters`` gives them."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if len(lines) > 1 or ": " in lines[-1] else ""
+    pairs = {key.strip(): json.loads(value) if value.startswith('"') else value.strip()
+             for key, value in _PAIR.findall(last)} if last else {}
+    body = lines[:-1] if last else lines
+    negative = [i for i, line in enumerate(body) if line.startswith("Negative prompt: ")]
+    prompt = body[:negative[0]] if negative else body
+    out = {"Prompt": "\n".join(prompt)}
+    if negative:
+        out["Negative prompt"] = "\n".join(body[negative[0]:]).removeprefix("Negative prompt: ")
+    return {**out, **pairs}
 
 
 def png_bytes(image: Any, parameters: str) -> bytes:

@@ -93,6 +93,9 @@ def test_interrupt_answers_with_the_picture_so_far_and_progress_has_a_preview(ap
     result = out["result"]
     assert result.info["interrupted"] is True and len(result.images) == 1  # webuiapi's result.image works
     assert result.image.size == (512, 512)
+    steps_done = int(result.info["infotexts"][0].split("Steps: ")[1].split(",")[0])
+    assert 1 <= steps_done < 100, result.info["infotexts"][0]  # the steps it got to, not the 100 asked for
+    assert f"Steps: {steps_done}," in result.image.info["parameters"]
     assert httpx.get(f"{base_url}/sdapi/v1/progress").json()["current_image"] is None  # idle again
 
 
@@ -132,7 +135,9 @@ def test_samplers_joined_or_apart(api: webuiapi.WebUIApi, base_url: str, request
 
 
 @pytest.mark.parametrize(("path", "expected"), [("sd-vae", []), ("loras", []), ("upscalers", []),
-                                                ("embeddings", {"loaded": {}, "skipped": {}})])
+                                                ("embeddings", {"loaded": {}, "skipped": {}}),
+                                                ("hypernetworks", []), ("face-restorers", []), ("prompt-styles", []),
+                                                ("scripts", {"txt2img": [], "img2img": []}), ("cmd-flags", {})])
 def test_read_endpoints(base_url: str, path: str, expected: object) -> None:
     assert httpx.get(f"{base_url}/sdapi/v1/{path}").json() == expected
 
@@ -159,3 +164,21 @@ def test_openai_images_edit(base_url: str) -> None:
                            prompt="x", size="64x64")
     with pytest.raises(openai.BadRequestError):
         client.images.edit(image=("bad.png", b"not a picture", "image/png"), prompt="x", size="64x64")
+
+
+def test_png_info_reads_what_a_picture_carries(api: webuiapi.WebUIApi) -> None:
+    made = api.txt2img(prompt="a red cube, shiny", negative_prompt="blurry", width=64, height=64, steps=3, seed=11)
+    info = api.png_info(made.image)
+    assert info.info == made.image.info["parameters"]
+    assert info.parameters["Prompt"] == "a red cube, shiny" and info.parameters["Negative prompt"] == "blurry"
+    assert info.parameters["Steps"] == "3" and info.parameters["Seed"] == "11"
+
+
+def test_switches_we_do_not_have_are_refused_when_on(base_url: str) -> None:
+    body: dict[str, Any] = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
+    off = httpx.post(f"{base_url}/sdapi/v1/txt2img", json={**body, "enable_hr": False, "restore_faces": False,
+                                                           "tiling": False}, timeout=60)
+    assert off.status_code == 200, off.text  # what every client sends: accepted
+    for switch in ("enable_hr", "restore_faces", "tiling"):
+        on = httpx.post(f"{base_url}/sdapi/v1/txt2img", json={**body, switch: True}, timeout=60)
+        assert on.status_code == 400 and on.json()["error"]["param"] == switch, on.text

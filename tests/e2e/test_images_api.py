@@ -148,3 +148,11 @@ def test_bad_openai_sizes_are_400(client: openai.OpenAI, size: str) -> None:
 def test_job_status_endpoint(base_url: str) -> None:
     r = httpx.get(f"{base_url}/v1/images/jobs/doesnotexist")
     assert r.status_code == 404
+
+
+def test_size_auto_is_the_models_own(client: openai.OpenAI) -> None:
+    picture = client.images.generate(prompt="a red cube", size="auto", response_format="b64_json",
+                                     extra_body={"num_inference_steps": 1})
+    assert picture.data and picture.data[0].b64_json is not None
+    image = Image.open(io.BytesIO(base64.b64decode(picture.data[0].b64_json)))
+    assert image.size == (512, 512)  # the demo SD 1.5's UNet, 64 latents x 8

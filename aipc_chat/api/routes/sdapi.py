@@ -17,6 +17,7 @@ from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.routes.images import base64_pngs
 from aipc_chat.api.schemas.images import Img2ImgRequest, Txt2ImgRequest
 from aipc_chat.engines.contract import RUNTIME_SCHEDULES, SAMPLERS, ImageEngineClient, ImageParams
+from aipc_chat.engines.store import parse_infotext
 from aipc_chat.errors import Cancelled, InvalidRequest
 from aipc_chat.runtime import Runtime
 from aipc_chat.serving import load_only, submit_image
@@ -156,6 +157,55 @@ async def upscalers() -> list[dict[str, Any]]:
 async def embeddings() -> dict[str, Any]:
     """No textual-inversion embeddings here."""
     return {"loaded": {}, "skipped": {}}
+
+
+@router.get("/hypernetworks")
+@router.get("/face-restorers")
+@router.get("/realesrgan-models")
+@router.get("/prompt-styles")
+@router.get("/sd-modules")
+@router.get("/latent-upscale-modes")
+@router.get("/script-info")
+@router.get("/extensions")
+async def nothing_here() -> list[dict[str, Any]]:
+    """A1111's other lists (hypernetworks, face restorers, styles, extensions, ...): empty here."""
+    return []
+
+
+@router.get("/scripts")
+async def scripts() -> dict[str, list[str]]:
+    """No scripts here."""
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/cmd-flags")
+async def cmd_flags() -> dict[str, Any]:
+    """No command-line flags of A1111's here."""
+    return {}
+
+
+@router.post("/png-info")
+async def png_info(body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    """The generation parameters a PNG carries (ours, or any A1111 picture's ``parameters`` text chunk)."""
+    data = body.get("image")
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest("png-info takes an image: a base64 PNG or a data: URL.", param="image")
+    chunks = await asyncio.to_thread(_png_text, data)
+    info = chunks.pop("parameters", "")
+    return {"info": info, "items": chunks, "parameters": parse_infotext(info) if info else {}}
+
+
+def _png_text(data: str) -> dict[str, str]:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    text = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+            return {str(k): str(v) for k, v in image.info.items() if isinstance(v, str)}
+    except (ValueError, OSError, UnidentifiedImageError):
+        raise InvalidRequest("The image is not a picture in base64.", param="image") from None
 
 
 @router.post("/refresh-checkpoints")

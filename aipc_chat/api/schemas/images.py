@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from aipc_chat.api.schemas.common import ImageSeed, KeepAlive
-from aipc_chat.engines.contract import ImageParams, split_sampler
+from aipc_chat.engines.contract import NATIVE_SIZE, ImageParams, split_sampler
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 from aipc_chat.serving.params import IMAGE_SEED_MAX, RANDOM_SEED, resolve_seed
 
@@ -34,7 +34,7 @@ class ImageGenerationRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, ge=1, le=16)
-    size: ImageSize = "512x512"
+    size: ImageSize | Literal["auto"] = "512x512"  # auto: the size the model was trained at
     response_format: Literal["url", "b64_json"] = "url"
     quality: str | None = None
     style: str | None = None
@@ -47,7 +47,7 @@ class ImageGenerationRequest(BaseModel):
 
     def to_params(self) -> ImageParams:
         """The engine's parameters."""
-        width, height = parse_size(self.size)
+        width, height = (NATIVE_SIZE, NATIVE_SIZE) if self.size == "auto" else parse_size(self.size)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=width, height=height,
                            steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                            seed=resolve_seed(self.seed, IMAGE_SEED_MAX),
@@ -100,9 +100,18 @@ class Txt2ImgRequest(BaseModel):
     scheduler: str | None = Field(default=None, max_length=64)  # A1111 1.9+: the schedule apart from the sampler
     send_images: bool = True
     save_images: bool = False
+    # A1111 switches every client sends, false by default: accepted off, refused on (not silently ignored)
+    enable_hr: bool = False
+    restore_faces: bool | None = False
+    tiling: bool | None = False
 
     def to_params(self) -> ImageParams:
         """The engine's parameters (a sampler joined with its schedule, "DPM++ 2M Karras", is split)."""
+        for switch, what in (("enable_hr", "Hires fix"), ("restore_faces", "Face restoration"),
+                             ("tiling", "Tiling")):
+            if getattr(self, switch):
+                raise UnsupportedParameter(f"{what} ({switch}) is not supported here; send it false or leave it "
+                                           "out.", param=switch)
         sampler, schedule = split_sampler(self.sampler_name or self.sampler_index, self.scheduler)
         return ImageParams(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width,
                            height=self.height, steps=self.steps, guidance_scale=self.cfg_scale,
