@@ -18,8 +18,10 @@ class ReasoningSplitter:
     """Feed text chunks; get back (reasoning, content) deltas. Tags never leak into either part.
 
     ``in_think`` starts true when the chat template itself opened ``<think>`` in the prompt (DeepSeek-R1's does).
-    Otherwise a ``<think>`` at the very start of the reply opens the block; one later in the text is content.
-    With ``tags=False`` (a model that does not reason) everything is content.
+    Otherwise a ``<think>`` at the very start of the reply opens the block; one later in the text is content, but a
+    stray ``</think>`` after the block has closed (a small model may write a second) is dropped. With ``tags=False``
+    (a model that does not reason) everything is content. The reasoning streams without the blank lines around it,
+    so streamed and whole replies carry the same reasoning, byte for byte.
     """
 
     def __init__(self, *, in_think: bool, tags: bool = True) -> None:
@@ -27,8 +29,22 @@ class ReasoningSplitter:
         self.tags = tags  # False for a model that does not reason: a <think> it writes is answer text
         self._at_start = True  # before any non-blank content: where an opening <think> may appear
         self._held = ""
+        self._began = False  # some reasoning text has been sent (leading blank lines are dropped)
+        self._blank = ""  # reasoning's trailing whitespace, held until more reasoning follows
         self.reasoning = ""
         self.content = ""
+
+    def _reason(self, text: str, *, ends: bool) -> str:
+        """Reasoning text to send: no leading blanks, and trailing ones only once more reasoning follows."""
+        if not self._began:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self._began = True
+        text = self._blank + text
+        kept = text.rstrip()
+        self._blank = "" if ends else text[len(kept):]
+        return kept
 
     def feed(self, text: str) -> tuple[str, str]:
         """Consume a chunk; return the reasoning and content it completes."""
@@ -40,10 +56,10 @@ class ReasoningSplitter:
                 idx = buf.find(THINK_CLOSE)
                 if idx < 0:
                     keep = partial_tag_suffix(buf, THINK_CLOSE)
-                    reasoning.append(buf[: len(buf) - keep])
+                    reasoning.append(self._reason(buf[: len(buf) - keep], ends=False))
                     self._held = buf[len(buf) - keep :]
                     break
-                reasoning.append(buf[:idx])
+                reasoning.append(self._reason(buf[:idx], ends=True))
                 buf = buf[idx + len(THINK_CLOSE) :]
                 self.in_think = False
                 self._at_start = True
@@ -61,6 +77,11 @@ class ReasoningSplitter:
                     break
                 buf = stripped
                 self._at_start = False
+            if self.tags:  # a stray close tag in the answer is dropped (one split across chunks is held)
+                buf = buf.replace(THINK_CLOSE, "")
+                keep = partial_tag_suffix(buf, THINK_CLOSE)
+                self._held = buf[len(buf) - keep :]
+                buf = buf[: len(buf) - keep]
             content.append(buf)
             break
         r, c = "".join(reasoning), "".join(content)
@@ -71,11 +92,12 @@ class ReasoningSplitter:
     def finish(self) -> tuple[str, str]:
         """Flush what was held back at the end of the reply."""
         held, self._held = self._held, ""
+        if self.in_think:
+            text = self._reason(held, ends=True)
+            self.reasoning += text
+            return text, ""
         if not held:
             return "", ""
-        if self.in_think:
-            self.reasoning += held
-            return held, ""
         self.content += held
         return "", held
 

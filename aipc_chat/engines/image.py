@@ -10,7 +10,6 @@ imports a model library at module level: the runtime chosen is imported when its
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import io
 import json
@@ -131,14 +130,14 @@ class LocalRenderer:
             vae = _read_config(self.model_dir / "vae_decoder" / "config.json")
             unet = _read_config(self.model_dir / "unet" / "config.json")
             step = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
+            if "sample_size" in unet:  # what the UNet was trained at, in latents (size "auto")
+                self.native_size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
             scheduler = _read_config(self.model_dir / "scheduler" / "scheduler_config.json")["_class_name"]
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("the image model's configuration is unreadable: sizes step 64 until it loads")
             scheduler = "PNDMScheduler"
         self.step_multiple = step
         self.default_sampler = self.sampler = SAMPLER_OF_CLASS.get(scheduler, scheduler)
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # what the UNet was trained at
-            self.native_size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
     def load(self) -> None:
         """Load and compile the pipeline (blocking)."""

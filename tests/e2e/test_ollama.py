@@ -158,3 +158,27 @@ def test_unknown_routes_say_so_in_each_apis_shape(live_server: LiveServer) -> No
         assert path in message and "not supported" in message, (path, message)
         if family == "openai":
             assert error["code"] == "unsupported_endpoint" and error["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_reasoning_is_the_same_streamed_or_not_and_no_close_tag_reaches_the_answer(client: ollama.Client, name: str,
+                                                                                   seed: int) -> None:
+    """Seeded multi-turn chats on the demo model (which may write </think> twice): the same seed gives the same
+    reasoning and answer whole and streamed, and the answer never holds a think tag."""
+    history = [{"role": "user", "content": "What is an NPU?"},
+               {"role": "assistant", "content": "A neural processing unit."},
+               {"role": "user", "content": "And a GPU, in one line?"}]
+    options = {"num_predict": 48, "temperature": 0.8, "seed": seed}
+    whole = client.chat(model=name, messages=history, options=options, think=True)
+    parts = list(client.chat(model=name, messages=history, options=options, think=True, stream=True))
+    streamed_thinking = "".join(p.message.thinking or "" for p in parts)
+    streamed_answer = "".join(p.message.content or "" for p in parts)
+    assert (whole.message.thinking or "") == streamed_thinking
+    assert (whole.message.content or "") == streamed_answer.strip()
+    for text in (whole.message.content or "", streamed_answer):
+        assert "</think>" not in text and "<think>" not in text.lstrip()[:7]
+    unthinking = client.chat(model=name, messages=history, options=options, think=False)
+    budgeted = httpx.post(f"{client._client.base_url}/v1/chat/completions", timeout=60, json={
+        "model": name, "messages": history, "max_tokens": 48, "seed": seed, "reasoning_budget": 4}).json()
+    for text in (unthinking.message.content or "", budgeted["choices"][0]["message"]["content"] or ""):
+        assert "</think>" not in text

@@ -22,7 +22,7 @@ def split(chunks: list[str], *, in_think: bool) -> tuple[str, str]:
 def test_prompt_opened_think_split_any_chunking(size: int) -> None:
     chunks = [REPLY[i : i + size] for i in range(0, len(REPLY), size)]
     reasoning, content = split(chunks, in_think=True)
-    assert reasoning == "Let me think.\nThe user greets me.\n"
+    assert reasoning == "Let me think.\nThe user greets me."  # what a whole reply's reasoning is: no blank ends
     assert content == "Hello! How can I help?"
 
 
@@ -30,7 +30,7 @@ def test_prompt_opened_think_split_any_chunking(size: int) -> None:
 def test_model_opened_think(size: int) -> None:
     text = "<think>\nhmm\n</think>\n\nAnswer <think> stays"
     chunks = [text[i : i + size] for i in range(0, len(text), size)]
-    assert split(chunks, in_think=False) == ("\nhmm\n", "Answer <think> stays")
+    assert split(chunks, in_think=False) == ("hmm", "Answer <think> stays")
 
 
 def test_no_think_block_is_all_content() -> None:
@@ -79,3 +79,21 @@ def test_a_partial_stop_string_at_the_end_is_sent() -> None:
     out = stopper.feed("an N") + stopper.feed("P and stop") + stopper.finish()
     assert out == "an NP and stop" and not stopper.hit
     assert StopMatcher(("b", "ab")).feed("xab") == "x"  # the earliest match wins
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 100])
+def test_a_stray_close_tag_never_reaches_the_answer(size: int) -> None:
+    """A small model may close its think block twice, or write the tag after think: false closed it empty."""
+    text = "thinking</think>\n\nThe answer</think> goes on</think>"
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    assert split(chunks, in_think=True) == ("thinking", "The answer goes on")
+    assert split(["</think>\n\n", "</think>Hi ", "</thi", "nk>there"], in_think=True) == ("", "Hi there")
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 100])
+def test_reasoning_streamed_is_the_reasoning_whole(size: int) -> None:
+    """Blank lines inside the reasoning stay; around it they go, however the text was chunked."""
+    text = "\n\nFirst thought.\n\nSecond thought.\n\n</think>\n\nAnswer"
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    reasoning, _ = split(chunks, in_think=True)
+    assert reasoning == "First thought.\n\nSecond thought." == reasoning.strip()
