@@ -34,6 +34,41 @@ _LOCATION = re.compile(r"^\[[0-9:]+\]\s+\S+?:\d+:\s*")  # XGrammar's "[12:00:00]
 _CHECK = re.compile(r"^Check .*? is false:\s*")  # XGrammar's "Check `...` is false: "
 
 
+# JSON mode (OpenAI's json_object, Ollama's format "json"): any JSON object, bounded so that it always closes within
+# the request's tokens. Each token writes at least one byte and the grammar allows ASCII only, so an object of at most
+# N characters ends within N tokens: the model cannot run out of tokens mid-object, whatever it writes.
+_KEY_CHARS = 16  # a key: 1 to 16 characters, quoted
+_NUMBER_CHARS = 20  # -123456789012.123456
+_ARRAY_ITEMS, _ARRAY_STRING_CHARS = 4, 16
+
+
+def json_object_grammar(max_chars: int) -> str:
+    """An EBNF grammar for a flat JSON object (strings, numbers, booleans, null, short arrays of them) that is at
+    most ``max_chars`` long: as many fields and as long strings as fit, down to ``{}``."""
+    for fields in range(8, 0, -1):
+        for arrays in (True, False):
+            array_chars = 2 + _ARRAY_ITEMS * _NUMBER_CHARS + 2 * (_ARRAY_ITEMS - 1) if arrays else 0
+            fixed = 2 + _KEY_CHARS + 2  # the quoted key and ": "
+            room = (max_chars - 2 - 2 * (fields - 1)) // fields - fixed  # what one value may take
+            longest = min(48, room - 2)
+            if room >= max(array_chars, _NUMBER_CHARS, 5) and longest >= 0:
+                return _json_grammar(fields, longest, arrays)
+    return 'root ::= "{}"'
+
+
+def _json_grammar(fields: int, string_chars: int, arrays: bool) -> str:
+    array = (f' | "[" (item (", " item){{0,{_ARRAY_ITEMS - 1}}})? "]"\n'
+             f'item ::= "\\"" char{{0,{_ARRAY_STRING_CHARS}}} "\\"" | number | "true" | "false" | "null"'
+             ) if arrays else ""
+    return "\n".join([
+        f'root ::= "{{" (pair (", " pair){{0,{fields - 1}}})? "}}"',
+        f'pair ::= "\\"" [a-zA-Z_] [a-zA-Z0-9_]{{0,{_KEY_CHARS - 1}}} "\\": " value',
+        f'value ::= "\\"" char{{0,{string_chars}}} "\\"" | number | "true" | "false" | "null"{array}',
+        'char ::= [ !#-\\[\\]-~]',  # printable ASCII but the quote and the backslash
+        'number ::= "-"? [0-9]{1,12} ("." [0-9]{1,6})?',
+    ])
+
+
 def write_probe_model(path: Path) -> None:
     """Write the probe's GGUF: a one-layer Llama with a byte-level BPE vocabulary and random weights."""
     import gguf

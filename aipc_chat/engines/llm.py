@@ -16,12 +16,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aipc_chat.engines.admission import Arrival, Arrivals
 from aipc_chat.engines.bytelevel import ByteLevelDecoder
 from aipc_chat.engines.contract import (
+    JSON_OBJECT,
     RETRY_AFTER_SECONDS,
     Done,
     EngineHealth,
@@ -29,7 +31,7 @@ from aipc_chat.engines.contract import (
     LLMStream,
     constrains_whole_reply,
 )
-from aipc_chat.engines.grammar import ConstraintChecker
+from aipc_chat.engines.grammar import ConstraintChecker, json_object_grammar
 from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
 from aipc_chat.engines.scheduler import ModelSpec, Scheduler, health_of, weights_mb
 from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, MemoryFull, ModelSetupError, NotReady
@@ -462,6 +464,8 @@ class LLMEngine:
         max_new = self._max_new_tokens(len(ids), params.max_tokens)
         tags = self.reasons and params.split_reasoning
         # A reasoning model's stop strings are matched on its answer here: the pipeline would match its reasoning too
+        if params.json_schema == JSON_OBJECT:  # JSON mode: an object that always closes within max_new tokens
+            params = replace(params, json_schema=None, grammar=json_object_grammar(max_new))
         config = checked_generation_config(params, max_new, stop_in_pipeline=not tags)
         structured = structured_output_config(params)
         if structured is not None:  # compiled on the probe: a constraint that does not compile never enters the batch

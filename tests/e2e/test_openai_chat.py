@@ -168,3 +168,12 @@ def test_malformed_json_body_is_400(base_url: str) -> None:
                    headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("max_tokens", [40, 200])
+def test_json_mode_always_ends_with_a_json_object(base_url: str, max_tokens: int) -> None:
+    """The demo model, 20 seeds, hot sampling, a small and a larger token budget, OpenAI's and Ollama's JSON mode."""
+    from tests.e2e.json_mode import assert_all_json_objects, json_mode_replies
+
+    model = httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
+    assert_all_json_objects(json_mode_replies(base_url, model, range(20), max_tokens))

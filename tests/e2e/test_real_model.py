@@ -155,3 +155,10 @@ def test_the_ollama_api_with_a_model_that_does_not_reason(smol_server: LiveServe
         with pytest.raises(ollama.ResponseError, match="does not support thinking") as refused:
             ask()  # as Ollama answers for a model without the thinking capability
         assert refused.value.status_code == 400
+
+
+def test_json_mode_always_ends_with_a_json_object(smol_server: LiveServer) -> None:
+    """SmolLM2 (a real model that does not reason), 20 seeds, OpenAI's and Ollama's JSON mode."""
+    from tests.e2e.json_mode import assert_all_json_objects, json_mode_replies
+
+    assert_all_json_objects(json_mode_replies(smol_server.base_url, "SmolLM2-135M-Instruct.Q4_1", range(20), 120))

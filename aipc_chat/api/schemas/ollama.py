@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aipc_chat.api.schemas.common import KeepAlive, LLMSeed
-from aipc_chat.engines.contract import GenParams
+from aipc_chat.engines.contract import JSON_OBJECT, GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 from aipc_chat.serving.params import Asked, gen_params
 
@@ -79,7 +79,7 @@ class OllamaGeneration(BaseModel):
                                  param="options.num_ctx")
         schema = None
         if self.format == "json":
-            schema = json.dumps({"type": "object"})
+            schema = JSON_OBJECT
         elif isinstance(self.format, dict):
             schema = json.dumps(self.format)
         return gen_params("ollama", Asked(

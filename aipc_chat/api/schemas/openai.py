@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aipc_chat.api.schemas.common import KeepAlive, LLMSeed
-from aipc_chat.engines.contract import GenParams
+from aipc_chat.engines.contract import JSON_OBJECT, GenParams
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 from aipc_chat.serving.params import Asked, gen_params
 
@@ -167,7 +167,7 @@ class ChatCompletionRequest(_Sampling):
         json_schema = None
         fmt = self.response_format
         if fmt is not None and fmt.type == "json_object":
-            json_schema = json.dumps({"type": "object"})
+            json_schema = JSON_OBJECT
         elif fmt is not None and fmt.type == "json_schema":
             if fmt.json_schema is None:
                 raise InvalidRequest("response_format.json_schema is required for type json_schema.",
