@@ -122,6 +122,11 @@ def test_ollama_shaped_errors(client: ollama.Client, name: str, live_server: Liv
     with pytest.raises(ollama.ResponseError) as embed:
         client.embed(model=name, input="hello")
     assert embed.value.status_code == 400 and "embeddings" in embed.value.error
+    for ask in (lambda: client.chat(model=name, messages=QUESTION, logprobs=True),
+                lambda: client.generate(model=name, prompt="Hi", logprobs=True, top_logprobs=2)):
+        with pytest.raises(ollama.ResponseError, match="logprobs") as logprobs:
+            ask()  # refused as /v1/chat/completions refuses them, not silently dropped
+        assert logprobs.value.status_code == 400
     bad = httpx.post(f"{live_server.base_url}/api/chat", json={"model": name, "messages": "x"})
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
     gone = httpx.request("DELETE", f"{live_server.base_url}/api/delete", json={"model": name})

@@ -62,9 +62,13 @@ class OllamaGeneration(BaseModel):
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     keep_alive: KeepAlive = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def check_supported(self) -> None:
-        """Refuse what this server does not do (each request type says what)."""
+        """Refuse what this server does not do (each request type says what, after this)."""
+        if self.logprobs or self.top_logprobs:  # as /v1/chat/completions answers them
+            raise UnsupportedParameter("logprobs are not supported by this server.", param="logprobs")
 
     @property
     def thinks(self) -> bool:
@@ -97,6 +101,7 @@ class OllamaChatRequest(OllamaGeneration):
 
     def check_supported(self) -> None:
         """Refuse what this server does not do, in Ollama's words where it has them."""
+        super().check_supported()
         if self.tools:
             raise UnsupportedParameter(f"{self.model} does not support tools", param="tools")
         for i, message in enumerate(self.messages):
@@ -124,6 +129,7 @@ class OllamaGenerateRequest(OllamaGeneration):
 
     def check_supported(self) -> None:
         """Refuse what this server does not do."""
+        super().check_supported()
         if self.images:
             raise UnsupportedParameter(f"{self.model} does not support images (input)", param="images")
         if self.suffix:
