@@ -65,18 +65,12 @@ class ReasoningSplitter:
                 self._at_start = True
                 continue
             if self._at_start:
-                stripped = buf.lstrip()
-                if not stripped:
-                    break  # only whitespace so far: drop it (answers do not start with blank lines)
-                if self.tags and stripped.startswith(THINK_OPEN):
-                    buf = stripped[len(THINK_OPEN) :]
-                    self.in_think = True
-                    continue
-                if self.tags and THINK_OPEN.startswith(stripped):
-                    self._held = stripped  # maybe the start of "<think>"; wait for more text
+                rest = self._start_of_answer(buf)
+                if rest is None:
                     break
-                buf = stripped
-                self._at_start = False
+                buf = rest
+                if self.in_think or self._at_start:
+                    continue
             if self.tags:  # a stray close tag in the answer is dropped (one split across chunks is held)
                 buf = buf.replace(THINK_CLOSE, "")
                 keep = partial_tag_suffix(buf, THINK_CLOSE)
@@ -88,6 +82,23 @@ class ReasoningSplitter:
         self.reasoning += r
         self.content += c
         return r, c
+
+    def _start_of_answer(self, buf: str) -> str | None:
+        """What is left of ``buf`` once the answer's start is settled, or None to wait for more text: blank lines
+        are dropped, a ``<think>`` opens the block, a stray ``</think>`` is dropped."""
+        stripped = buf.lstrip()
+        if not stripped:
+            return None  # only whitespace so far: answers do not start with blank lines
+        if self.tags:
+            for tag in (THINK_OPEN, THINK_CLOSE):
+                if stripped.startswith(tag):
+                    self.in_think = tag == THINK_OPEN
+                    return stripped[len(tag):]
+                if tag.startswith(stripped):
+                    self._held = stripped  # maybe the start of a tag: wait for more text
+                    return None
+        self._at_start = False
+        return stripped
 
     def finish(self) -> tuple[str, str]:
         """Flush what was held back at the end of the reply."""

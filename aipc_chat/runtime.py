@@ -366,19 +366,20 @@ class Runtime:
             folder = prepare_embedding_model(s.embedding_path, s.models_dir)
             engine = EmbeddingEngine(s, folder, str(status["model"]), s.embedding_device, scheduler=self.scheduler)
             engine.load(preload=False)
-            if s.load_on_start:
-                after.wait()
-                engine.preload()
-        except Cancelled:
-            return
         except Exception as exc:
-            log.exception("the embedding model could not be loaded")
+            log.exception("the embedding model could not be set up")
             status["state"], status["error"] = "failed", f"{type(exc).__name__}: {exc}"
             return
         with self._publishing:
             if not self._closed.is_set():
                 self.embedding = engine
-        status["state"] = "ready"
+        status["state"] = "ready"  # from here its state is the scheduler's (a failed load is retried on demand)
+        if s.load_on_start:
+            after.wait()
+            try:
+                engine.preload()
+            except Exception as exc:  # noqa: BLE001  # the scheduler's record says why; the next request retries
+                log.warning("the embedding model did not load at start: %s", exc)
 
     def require_embedding(self) -> EmbeddingEngine:
         """The embedding engine; NotServed when none is configured, NotReady while it loads or after it failed."""

@@ -24,6 +24,7 @@ from aipc_chat.settings import Settings
 log = logging.getLogger(__name__)
 
 SENTENCE_FILES = ("1_Pooling/config.json", "modules.json", "sentence_bert_config.json")
+BATCH = 32  # texts per pipeline call
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class EmbeddingEngine:
         self.pooling = read_pooling(model_dir)
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         self.dimensions = int(config.get("hidden_size") or 0)
+        self.vocab_size = int(config.get("vocab_size") or 2**31)
         self.scheduler = scheduler
         self._tokenizer: Any = None
         self._pipe: Any = None
@@ -131,8 +133,14 @@ class EmbeddingEngine:
         return [int(self._tokenizer.encode(text).input_ids.data.size) for text in texts]
 
     def decode(self, ids: list[int]) -> str:
-        """The text of token ids (a request that sends tokens)."""
-        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+        """The text of token ids (a request that sends tokens); 400 for ids the vocabulary does not have."""
+        if any(i < 0 or i >= self.vocab_size for i in ids):
+            raise InvalidRequest(f"input holds token ids outside this model's vocabulary (0 to {self.vocab_size - 1}).",
+                                 param="input")
+        try:
+            return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+        except Exception:  # no detokenizer next to the model, say
+            raise InvalidRequest("This embedding model cannot read token ids; send text.", param="input") from None
 
     def embed(self, texts: list[str], *, truncate: bool = True, keep_alive: float | None = None
               ) -> tuple[list[list[float]], int]:
@@ -146,9 +154,11 @@ class EmbeddingEngine:
             raise InvalidRequest(f"input {longest} takes {counts[longest]} tokens; this model reads at most {limit} "
                                  "(set truncate to true to cut it).", param="input")
         lease = self.scheduler.acquire(self.name, timeout=self.settings.request_timeout)
+        vectors: list[Any] = []
         try:
-            with self._running:
-                vectors = self._pipe.embed_documents(texts)
+            for start in range(0, len(texts), BATCH):  # a few at a time: another request's batch goes in between
+                with self._running:
+                    vectors.extend(self._pipe.embed_documents(texts[start:start + BATCH]))
         finally:
             self.scheduler.release(lease, keep_alive)
         total = sum(min(c, limit) if limit else c for c in counts)

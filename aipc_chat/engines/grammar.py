@@ -40,17 +40,18 @@ _CHECK = re.compile(r"^Check .*? is false:\s*")  # XGrammar's "Check `...` is fa
 _KEY_CHARS = 16  # a key: 1 to 16 characters, quoted
 _NUMBER_CHARS = 20  # -123456789012.123456
 _ARRAY_ITEMS, _ARRAY_STRING_CHARS = 4, 16
+_STRING_CHARS = 1000  # the longest a string value may be, when the budget allows
 
 
 def json_object_grammar(max_chars: int) -> str:
-    """An EBNF grammar for a flat JSON object (strings, numbers, booleans, null, short arrays of them) that is at
-    most ``max_chars`` long: as many fields and as long strings as fit, down to ``{}``."""
+    """An EBNF grammar for a flat JSON object (strings with the common escapes, numbers, booleans, null, short
+    arrays of them) that is at most ``max_chars`` long: as many fields and as long strings as fit, down to ``{}``."""
     for fields in range(8, 0, -1):
         for arrays in (True, False):
             array_chars = 2 + _ARRAY_ITEMS * _NUMBER_CHARS + 2 * (_ARRAY_ITEMS - 1) if arrays else 0
             fixed = 2 + _KEY_CHARS + 2  # the quoted key and ": "
             room = (max_chars - 2 - 2 * (fields - 1)) // fields - fixed  # what one value may take
-            longest = min(48, room - 2)
+            longest = min(_STRING_CHARS, room - 2)
             if room >= max(array_chars, _NUMBER_CHARS, 5) and longest >= 0:
                 return _json_grammar(fields, longest, arrays)
     return 'root ::= "{}"'
@@ -58,13 +59,13 @@ def json_object_grammar(max_chars: int) -> str:
 
 def _json_grammar(fields: int, string_chars: int, arrays: bool) -> str:
     array = (f' | "[" (item (", " item){{0,{_ARRAY_ITEMS - 1}}})? "]"\n'
-             f'item ::= "\\"" char{{0,{_ARRAY_STRING_CHARS}}} "\\"" | number | "true" | "false" | "null"'
+             f'item ::= "\\"" char{{0,{_ARRAY_STRING_CHARS // 2}}} "\\"" | number | "true" | "false" | "null"'
              ) if arrays else ""
     return "\n".join([
         f'root ::= "{{" (pair (", " pair){{0,{fields - 1}}})? "}}"',
         f'pair ::= "\\"" [a-zA-Z_] [a-zA-Z0-9_]{{0,{_KEY_CHARS - 1}}} "\\": " value',
-        f'value ::= "\\"" char{{0,{string_chars}}} "\\"" | number | "true" | "false" | "null"{array}',
-        'char ::= [ !#-\\[\\]-~]',  # printable ASCII but the quote and the backslash
+        f'value ::= "\\"" char{{0,{string_chars // 2}}} "\\"" | number | "true" | "false" | "null"{array}',
+        'char ::= [ !#-\\[\\]-~] | "\\\\" ["\\\\/nt]',  # printable ASCII, or an escape (2 characters)
         'number ::= "-"? [0-9]{1,12} ("." [0-9]{1,6})?',
     ])
 

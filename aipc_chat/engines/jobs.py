@@ -48,6 +48,7 @@ class Renderer(Protocol):
     max_size: int
     step_multiple: int
     native_size: int  # the size it was trained at (what size "auto" means)
+    static_size: tuple[int, int] | None  # the one size it takes (an NPU's static shapes), if any
     sampler: str  # the sampler the last job used (A1111's name)
     local: bool  # holds its pipeline in this process (counted in the memory budget, unloaded when idle)
 
@@ -222,9 +223,11 @@ class ImageEngine:
     def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
         """Queue a job for ``owner``; Busy when the queue is full, NotReady while the pipeline is rebuilt."""
         self.check_serving()
-        if params.width == NATIVE_SIZE:  # size "auto": the size the model was trained at
-            native = self.renderer.native_size
-            params = replace(params, width=native, height=native)
+        if params.width == NATIVE_SIZE:  # size "auto": the size the model was trained at, as far as allowed here
+            step = self.renderer.step_multiple
+            native = max(step, min(self.renderer.native_size, self.renderer.max_size) // step * step)
+            width, height = self.renderer.static_size or (native, native)  # an NPU compiled for one size: that
+            params = replace(params, width=width, height=height)
         self.check(params)
         self.store.check_free_space(self.settings.min_free_mb)
         job = ImageJob(params, owner=owner, names=[self.store.new_name() for _ in range(params.n)])

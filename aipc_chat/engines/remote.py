@@ -351,6 +351,7 @@ class A1111Renderer:
         self.max_size = settings.image_max_size
         self.step_multiple = 64
         self.native_size = 512  # what size "auto" asks of it
+        self.static_size: tuple[int, int] | None = None
         self.sampler = self.default_sampler = "Euler a"
 
     def load(self) -> None:

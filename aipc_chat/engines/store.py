@@ -72,9 +72,9 @@ def parse_infotext(text: str) -> dict[str, str]:
     """An A1111 infotext back into its parts: ``Prompt``, ``Negative prompt`` and each ``key: value`` of its last
     line (quoted values unquoted), as A1111's ``parse_generation_parameters`` gives them."""
     lines = text.strip().split("\n")
-    last = lines[-1] if len(lines) > 1 or ": " in lines[-1] else ""
-    pairs = {key.strip(): json.loads(value) if value.startswith('"') else value.strip()
-             for key, value in _PAIR.findall(last)} if last else {}
+    found = _PAIR.findall(lines[-1])
+    last = lines[-1] if len(found) >= 3 else ""  # A1111's rule: a parameters line has three pairs or more
+    pairs = {key.strip(): _unquote(value) for key, value in found} if last else {}
     body = lines[:-1] if last else lines
     negative = [i for i, line in enumerate(body) if line.startswith("Negative prompt: ")]
     prompt = body[:negative[0]] if negative else body
@@ -82,6 +82,15 @@ def parse_infotext(text: str) -> dict[str, str]:
     if negative:
         out["Negative prompt"] = "\n".join(body[negative[0]:]).removeprefix("Negative prompt: ")
     return {**out, **pairs}
+
+
+def _unquote(value: str) -> str:
+    if not value.startswith('"'):
+        return value.strip()
+    try:
+        return str(json.loads(value))
+    except ValueError:  # not a JSON string (a stray backslash): as it is, as A1111 keeps it
+        return value
 
 
 def png_bytes(image: Any, parameters: str) -> bytes:

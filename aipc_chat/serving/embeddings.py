@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aipc_chat.errors import InvalidRequest, ModelNotFound
 from aipc_chat.serving.models import model_names, names_match
+from aipc_chat.serving.streams import SUBMITS
 
 if TYPE_CHECKING:
     from aipc_chat.runtime import Runtime
@@ -34,6 +36,9 @@ async def embed(runtime: Runtime, model: str, inputs: Inputs, *, truncate: bool 
         raise InvalidRequest(f'"{model}" does not support embeddings (it is the chat model); '
                              + ("ask for the embedding model." if runtime.embedding_status is not None else
                                 "set AIPC_EMBEDDING_PATH to serve an embedding model."), param="model")
+    if runtime.embedding_status is None:  # as for any model not served here: 404, saying how to serve one
+        raise ModelNotFound(f"The embedding model '{model}' is not served here: this server serves no embedding "
+                            "model (set AIPC_EMBEDDING_PATH and restart it to serve one).", param="model")
     engine = runtime.require_embedding()
     names = [engine.model_name, engine.model_dir.name, engine.model_dir.name.removesuffix("-ov")]
     if not names_match(model, names):
@@ -44,10 +49,14 @@ async def embed(runtime: Runtime, model: str, inputs: Inputs, *, truncate: bool 
                              f"dimensions {dimensions} is not available.", param="dimensions")
     if isinstance(inputs, str):
         texts = [inputs]
+    elif not inputs:
+        return Embedded(engine.model_name, [], 0, 0.0)  # Ollama's answer to input []: no vectors
     elif all(isinstance(item, int) for item in inputs):
         texts = [engine.decode(inputs)]  # type: ignore[arg-type]
     else:
         texts = [item if isinstance(item, str) else engine.decode(item) for item in inputs]  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    vectors, tokens = await asyncio.to_thread(engine.embed, texts, truncate=truncate, keep_alive=keep_alive)
+    # its own threads (as LLM submits): requests waiting for the model never take the default pool's few
+    vectors, tokens = await asyncio.get_running_loop().run_in_executor(
+        SUBMITS, partial(engine.embed, texts, truncate=truncate, keep_alive=keep_alive))
     return Embedded(engine.model_name, vectors, tokens, time.perf_counter() - t0)

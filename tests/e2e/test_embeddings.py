@@ -99,6 +99,7 @@ def test_the_ollama_client_embeds(server: LiveServer, reference: np.ndarray) -> 
         client.embed(model="all-minilm", input=" ".join(["word"] * 600), truncate=False)
     assert refused.value.status_code == 400
     assert len(client.embed(model="all-minilm", input=" ".join(["word"] * 600)).embeddings[0]) == 384  # cut
+    assert client.embed(model="all-minilm", input=[]).embeddings == []  # as Ollama answers
 
 
 def test_listed_and_refused_clearly(server: LiveServer) -> None:
@@ -109,6 +110,8 @@ def test_listed_and_refused_clearly(server: LiveServer) -> None:
     cases = [({"model": "text-embedding-3-small", "input": "x"}, 404, "model_not_found"),
              ({"model": "all-minilm", "input": "x", "dimensions": 128}, 400, None),
              ({"model": "all-minilm", "input": []}, 400, None),
+             ({"model": "all-minilm", "input": [[5, 10**9]]}, 400, None),  # not in the vocabulary
+             ({"model": "all-minilm", "input": [-1]}, 400, None),
              ({"model": httpx.get(f"{url}/api/tags").json()["models"][0]["model"], "input": "x"}, 400, None)]
     for body, status, code in cases:
         r = httpx.post(f"{url}/v1/embeddings", json=body)

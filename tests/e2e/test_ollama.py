@@ -122,6 +122,8 @@ def test_ollama_shaped_errors(client: ollama.Client, name: str, live_server: Liv
     with pytest.raises(ollama.ResponseError) as embed:
         client.embed(model=name, input="hello")
     assert embed.value.status_code == 400 and "embeddings" in embed.value.error
+    none = httpx.post(f"{live_server.base_url}/v1/embeddings", json={"model": "all-minilm", "input": "hi"})
+    assert none.status_code == 404 and "AIPC_EMBEDDING_PATH" in none.json()["error"]["message"]  # none served
     for ask in (lambda: client.chat(model=name, messages=QUESTION, logprobs=True),
                 lambda: client.generate(model=name, prompt="Hi", logprobs=True, top_logprobs=2)):
         with pytest.raises(ollama.ResponseError, match="logprobs") as logprobs:

@@ -88,6 +88,7 @@ def test_a_stray_close_tag_never_reaches_the_answer(size: int) -> None:
     chunks = [text[i : i + size] for i in range(0, len(text), size)]
     assert split(chunks, in_think=True) == ("thinking", "The answer goes on")
     assert split(["</think>\n\n", "</think>Hi ", "</thi", "nk>there"], in_think=True) == ("", "Hi there")
+    assert split(["</think>\n\n</th", "ink>\n\nAnswer"], in_think=True) == ("", "Answer")  # no blank start
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 100])

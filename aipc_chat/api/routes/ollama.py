@@ -265,5 +265,5 @@ async def embed_prompt(body: OllamaEmbedRequest, runtime: RuntimeDep) -> dict[st
 async def unsupported(rest: str) -> Any:
     """Ollama's model management (create, copy, delete, push, blobs) does not apply to this server."""
     raise NotFound(f"/api/{rest} is not supported by aipc-chat; it speaks /api/version, tags, show, ps, chat, "
-                   "generate and pull")
+                   "generate, embed, embeddings and pull")
 

@@ -204,7 +204,7 @@ def _png_text(data: str) -> dict[str, str]:
     try:
         with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
             return {str(k): str(v) for k, v in image.info.items() if isinstance(v, str)}
-    except (ValueError, OSError, UnidentifiedImageError):
+    except (ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
         raise InvalidRequest("The image is not a picture in base64.", param="image") from None
 
 
