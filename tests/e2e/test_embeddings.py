@@ -100,6 +100,9 @@ def test_the_ollama_client_embeds(server: LiveServer, reference: np.ndarray) -> 
     assert refused.value.status_code == 400
     assert len(client.embed(model="all-minilm", input=" ".join(["word"] * 600)).embeddings[0]) == 384  # cut
     assert client.embed(model="all-minilm", input=[]).embeddings == []  # as Ollama answers
+    shown = client.show("all-minilm")
+    assert shown.capabilities == ["embedding"] and (shown.modelinfo or {})["bert.embedding_length"] == 384
+    assert "all-minilm:latest" in [m.model for m in client.ps().models]  # resident now, with its size
 
 
 def test_listed_and_refused_clearly(server: LiveServer) -> None:

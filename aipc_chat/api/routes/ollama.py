@@ -106,33 +106,58 @@ async def tags(runtime: RuntimeDep) -> dict[str, Any]:
     models = [] if runtime.status["llm"].state == "disabled" else [
         await _listing(runtime, model_names(runtime, "llm")[0])]
     if runtime.embedding_status is not None:
-        name = tagged(str(runtime.embedding_status["model"]))
-        models.append({"name": name, "model": name, "modified_at": now(), "digest": "",
-                       "size": runtime.embedding.size_bytes if runtime.embedding is not None else 0,
-                       "details": {"format": "openvino", "family": "bert", "families": ["bert"],
-                                   "parameter_size": "", "quantization_level": ""}})
+        models.append(_embedding_row(runtime))
     return {"models": models}
+
+
+def _embedding_row(runtime: Runtime) -> dict[str, Any]:
+    """The embedding model as /api/tags lists it."""
+    assert runtime.embedding_status is not None
+    name = tagged(str(runtime.embedding_status["model"]))
+    return {"name": name, "model": name, "modified_at": now(), "digest": "",
+            "size": runtime.embedding.size_bytes if runtime.embedding is not None else 0,
+            "details": {"format": "openvino", "family": "bert", "families": ["bert"], "parameter_size": "",
+                        "quantization_level": ""}}
+
+
+def _expires_at(keep_alive: float, expires_in: float | None) -> str:
+    left = keep_alive if expires_in is None else expires_in  # held now: it counts from the release
+    expires = NEVER if left == math.inf else datetime.now(UTC) + timedelta(seconds=left)
+    return expires.isoformat().replace("+00:00", "Z")
 
 
 @router.get("/api/ps")
 async def running(runtime: RuntimeDep) -> dict[str, Any]:
-    """The LLM while it is resident here, its size and when an idle unload will let it go."""
-    engine = runtime.llm
-    view = runtime.scheduler.snapshot().models.get("llm")
-    if engine is None or view is None or view.size_mb is None:  # not loaded here (or a remote one)
-        return {"models": []}
-    row = await _listing(runtime, engine.model_name)
-    left = view.keep_alive if view.expires_in is None else view.expires_in  # held now: it counts from the release
-    expires = NEVER if left == math.inf else datetime.now(UTC) + timedelta(seconds=left)
-    row.update(size=int(view.size_mb * 2**20), size_vram=0,  # what its load added to RSS, as /metrics says
-               expires_at=expires.isoformat().replace("+00:00", "Z"), context_length=engine.context_length)
-    del row["modified_at"]
-    return {"models": [row]}
+    """The models resident here (the LLM, the embedding model), their sizes and when an idle unload lets them go."""
+    snap = runtime.scheduler.snapshot()
+    rows = []
+    engine, view = runtime.llm, snap.models.get("llm")
+    if engine is not None and view is not None and view.size_mb is not None:  # loaded here (not a remote one)
+        row = await _listing(runtime, engine.model_name)
+        row.update(size=int(view.size_mb * 2**20), size_vram=0,  # what its load added to RSS, as /metrics says
+                   expires_at=_expires_at(view.keep_alive, view.expires_in), context_length=engine.context_length)
+        rows.append(row)
+    embedder, view = runtime.embedding, snap.models.get("embedding")
+    if embedder is not None and view is not None and view.size_mb is not None:
+        row = _embedding_row(runtime)
+        row.update(size=int(view.size_mb * 2**20), size_vram=0, context_length=embedder.pooling.max_length or 0,
+                   expires_at=_expires_at(view.keep_alive, view.expires_in))
+        rows.append(row)
+    for row in rows:
+        del row["modified_at"]
+    return {"models": rows}
 
 
 @router.post("/api/show")
 async def show(body: OllamaModelRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """The model's details, template and ``model_info``."""
+    embedder = runtime.embedding
+    if embedder is not None and names_match(body.model_name, [embedder.model_name]):
+        return {"license": "", "modelfile": f"# served by aipc-chat\nFROM {embedder.model_dir}\n", "parameters": "",
+                "template": "", "details": _embedding_row(runtime)["details"], "capabilities": ["embedding"],
+                "model_info": {"general.architecture": "bert", "bert.embedding_length": embedder.dimensions,
+                               "bert.context_length": embedder.pooling.max_length or 0},
+                "modified_at": now()}
     engine = resolve_model(runtime, "llm", body.model_name)
     card = await _card(runtime)
     capabilities = ["completion", *(["thinking"] if engine.reasons else [])]
