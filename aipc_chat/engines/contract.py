@@ -201,8 +201,9 @@ class SupervisedEngine(Protocol):
     def load(self, preload: bool | None = None) -> None:
         """Get ready to serve (blocking); with ``preload`` (default: ``load_on_start``) load the pipeline too."""
 
-    def preload(self, keep_alive: float | None = None) -> None:
-        """Load the pipeline without using it (a request with no work, the start); blocking."""
+    def preload(self, keep_alive: float | None = None, *, timeout: float | None = None) -> None:
+        """Load the pipeline without using it (a request with no work, the start); blocking, for ``timeout``
+        seconds at most (None: however long the load takes, as at the start)."""
 
     def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Unload the pipeline as soon as no request holds it (Ollama's ``keep_alive: 0``, A1111's

@@ -116,10 +116,10 @@ class EmbeddingEngine:
             raise NotReady("The embedding model is not loaded yet.", retry_after=RETRY_AFTER_SECONDS)
         self.scheduler.check(self.name)
 
-    def preload(self, keep_alive: float | None = None) -> None:
+    def preload(self, keep_alive: float | None = None, *, timeout: float | None = None) -> None:
         """Load the model without embedding anything; blocking."""
         self.check_serving()
-        self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
+        self.scheduler.preload(self.name, keep_alive, timeout=timeout)
 
     def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Unload the model as soon as no request holds it."""
@@ -130,7 +130,9 @@ class EmbeddingEngine:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens each text takes (special tokens included, as the model sees it)."""
-        return [int(self._tokenizer.encode(text).input_ids.data.size) for text in texts]
+        if not texts:
+            return []
+        return [int(n) for n in self._tokenizer.encode(texts).attention_mask.data.sum(axis=1)]  # one batched call
 
     def decode(self, ids: list[int]) -> str:
         """The text of token ids (a request that sends tokens); 400 for ids the vocabulary does not have."""

@@ -176,11 +176,11 @@ class ImageEngine:
         """Let the pipeline go (the scheduler's thread; no job holds the model)."""
         self.renderer.unload()
 
-    def preload(self, keep_alive: float | None = None) -> None:
+    def preload(self, keep_alive: float | None = None, *, timeout: float | None = None) -> None:
         """Load the model without rendering (A1111's reload-checkpoint); blocking."""
         self.check_serving()
         if self.scheduler is not None:
-            self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
+            self.scheduler.preload(self.name, keep_alive, timeout=timeout)
 
     def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Unload the model as soon as no job holds it (A1111's unload-checkpoint)."""

@@ -401,10 +401,10 @@ class LLMEngine:
         """The model's chat template."""
         return str(self._tokenizer.chat_template or "") if self._tokenizer is not None else ""
 
-    def preload(self, keep_alive: float | None = None) -> None:
+    def preload(self, keep_alive: float | None = None, *, timeout: float | None = None) -> None:
         """Load the model without generating (Ollama's request with no prompt); blocking."""
         self.check_serving()
-        self.scheduler.preload(self.name, keep_alive, timeout=self.settings.request_timeout)
+        self.scheduler.preload(self.name, keep_alive, timeout=timeout)
 
     def release(self, wait: bool = True, *, if_idle: bool = False) -> None:
         """Unload the model as soon as no request holds it (``if_idle``: only if none does now); with ``wait``,

@@ -127,7 +127,7 @@ class RemoteLLM:
         """Not known here: the remote templates."""
         return ""
 
-    def preload(self, keep_alive: float | None = None) -> None:
+    def preload(self, keep_alive: float | None = None, *, timeout: float | None = None) -> None:
         """Nothing is loaded here."""
 
     def release(self, wait: bool = True, *, if_idle: bool = False) -> None:

@@ -40,8 +40,7 @@ async def embed(runtime: Runtime, model: str, inputs: Inputs, *, truncate: bool 
         raise ModelNotFound(f"The embedding model '{model}' is not served here: this server serves no embedding "
                             "model (set AIPC_EMBEDDING_PATH and restart it to serve one).", param="model")
     engine = runtime.require_embedding()
-    names = [engine.model_name, engine.model_dir.name, engine.model_dir.name.removesuffix("-ov")]
-    if not names_match(model, names):
+    if not names_match(model, model_names(runtime, "embedding")):
         raise ModelNotFound(f"The embedding model '{model}' is not served here; this server serves "
                             f"'{engine.model_name}'.", param="model")
     if dimensions is not None and dimensions != engine.dimensions:

@@ -31,8 +31,13 @@ def names_match(requested: str, names: Iterable[str | None]) -> bool:
     return any(name and bare(name.lower()) == key for name in names)
 
 
-def model_names(runtime: Runtime, kind: Kind) -> list[str]:
-    """The served model's name first, then its aliases."""
+def model_names(runtime: Runtime, kind: Kind | Literal["embedding"]) -> list[str]:
+    """The served model's name first, then its aliases (for the embedding model: its folder's names)."""
+    if kind == "embedding":
+        status, embedder = runtime.embedding_status, runtime.embedding
+        folder = embedder.model_dir.name if embedder is not None else ""
+        given = [str(status["model"]) if status is not None else "", folder, folder.removesuffix("-ov")]
+        return list(dict.fromkeys(name for name in given if name))
     engine = runtime.llm if kind == "llm" else runtime.image
     choice = runtime.status[kind].choice
     names = [engine.model_name if engine is not None and engine.model_name else choice.name, choice.name,

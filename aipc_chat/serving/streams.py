@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, cast
 
 from aipc_chat.engines.contract import (
@@ -174,7 +175,10 @@ async def load_only(runtime: Runtime, kind: Literal["llm", "image"], keep_alive:
     if keep_alive == 0:
         await asyncio.to_thread(engine.release)  # returns once it is unloaded (unless a request holds it)
         return "unload"
-    await asyncio.to_thread(engine.preload, keep_alive)
+    # the submit pool: a request waiting for a load never takes the default pool's threads; a client's wait is
+    # bounded by the request timeout (the start's own load is not)
+    await asyncio.get_running_loop().run_in_executor(
+        SUBMITS, partial(engine.preload, keep_alive, timeout=runtime.settings.request_timeout))
     return "load"
 
 

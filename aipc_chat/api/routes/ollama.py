@@ -152,7 +152,7 @@ async def running(runtime: RuntimeDep) -> dict[str, Any]:
 async def show(body: OllamaModelRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """The model's details, template and ``model_info``."""
     embedder = runtime.embedding
-    if embedder is not None and names_match(body.model_name, [embedder.model_name]):
+    if embedder is not None and names_match(body.model_name, model_names(runtime, "embedding")):
         return {"license": "", "modelfile": f"# served by aipc-chat\nFROM {embedder.model_dir}\n", "parameters": "",
                 "template": "", "details": _embedding_row(runtime)["details"], "capabilities": ["embedding"],
                 "model_info": {"general.architecture": "bert", "bert.embedding_length": embedder.dimensions,

@@ -25,8 +25,7 @@ router = APIRouter(tags=["openai"])
 async def retrieve_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """One model by id (``client.models.retrieve``); 404 ``model_not_found`` for any other."""
     for model in _models(runtime):
-        names = [model["id"]] if model["type"] == "embedding" else model_names(runtime, model["type"])
-        if names_match(model_id, names):
+        if names_match(model_id, model_names(runtime, model["type"])):
             return model
     raise ModelNotFound(f"The model '{model_id}' does not exist here.", param="model")
 
