@@ -41,7 +41,8 @@ __all__ = [  # what the layers above the engines use, admission included
     "ALL_SAMPLERS", "FILTERED", "JSON_OBJECT", "NATIVE_SIZE", "RETRY_AFTER_SECONDS", "RUNTIME_SCHEDULES", "SAMPLERS",
     "SCHEDULES", "Arrival", "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged", "GenParams",
     "ImageEngineClient", "ImageJob", "ImageParams", "ImageRuntime", "Interrupted", "JobState", "LLMEngineClient",
-    "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "constrains_whole_reply", "split_sampler"
+    "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "Tool", "ToolConstraint", "ToolSet",
+    "constrains_whole_reply", "split_sampler"
 ]
 
 EngineState = Literal["loading", "ready", "unloaded", "recovering", "unreachable", "failed"]
@@ -117,6 +118,46 @@ class TagConstraint:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A function the model may call: its name, what it does, and its parameters' JSON schema (as text)."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
+
+
+@dataclass(frozen=True)
+class ToolSet:
+    """The tools of a request and how the model may use them (OpenAI's ``tools``, ``tool_choice`` and
+    ``parallel_tool_calls``; ``tool_choice: none`` is no ToolSet)."""
+
+    tools: tuple[Tool, ...]
+    choice: Literal["auto", "required", "function"] = "auto"  # the model decides; at least one call; ``function``
+    parallel: bool = True  # more than one call in a reply
+    function: str | None = None  # the one function to call (choice "function")
+
+    @property
+    def offered(self) -> tuple[Tool, ...]:
+        """The tools the model may call under ``choice``."""
+        if self.choice != "function":
+            return self.tools
+        return tuple(tool for tool in self.tools if tool.name == self.function)
+
+
+@dataclass(frozen=True)
+class ToolConstraint:
+    """What the engine derives from a ToolSet for the grammar: each callable function with its arguments' grammar
+    (``("ebnf", text)``, bounded so a call always ends in time, or ``("json_schema", text)`` where the schema is
+    beyond the bounded subset)."""
+
+    calls: tuple[tuple[str, str, str], ...]  # (name, "ebnf" | "json_schema", text)
+    at_least_one: bool  # required or named: the answer is calls only
+    parallel: bool
+    think_first: bool = False  # a reasoning model thinks freely first, then calls (the think block is open)
+    tokens: int = 0  # the most tokens one bounded call can take (its arguments and the markup around them)
+
+
+@dataclass(frozen=True)
 class GenParams:
     """Sampling and length parameters of one request, already validated."""
 
@@ -135,6 +176,8 @@ class GenParams:
     regex: str | None = None
     grammar: str | None = None
     tag: TagConstraint | None = None
+    tools: ToolSet | None = None  # functions the model may call (their calls come back as <tool_call> blocks)
+    tool_constraint: ToolConstraint | None = None  # set by the engine from ``tools``
     constraint_param: str = "response_format"  # the request field a refused constraint came from (for the 400)
     think: bool = True  # False: a reasoning model's think block is closed empty (it answers at once)
     split_reasoning: bool = True  # False: all text is answer (a plain-prompt completion)
@@ -241,7 +284,7 @@ class LLMEngineClient(SupervisedEngine, Protocol):
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens the templated messages take."""
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, Any]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Validate and queue a request; errors are raised here, before anything streams.
 
         ``arrival`` is the admission handle the HTTP layer took when the request came in; it is settled once the

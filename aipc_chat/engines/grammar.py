@@ -66,7 +66,7 @@ def _json_grammar(fields: int, string_chars: int, arrays: bool) -> str:
         f'pair ::= "\\"" [a-zA-Z_] [a-zA-Z0-9_]{{0,{_KEY_CHARS - 1}}} "\\": " value',
         f'value ::= "\\"" char{{0,{string_chars // 2}}} "\\"" | number | "true" | "false" | "null"{array}',
         'char ::= [ !#-\\[\\]-~] | "\\\\" ["\\\\/nt]',  # printable ASCII, or an escape (2 characters)
-        'number ::= "-"? [0-9]{1,12} ("." [0-9]{1,6})?',
+        'number ::= "-"? ("0" | [1-9] [0-9]{0,11}) ("." [0-9]{1,6})?',  # JSON: no leading zeros
     ])
 
 
@@ -132,6 +132,8 @@ def constraint_of(params: GenParams) -> tuple[str, str] | None:
         return "regex", params.regex
     if params.grammar is not None:
         return "grammar", params.grammar
+    if params.tool_constraint is not None:
+        return "tools", repr(params.tool_constraint)
     if params.tag is not None:
         return "tag", f"{params.tag.begin}\x00{params.tag.regex}\x00{params.tag.end}"
     return None
@@ -232,4 +234,4 @@ class ConstraintChecker:
 
 def _describe(kind: str) -> str:
     return {"json_schema": "JSON schema", "regex": "regular expression", "grammar": "grammar",
-            "tag": "structural tag"}[kind]
+            "tag": "structural tag", "tools": "tools' parameters schema"}[kind]

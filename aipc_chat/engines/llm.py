@@ -29,11 +29,22 @@ from aipc_chat.engines.contract import (
     EngineHealth,
     GenParams,
     LLMStream,
+    ToolSet,
     constrains_whole_reply,
 )
 from aipc_chat.engines.grammar import ConstraintChecker, json_object_grammar
-from aipc_chat.engines.llm_loop import BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
+from aipc_chat.engines.llm_loop import AnswerStop, BatchLoop, LoopRequest, OwnerLoop, SerialLoop, Vocabulary, capacity
 from aipc_chat.engines.scheduler import ModelSpec, Scheduler, health_of, weights_mb
+from aipc_chat.engines.tools import (
+    AnswerStops,
+    RepeatedCallStop,
+    plain_history,
+    structural_tags,
+    tool_constraint,
+    tool_dicts,
+    with_tool_prompt,
+    writes_tool_calls,
+)
 from aipc_chat.errors import ContextLengthExceeded, InvalidRequest, MemoryFull, ModelSetupError, NotReady
 from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, StopMatcher, strip_reasoning
 from aipc_chat.settings import Settings
@@ -158,12 +169,14 @@ def checked_generation_config(params: GenParams, max_new_tokens: int, *, stop_in
 
 def structured_output_config(params: GenParams) -> Any | None:
     """The structured-output constraint a request asks for, if any."""
-    if not constrains_whole_reply(params) and params.tag is None:
+    if not constrains_whole_reply(params) and params.tag is None and params.tool_constraint is None:
         return None
     import openvino_genai as ov_genai
 
     so = ov_genai.StructuredOutputConfig()
-    if params.tag is not None:
+    if params.tool_constraint is not None:
+        so.structural_tags_config = structural_tags(params.tool_constraint)
+    elif params.tag is not None:
         tag = ov_genai.StructuredOutputConfig.Tag(
             params.tag.begin, ov_genai.StructuredOutputConfig.Regex(params.tag.regex), params.tag.end)
         so.structural_tags_config = ov_genai.StructuredOutputConfig.TriggeredTags(
@@ -411,18 +424,25 @@ class LLMEngine:
         block until it is unloaded."""
         self.scheduler.unload(self.name, wait=wait, timeout=self.settings.request_timeout, if_idle=if_idle)
 
-    def render_prompt(self, messages: list[dict[str, str]]) -> str:
-        """Apply the model's own chat template; earlier answers go in without their reasoning."""
+    def render_prompt(self, messages: list[dict[str, Any]], tools: ToolSet | None = None) -> str:
+        """Apply the model's own chat template; earlier answers go in without their reasoning, earlier tool calls
+        and results as text (``engines/tools.py``), and the tools where the template takes them or else in the
+        generic tool prompt."""
         if self._tokenizer is None:
             raise NotReady("The LLM is not loaded yet.", retry_after=RETRY_AFTER_SECONDS)
         history = [
             {"role": m["role"], "content": strip_reasoning(m["content"]) if m["role"] == "assistant"
              else m["content"]}
-            for m in messages
+            for m in plain_history(messages)
         ]
+        if tools is not None and writes_tool_calls(self.chat_template):
+            return str(self._tokenizer.apply_chat_template(history, add_generation_prompt=True,
+                                                           tools=tool_dicts(tools)))
+        if tools is not None:
+            history = with_tool_prompt(history, tools)
         return str(self._tokenizer.apply_chat_template(history, add_generation_prompt=True))
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         """Tokens of the templated prompt for these messages."""
         return len(self.encode(self.render_prompt(messages)))
 
@@ -435,14 +455,14 @@ class LLMEngine:
         encoded = self._tokenizer.encode(text, add_special_tokens=False)
         return [int(t) for t in encoded.input_ids.data.reshape(-1)]
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, Any]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Template, tokenize, check and queue a request; errors are raised here, before streaming.
 
         Blocking (tokenizing a long prompt takes a while; a model that is not loaded is loaded first): call it from
         a worker thread. ``arrival`` is settled once the request is queued or refused.
         """
         try:
-            return self._queue(self.render_prompt(messages), params)
+            return self._queue(self.render_prompt(messages, params.tools), params)
         finally:
             if arrival is not None:  # after the queueing: the owner sees the request either on its way or queued
                 arrival.settle()
@@ -466,25 +486,46 @@ class LLMEngine:
         # A reasoning model's stop strings are matched on its answer here: the pipeline would match its reasoning too
         if params.json_schema == JSON_OBJECT:  # JSON mode: an object that always closes within max_new tokens
             params = replace(params, json_schema=None, grammar=json_object_grammar(max_new))
+        opened = tags and prompt.rstrip().endswith(THINK_OPEN)
+        budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
+        answer_config = None
+        if params.tools is not None:  # the calls' grammar: bounded to what is left after the reasoning, if any
+            think_first = opened  # the grammar leaves the think block free (a call there would be lost)
+            calls = tool_constraint(params.tools, max_new // 2 if think_first else max_new, think_first=think_first)
+            params = replace(params, tool_constraint=calls, constraint_param="tools")
+            if think_first:  # reasoning leaves room for the call; once the engine closes it, only the call is left
+                close = len(self._vocab.close_ids) if self._vocab is not None else 0
+                budget = min(budget, max(0, max_new - max(max_new // 2, calls.tokens) - close))
+                answer_config = checked_generation_config(
+                    replace(params, tool_constraint=replace(calls, think_first=False)), max_new,
+                    stop_in_pipeline=not tags)
         config = checked_generation_config(params, max_new, stop_in_pipeline=not tags)
         structured = structured_output_config(params)
         if structured is not None:  # compiled on the probe: a constraint that does not compile never enters the batch
             self.constraints.check(params, structured)
         stream = LLMStream(f"chatcmpl-{uuid.uuid4().hex[:24]}", len(ids))
-        budget = params.reasoning_budget if params.reasoning_budget is not None else self.settings.reasoning_budget
-        opened = tags and prompt.rstrip().endswith(THINK_OPEN)
         lease = self.scheduler.acquire(self.name, timeout=self.settings.request_timeout)  # loads it if need be
         try:
             self._loop.admit(LoopRequest(
                 stream=stream, prompt_ids=ids, config=config, max_new_tokens=max_new,
                 budget=budget if tags and (opened or budget > 0) else None,
                 splitter=ReasoningSplitter(in_think=opened, tags=tags), keep_alive=params.keep_alive,
-                stopper=StopMatcher(params.stop) if tags and params.stop else None, lease=lease,
+                stopper=self._stopper(params, tags), lease=lease,
+                answer_config=answer_config,
             ))
         except BaseException:
             self.scheduler.release(lease)
             raise
         return stream
+
+    @staticmethod
+    def _stopper(params: GenParams, tags: bool) -> AnswerStop | None:
+        """What ends the answer early in the engine: a reasoning model's stop strings (the pipeline would match
+        its reasoning too) and a repeated tool call."""
+        stops: list[StopMatcher | RepeatedCallStop] = [StopMatcher(params.stop)] if tags and params.stop else []
+        if params.tools is not None and params.tools.parallel:
+            stops.append(RepeatedCallStop())
+        return AnswerStops(*stops) if len(stops) > 1 else stops[0] if stops else None
 
     def _max_new_tokens(self, prompt_tokens: int, asked: int | None) -> int:
         room = self.context_length - prompt_tokens

@@ -17,14 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aipc_chat.engines.admission import Arrivals
 from aipc_chat.engines.contract import Delta, Done, LLMStream, Timing
 from aipc_chat.engines.detokenize import IncrementalDetokenizer
 from aipc_chat.engines.scheduler import Lease, Recovery, in_flight_failure
 from aipc_chat.errors import AipcError, Busy, Cancelled, EngineFailure, NotReady
-from aipc_chat.reasoning import ReasoningSplitter, StopMatcher
+from aipc_chat.reasoning import ReasoningSplitter
 from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,18 @@ HANDOFF_MIN_STEP_SECONDS = 0.005  # steps shorter than this are not worth a hand
 ARRIVAL_POLL_SECONDS = 0.001  # while requests are on their way, how often the owner looks whether they still are
 Decoder = Callable[[list[list[int]]], list[str]]
 BROKEN = NotReady("The LLM engine has failed (three rebuilds in a row failed); restart the server.")
+
+
+class AnswerStop(Protocol):
+    """Ends the answer early (``reasoning.StopMatcher``, ``tools.RepeatedCallStop``): fed the answer, it gives
+    back what may be sent."""
+
+    @property
+    def hit(self) -> bool: ...
+
+    def feed(self, text: str) -> str: ...
+
+    def finish(self) -> str: ...
 
 
 @dataclass
@@ -57,7 +69,9 @@ class LoopRequest:
     text_out: list[str] = field(default_factory=list)
     keep_alive: float | None = None  # the request's own keep-alive for the model (seconds; inf: never)
     lease: Lease | None = None  # the model held for this request (given back when it finishes)
-    stopper: StopMatcher | None = None  # stop strings matched on the answer only (a reasoning model's request)
+    stopper: AnswerStop | None = None  # stop strings matched on the answer only (a reasoning model's request), a
+    # repeated tool call
+    answer_config: Any = None  # the config once the engine closes the think block (the constraint's answer part)
 
     @property
     def stopped(self) -> bool:
@@ -473,6 +487,8 @@ class BatchLoop(OwnerLoop):
         remaining = req.max_new_tokens - len(req.generated) - req.forced_tokens
         log.info("%s: closing the think block after %d tokens; answering", req.stream.request_id, req.think_tokens)
         req.budget = None
+        if req.answer_config is not None:  # the constraint allowed reasoning first: the rest is the answer's part
+            req.config, req.answer_config = req.answer_config, None
         if remaining <= 0:
             self.flush(req)
             self.finish(req, Done("length", len(req.prompt_ids), len(req.generated) + req.forced_tokens,

@@ -40,6 +40,7 @@ from aipc_chat.engines.contract import (
 )
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.engines.store import ImageStore, infotext
+from aipc_chat.engines.tools import plain_history
 from aipc_chat.errors import (
     AipcError,
     Busy,
@@ -199,13 +200,17 @@ class RemoteLLM:
         raise UnsupportedParameter("A plain prompt (no chat template) cannot be sent to a remote LLM; use chat "
                                    "completions.", param="prompt")
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, Any]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         """Start the upstream request on this engine's own event loop thread; any thread may call this."""
         if arrival is not None:  # nothing is batched here: the request is on its way no longer
             arrival.settle()
         if params.max_tokens is not None and params.max_tokens > self.settings.max_tokens_limit:
             raise InvalidRequest(f"max_tokens is {params.max_tokens}; this server allows at most "
                                  f"{self.settings.max_tokens_limit}.", param="max_tokens")
+        if params.tools is not None:
+            raise UnsupportedParameter("Tool calling is served by the local LLM only, not a remote one.",
+                                       param="tools")
+        messages = plain_history(messages)  # earlier calls and results as text: any upstream takes them
         if not self.model_name:
             self.discover()
         stream = _RemoteStream(f"chatcmpl-{uuid.uuid4().hex[:24]}", 0)

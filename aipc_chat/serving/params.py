@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from aipc_chat.engines.contract import GenParams, TagConstraint
+from aipc_chat.engines.contract import GenParams, TagConstraint, ToolSet
 
 Api = Literal["openai_chat", "openai_completions", "ollama", "chat"]
 
@@ -65,6 +65,7 @@ class Asked:
     reasoning_budget: int | None = None
     json_schema: str | None = None
     tag: TagConstraint | None = None
+    tools: ToolSet | None = None
     think: bool = True
     keep_alive: float | None = None
 
@@ -102,6 +103,7 @@ def gen_params(api: Api, asked: Asked) -> GenParams:
         reasoning_budget=asked.reasoning_budget,
         json_schema=asked.json_schema,
         tag=asked.tag,
+        tools=asked.tools,
         constraint_param=d.constraint_param,
         think=asked.think,
         split_reasoning=d.split_reasoning,

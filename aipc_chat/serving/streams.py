@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
 from aipc_chat.engines.contract import (
     Arrival,
@@ -34,7 +34,7 @@ from aipc_chat.serving.aio import batches
 if TYPE_CHECKING:
     from aipc_chat.runtime import Runtime
 
-Request = list[dict[str, str]] | str  # chat messages (templated), or a prompt as it is
+Request = list[dict[str, Any]] | str  # chat messages (templated), or a prompt as it is
 # submit blocks while a model loads (a request waits for it there): its own threads, so that waiting requests never
 # take the default pool's few threads from /ready, history and the other work the event loop hands out
 SUBMITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llm-submit")
@@ -44,7 +44,7 @@ Batch = list[Delta | Done]
 class ChatEngine(Protocol):
     """What ``open_stream`` needs of an LLM engine for chat messages (a prompt needs ``submit_prompt`` too)."""
 
-    def submit(self, messages: list[dict[str, str]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
+    def submit(self, messages: list[dict[str, Any]], params: GenParams, arrival: Arrival | None = None) -> LLMStream:
         ...
 
     def release(self, wait: bool = True, *, if_idle: bool = False) -> None: ...

@@ -39,7 +39,7 @@ def test_list_and_show(client: ollama.Client, name: str, live_server: LiveServer
     assert listed.details.quantization_level == "INT4" and listed.details.format == "openvino"
     shown = client.show(name.removesuffix(":latest"))  # a bare name matches too
     assert shown.modelinfo is not None and shown.modelinfo["general.architecture"] == "qwen2"
-    assert shown.capabilities == ["completion", "thinking"] and "<think>" in (shown.template or "")
+    assert shown.capabilities == ["completion", "tools", "thinking"] and "<think>" in (shown.template or "")
     version = httpx.get(f"{live_server.base_url}/api/version").json()["version"]
     assert [int(p) for p in version.split(".")] >= [0, 12, 0]
 
@@ -116,9 +116,10 @@ def test_ollama_shaped_errors(client: ollama.Client, name: str, live_server: Liv
     with pytest.raises(ollama.ResponseError) as unknown:
         client.chat(model="llama3.2", messages=QUESTION)
     assert unknown.value.status_code == 404 and "llama3.2" in unknown.value.error
-    with pytest.raises(ollama.ResponseError) as tools:
-        client.chat(model=name, messages=QUESTION, tools=[{"type": "function", "function": {"name": "f"}}])
-    assert tools.value.status_code == 400 and "tools" in tools.value.error
+    with pytest.raises(ollama.ResponseError) as tools:  # tools and a JSON format together are not served
+        client.chat(model=name, messages=QUESTION, tools=[{"type": "function", "function": {"name": "f"}}],
+                    format="json")
+    assert tools.value.status_code == 400 and "tools and format" in tools.value.error
     with pytest.raises(ollama.ResponseError) as pulled:
         client.pull("llama3.2")
     assert pulled.value.status_code == 404 and "aipc-chat download" in pulled.value.error

@@ -146,8 +146,8 @@ def test_json_schema_response_format_constrains_the_reply(client: openai.OpenAI)
         ({"temperature": 5}, openai.BadRequestError, "invalid_value"),
         ({"n": 2}, openai.BadRequestError, "unsupported_parameter"),
         ({"logprobs": True}, openai.BadRequestError, "unsupported_parameter"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, openai.BadRequestError,
-         "unsupported_parameter"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, openai.BadRequestError, "invalid_value"),
         ({"max_tokens": 10**6}, openai.BadRequestError, "invalid_value"),
         ({"extra_body": {"repetition_penalty": 1e-100}}, openai.BadRequestError, "invalid_value"),  # 0 in float32
         ({"messages": ask("word " * 40000)}, openai.BadRequestError, "context_length_exceeded"),

@@ -139,7 +139,7 @@ def test_the_ollama_api_with_a_model_that_does_not_reason(smol_server: LiveServe
     client = ollama.Client(host=smol_server.base_url)
     assert [m.model for m in client.list().models] == ["SmolLM2-135M-Instruct.Q4_1:latest"]
     shown = client.show("SmolLM2-135M-Instruct.Q4_1")
-    assert shown.capabilities == ["completion"] and shown.details is not None
+    assert shown.capabilities == ["completion", "tools"] and shown.details is not None
     assert shown.details.format == "gguf" and shown.details.quantization_level == "Q4_1"
     assert shown.details.parameter_size == "135M"
     reply = client.chat(model="SmolLM2-135M-Instruct.Q4_1", options={"temperature": 0, "num_predict": 40},
@@ -162,3 +162,96 @@ def test_json_mode_always_ends_with_a_json_object(smol_server: LiveServer) -> No
     from tests.e2e.json_mode import assert_all_json_objects, json_mode_replies
 
     assert_all_json_objects(json_mode_replies(smol_server.base_url, "SmolLM2-135M-Instruct.Q4_1", range(20), 120))
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+ADD_TOOL = {"type": "function", "function": {
+    "name": "add", "description": "Add two numbers",
+    "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                   "required": ["a", "b"]}}}
+ASKS_FOR_A_CALL = "Weather in Paris? Answer with a <tool_call> block."
+
+
+def test_required_and_named_tool_calls_carry_the_right_arguments(client: openai.OpenAI) -> None:
+    """SmolLM2 takes its arguments from the question when it must call."""
+    model = "SmolLM2-135M-Instruct.Q4_1"
+    weather = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is the weather in Paris?"}], temperature=0,
+        tools=[WEATHER_TOOL, ADD_TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    call = (weather.choices[0].message.tool_calls or [])[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert weather.choices[0].finish_reason == "tool_calls"
+    added = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2 plus 3?"}], temperature=0, tools=[ADD_TOOL],
+        tool_choice="required")
+    calls = added.choices[0].message.tool_calls or []
+    assert len(calls) == 1, "a repeated call ends the reply"
+    arguments = json.loads(calls[0].function.arguments)
+    assert calls[0].function.name == "add" and arguments["a"] + arguments["b"] == 5
+
+
+def test_auto_tool_calls_are_parsed_and_never_leaked(client: openai.OpenAI) -> None:
+    """With auto the model decides: whatever it writes, calls come back parsed (and valid) and no markup reaches
+    the text, streamed or not. (Streamed and whole replies are not compared: openvino-genai's sampling under
+    triggered structural tags does not repeat for a seed.)"""
+    called = 0
+    for seed in range(12):
+        ask: dict[str, Any] = {"model": "SmolLM2-135M-Instruct.Q4_1", "tools": [WEATHER_TOOL], "seed": seed,
+                               "max_tokens": 100, "messages": [{"role": "user", "content": ASKS_FOR_A_CALL}]}
+        whole = client.chat.completions.create(**ask).choices[0]
+        calls = [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls or []]
+        assert "tool_call>" not in (whole.message.content or "")
+        assert whole.finish_reason in (("tool_calls", "length") if calls else ("stop", "length"))
+        text, streamed, finish = "", {}, None
+        for chunk in client.chat.completions.create(**ask, stream=True):
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+                for part in choice.delta.tool_calls or []:
+                    assert part.id and part.function is not None and part.function.arguments is not None
+                    streamed[part.index] = (part.function.name, json.loads(part.function.arguments))
+        assert "tool_call>" not in text and list(streamed) == list(range(len(streamed)))
+        for name, arguments in [*calls, *streamed.values()]:
+            assert name == "get_weather" and isinstance(arguments.get("city"), str)
+        assert finish in (("tool_calls", "length") if streamed else ("stop", "length"))
+        called += bool(calls) + bool(streamed)
+    assert called, "asked for one, the model called its tool at least once in 24 replies"
+
+
+def test_the_ollama_client_calls_tools_and_takes_their_results(smol_server: LiveServer) -> None:
+    import ollama
+
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city.
+
+        Args:
+          city: The city
+        """
+        return f"{city}: 18 C, sunny"
+
+    client = ollama.Client(host=smol_server.base_url)
+    model = "SmolLM2-135M-Instruct.Q4_1"
+    calls = []
+    for seed in range(12):
+        messages = [{"role": "user", "content": ASKS_FOR_A_CALL}]
+        reply = client.chat(model=model, messages=messages, tools=[get_weather],
+                            options={"seed": seed, "num_predict": 100})
+        made = [(c.function.name, dict(c.function.arguments)) for c in reply.message.tool_calls or []]
+        assert "<tool_call" not in (reply.message.content or "")
+        streamed = [(c.function.name, dict(c.function.arguments))
+                    for part in client.chat(model=model, messages=messages, tools=[get_weather], stream=True,
+                                            options={"seed": seed, "num_predict": 100})
+                    for c in part.message.tool_calls or []]
+        assert all(name == "get_weather" and isinstance(args["city"], str) for name, args in made + streamed)
+        calls += [(reply.message, made)] if made else []
+    assert calls, "asked for one, the model called its tool for at least one of 12 seeds"
+    message, made = calls[0]
+    assert made[0][0] == "get_weather" and isinstance(made[0][1]["city"], str)
+    result = get_weather(**made[0][1])
+    answer = client.chat(model=model, tools=[get_weather], options={"seed": 0, "num_predict": 40}, messages=[
+        {"role": "user", "content": ASKS_FOR_A_CALL}, message,
+        {"role": "tool", "content": result, "tool_name": "get_weather"}])
+    assert answer.done and answer.message.role == "assistant"
+    assert answer.prompt_eval_count is not None and answer.prompt_eval_count > len(result) // 4

@@ -43,7 +43,10 @@ from aipc_chat.serving import (
     tagged,
 )
 from aipc_chat.serving.embeddings import embed
+from aipc_chat.serving.tools import ToolCall, ToolCallReader
 from aipc_chat.settings import Settings
+
+Line = Callable[..., dict[str, Any]]  # (reasoning, content, calls=None): one NDJSON line's message part
 
 
 class _JSONWhateverTheType(APIRoute):
@@ -160,7 +163,8 @@ async def show(body: OllamaModelRequest, runtime: RuntimeDep) -> dict[str, Any]:
                 "modified_at": now()}
     engine = resolve_model(runtime, "llm", body.model_name)
     card = await _card(runtime)
-    capabilities = ["completion", *(["thinking"] if engine.reasons else [])]
+    local = runtime.status["llm"].device != "remote"  # tools are served by the local engine only
+    capabilities = ["completion", *(["tools"] if local else []), *(["thinking"] if engine.reasons else [])]
     modified = datetime.fromtimestamp(card.modified, UTC) if card else datetime.now(UTC)
     return {"license": "", "modelfile": f"# served by aipc-chat\nFROM {runtime.status['llm'].choice.path or ''}\n",
             "parameters": "", "template": engine.chat_template, "details": _details(card),
@@ -173,14 +177,22 @@ async def chat(arrival: ArrivalDep, body: OllamaChatRequest, request: Request, r
                settings: SettingsDep) -> Any:
     """Ollama's chat: NDJSON stream by default, or one object with ``stream: false``."""
 
-    def line(reasoning: str, content: str) -> dict[str, Any]:
+    def line(reasoning: str, content: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning:
             message["thinking"] = reasoning
+        if calls:
+            message["tool_calls"] = calls
         return {"message": message}
 
     messages = body.chat_messages() if body.messages else None
-    return await _serve(arrival, body, messages, line, request, runtime, settings)
+    return await _serve(arrival, body, messages, line, request, runtime, settings, tools=body.tool_set() is not None)
+
+
+def _calls(calls: list[ToolCall], first: int = 0) -> list[dict[str, Any]]:
+    """Calls in Ollama's shape: arguments as an object."""
+    return [{"function": {"index": first + i, "name": call.name, "arguments": call.arguments}}
+            for i, call in enumerate(calls)]
 
 
 @router.post("/api/generate", response_model=None)
@@ -188,7 +200,7 @@ async def generate(arrival: ArrivalDep, body: OllamaGenerateRequest, request: Re
                    settings: SettingsDep) -> Any:
     """Ollama's completion of one prompt (templated unless ``raw``)."""
 
-    def line(reasoning: str, content: str) -> dict[str, Any]:
+    def line(reasoning: str, content: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"response": content}
         if reasoning:
             out["thinking"] = reasoning
@@ -199,8 +211,7 @@ async def generate(arrival: ArrivalDep, body: OllamaGenerateRequest, request: Re
 
 
 async def _serve(arrival: Arrival, body: OllamaGeneration, work: list[dict[str, str]] | str | None,
-                 line: Callable[[str, str], dict[str, Any]], request: Request, runtime: Runtime,
-                 settings: Settings) -> Any:
+                 line: Line, request: Request, runtime: Runtime, settings: Settings, *, tools: bool = False) -> Any:
     """A chat or generate request: no messages (or prompt) loads the model, or with keep_alive 0 unloads it."""
     t0 = time.perf_counter()
     engine = resolve_model(runtime, "llm", body.model)
@@ -216,11 +227,13 @@ async def _serve(arrival: Arrival, body: OllamaGeneration, work: list[dict[str, 
         return ndjson_response(_one(final)) if body.stream else final
     generation = await open_stream(engine, work, body.to_params(engine.context_length), arrival,
                                    timeout=settings.request_timeout)
+    reader = ToolCallReader() if tools else None
     if body.stream:
-        return ndjson_response(_lines(generation, name, body.thinks, t0, line), on_close=generation.cancel)
+        return ndjson_response(_lines(generation, name, body.thinks, t0, line, reader), on_close=generation.cancel)
     reply = await unless_disconnected(request, generation.collect())
     thought = reply.reasoning.strip() if body.thinks else ""
-    return {"model": name, "created_at": now(), **line(thought, reply.content.strip()), "done": True,
+    content, calls = reader.split(reply.content) if reader is not None else (reply.content.strip(), [])
+    return {"model": name, "created_at": now(), **line(thought, content, _calls(calls)), "done": True,
             **_final(reply, t0)}
 
 
@@ -228,13 +241,19 @@ async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield item
 
 
-async def _lines(generation: Generation, name: str, think: bool, t0: float,
-                 line: Callable[[str, str], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _lines(generation: Generation, name: str, think: bool, t0: float, line: Line,
+                 reader: ToolCallReader | None = None) -> AsyncIterator[dict[str, Any]]:
     async for reasoning, content in generation.chunks():
         shown = reasoning if think else ""
-        if shown or content:
-            yield {"model": name, "created_at": now(), **line(shown, content), "done": False}
-    yield {"model": name, "created_at": now(), **line("", ""), "done": True, **_final(generation.reply, t0)}
+        calls: list[ToolCall] = []
+        first = 0
+        if reader is not None:
+            first = len(reader.calls)
+            content, calls = reader.feed(content)
+        if shown or content or calls:
+            yield {"model": name, "created_at": now(), **line(shown, content, _calls(calls, first)), "done": False}
+    tail = reader.end() if reader is not None else ""
+    yield {"model": name, "created_at": now(), **line("", tail), "done": True, **_final(generation.reply, t0)}
 
 
 def _final(reply: Reply, t0: float) -> dict[str, Any]:

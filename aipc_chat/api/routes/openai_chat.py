@@ -17,6 +17,7 @@ from aipc_chat.errors import ModelNotFound
 from aipc_chat.reasoning import THINK_CLOSE, THINK_OPEN
 from aipc_chat.runtime import Runtime
 from aipc_chat.serving import Generation, model_names, names_match, open_stream, resolve_model
+from aipc_chat.serving.tools import ToolCall, ToolCallReader
 
 router = APIRouter(tags=["openai"])
 
@@ -65,10 +66,11 @@ async def chat_completions(arrival: ArrivalDep, body: ChatCompletionRequest, req
     generation = await open_stream(engine, body.chat_messages(), body.to_params(), arrival,
                                    timeout=settings.request_timeout)
     fmt = body.reasoning_format or settings.reasoning_format
+    tools = body.tool_set() is not None
     if body.stream:
-        return sse_response(_chunks(generation, engine.model_name, body.include_usage, fmt),
+        return sse_response(_chunks(generation, engine.model_name, body.include_usage, fmt, tools),
                             on_close=generation.cancel, on_shutdown=runtime.interrupt_all, done="[DONE]")
-    return await unless_disconnected(request, _complete(generation, engine.model_name, fmt))
+    return await unless_disconnected(request, _complete(generation, engine.model_name, fmt, tools))
 
 
 class InlineThink:
@@ -104,25 +106,66 @@ def _split(fmt: str) -> tuple[bool, bool]:
     return fmt != "none", fmt in ("none", "deepseek-legacy")
 
 
-async def _complete(generation: Generation, model: str, fmt: str = "deepseek") -> dict[str, Any]:
+def call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    """One call in OpenAI's shape (with its ``index`` when streamed)."""
+    out: dict[str, Any] = {"index": index} if index is not None else {}
+    return {**out, "id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json}}
+
+
+def _finish(reason: str, calls: bool) -> str:
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+async def _complete(generation: Generation, model: str, fmt: str = "deepseek", tools: bool = False) -> dict[str, Any]:
     reply = await generation.collect()
     apart, inline = _split(fmt)
     thought, answer = reply.reasoning.strip(), reply.content.strip()
+    calls: list[ToolCall] = []
+    if tools:
+        answer, calls = ToolCallReader().split(answer)
     if inline:
         think = InlineThink()
         answer = think(thought, answer) + think.end()
-    message: dict[str, Any] = {"role": "assistant", "content": answer}
+    message: dict[str, Any] = {"role": "assistant", "content": answer or (None if calls else "")}
     if thought and apart:
         message["reasoning_content"] = thought
+    if calls:
+        message["tool_calls"] = [call_json(call) for call in calls]
     return {
         "id": reply.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish(reply.finish_reason, bool(calls)),
+                     "logprobs": None}],
         "usage": reply.usage,
     }
 
 
+class _StreamedCalls:
+    """Tool calls out of a streamed answer (when the request has tools), as ``delta.tool_calls`` items."""
+
+    def __init__(self, tools: bool) -> None:
+        self.reader = ToolCallReader() if tools else None
+
+    def feed(self, content: str) -> tuple[str, list[dict[str, Any]]]:
+        """The text to send and the calls this piece completed."""
+        if self.reader is None:
+            return content, []
+        first = len(self.reader.calls)
+        content, calls = self.reader.feed(content)
+        return content, [call_json(call, first + i) for i, call in enumerate(calls)]
+
+    def end(self) -> str:
+        """Text held back to the end."""
+        return self.reader.end() if self.reader is not None else ""
+
+    @property
+    def called(self) -> bool:
+        """Whether the reply made a call."""
+        return bool(self.reader and self.reader.calls)
+
+
 async def _chunks(generation: Generation, model: str, include_usage: bool,
-                  fmt: str = "deepseek") -> AsyncIterator[dict[str, Any]]:
+                  fmt: str = "deepseek", tools: bool = False) -> AsyncIterator[dict[str, Any]]:
     created = int(time.time())
     apart, inline = _split(fmt)
     think = InlineThink()
@@ -135,20 +178,25 @@ async def _chunks(generation: Generation, model: str, include_usage: bool,
             out["usage"] = None
         return out
 
+    reader = _StreamedCalls(tools)
     yield chunk({"role": "assistant", "content": ""})
     async for reasoning, content in generation.chunks():
         delta: dict[str, Any] = {}
         if reasoning and apart:
             delta["reasoning_content"] = reasoning
+        content, calls = reader.feed(content)
+        if calls:
+            delta["tool_calls"] = calls
         text = think(reasoning, content) if inline else content
         if text:
             delta["content"] = text
         if delta:
             yield chunk(delta)
-    if inline and (tail := think.end()):
+    tail = reader.end()
+    if tail := (think("", tail) + think.end() if inline else tail):
         yield chunk({"content": tail})
     reply = generation.reply
-    yield chunk({}, reply.finish_reason)
+    yield chunk({}, _finish(reply.finish_reason, reader.called))
     if include_usage:
         yield {**chunk({}), "choices": [], "usage": reply.usage}
 

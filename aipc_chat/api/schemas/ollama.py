@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aipc_chat.api.schemas.common import KeepAlive, LLMSeed
-from aipc_chat.engines.contract import JSON_OBJECT, GenParams
+from aipc_chat.api.schemas.common import KeepAlive, LLMSeed, ToolDef, tool_set
+from aipc_chat.engines.contract import JSON_OBJECT, GenParams, ToolSet
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 from aipc_chat.serving.params import Asked, gen_params
 
@@ -39,6 +40,23 @@ class OllamaOptions(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
+class OllamaFunctionCall(BaseModel):
+    """``tool_calls[].function`` of an earlier assistant message: arguments as an object."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(max_length=64)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaToolCall(BaseModel):
+    """An earlier assistant message's call."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    function: OllamaFunctionCall
+
+
 class OllamaMessage(BaseModel):
     """One message of ``/api/chat``."""
 
@@ -48,7 +66,8 @@ class OllamaMessage(BaseModel):
     content: str = Field(default="", max_length=MAX_TEXT)
     thinking: str | None = None
     images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[OllamaToolCall] | None = Field(default=None, max_length=128)
+    tool_name: str | None = Field(default=None, max_length=64)
 
 
 class OllamaGeneration(BaseModel):
@@ -97,23 +116,36 @@ class OllamaChatRequest(OllamaGeneration):
     """``POST /api/chat``."""
 
     messages: list[OllamaMessage] = Field(default_factory=list, max_length=1000)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDef] | None = Field(default=None, max_length=128)
 
     def check_supported(self) -> None:
         """Refuse what this server does not do, in Ollama's words where it has them."""
         super().check_supported()
-        if self.tools:
-            raise UnsupportedParameter(f"{self.model} does not support tools", param="tools")
+        if self.tools and self.format:
+            raise UnsupportedParameter("tools and format cannot be combined here", param="format")
         for i, message in enumerate(self.messages):
             if message.images:
                 raise UnsupportedParameter(f"{self.model} does not support images (input)",
                                            param=f"messages.{i}.images")
-            if message.role == "tool":
-                raise UnsupportedParameter("tool messages are not supported", param=f"messages.{i}.role")
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        """Plain role/content dicts."""
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+    def tool_set(self) -> ToolSet | None:
+        """The tools the model may call (Ollama has no tool_choice: the model decides)."""
+        return tool_set(self.tools, None, True)
+
+    def to_params(self, max_context: int) -> GenParams:
+        """As for /api/generate, with the tools."""
+        return replace(super().to_params(max_context), tools=self.tool_set())
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """Plain role/content dicts, with earlier calls (arguments as objects)."""
+        out: list[dict[str, Any]] = []
+        for m in self.messages:
+            message: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.tool_calls:
+                message["tool_calls"] = [{"id": "", "name": c.function.name, "arguments": c.function.arguments}
+                                         for c in m.tool_calls]
+            out.append(message)
+        return out
 
 
 class OllamaGenerateRequest(OllamaGeneration):

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aipc_chat.api.schemas.common import KeepAlive, LLMSeed
-from aipc_chat.engines.contract import JSON_OBJECT, GenParams
+from aipc_chat.api.schemas.common import KeepAlive, LLMSeed, NamedToolChoice, ToolDef, tool_set
+from aipc_chat.engines.contract import JSON_OBJECT, GenParams, ToolSet
 from aipc_chat.errors import InvalidRequest, UnsupportedParameter
 from aipc_chat.serving.params import Asked, gen_params
 
@@ -35,6 +35,23 @@ class ContentPart(BaseModel):
     text: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
 
 
+class FunctionCall(BaseModel):
+    """``tool_calls[].function`` of an earlier assistant message: the arguments as a JSON string."""
+
+    name: str = Field(max_length=64)
+    arguments: str = Field(default="{}", max_length=MAX_MESSAGE_CHARS)
+
+
+class ToolCallIn(BaseModel):
+    """An earlier assistant message's call."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(default="", max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     """One message of the conversation."""
 
@@ -43,6 +60,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
     name: str | None = Field(default=None, max_length=64)
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
@@ -128,8 +147,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     n: int = Field(default=1, ge=1, le=128)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDef] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     logprobs: bool | None = None
     top_logprobs: int | None = None
     reasoning_budget: int | None = Field(default=None, ge=0, le=131072)  # OVMS's name
@@ -141,13 +161,14 @@ class ChatCompletionRequest(_Sampling):
         """Refuse, clearly, what this server does not do (rather than ignoring it)."""
         if self.n != 1:
             raise UnsupportedParameter("Only n=1 is supported.", param="n")
-        if self.tools or self.tool_choice not in (None, "none"):
-            raise UnsupportedParameter("Tool calling is not supported by this server.", param="tools")
         if self.logprobs or self.top_logprobs:
             raise UnsupportedParameter("logprobs are not supported by this server.", param="logprobs")
+        if self.tool_set() is not None and self.response_format is not None and self.response_format.type != "text":
+            raise UnsupportedParameter("tools and a JSON response_format cannot be combined here.",
+                                       param="response_format")
         for i, message in enumerate(self.messages):
-            if message.role == "tool":
-                raise UnsupportedParameter("Tool messages are not supported.", param=f"messages.{i}.role")
+            for j, call in enumerate(message.tool_calls or []):
+                _arguments(call, f"messages.{i}.tool_calls.{j}.function.arguments")
             for j, part in enumerate(message.content if isinstance(message.content, list) else []):
                 if part.type in ("image_url", "input_image", "image"):
                     raise UnsupportedParameter("Image input is not supported by this model; send text only.",
@@ -158,9 +179,24 @@ class ChatCompletionRequest(_Sampling):
         if all(m.role in ("system", "developer") for m in self.messages):
             raise InvalidRequest("messages needs at least one user or assistant message.", param="messages")
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        """Plain role/content dicts (developer messages act as system messages)."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """Plain role/content dicts (developer messages act as system messages), with earlier calls."""
+        out: list[dict[str, Any]] = []
+        for i, m in enumerate(self.messages):
+            message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            if m.tool_calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "name": c.function.name,
+                     "arguments": _arguments(c, f"messages.{i}.tool_calls.{j}.function.arguments")}
+                    for j, c in enumerate(m.tool_calls)]
+            if m.role == "tool" and m.tool_call_id:
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
+        return out
+
+    def tool_set(self) -> ToolSet | None:
+        """The tools the model may call, and how (None: none)."""
+        return tool_set(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def to_params(self) -> GenParams:
         """The engine's parameters (``DEFAULTS["openai_chat"]`` where the request is silent)."""
@@ -175,7 +211,18 @@ class ChatCompletionRequest(_Sampling):
             json_schema = json.dumps(fmt.json_schema.schema_ or {"type": "object"})
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         return gen_params("openai_chat", replace(self._asked(), max_tokens=max_tokens, json_schema=json_schema,
-                                                 reasoning_budget=self.reasoning_budget))
+                                                 reasoning_budget=self.reasoning_budget, tools=self.tool_set()))
+
+
+def _arguments(call: ToolCallIn, param: str) -> dict[str, Any]:
+    """An earlier call's arguments, parsed (they come as a JSON string)."""
+    try:
+        value = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        raise InvalidRequest("A tool call's arguments must be a JSON object (as a string).", param=param) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("A tool call's arguments must be a JSON object (as a string).", param=param)
+    return value
 
 
 class CompletionRequest(_Sampling):
