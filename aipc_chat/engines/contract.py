@@ -39,7 +39,8 @@ from aipc_chat.errors import AipcError, Cancelled, ContentFiltered, EngineFailur
 
 __all__ = [  # what the layers above the engines use, admission included
     "ALL_SAMPLERS", "FILTERED", "JSON_OBJECT", "NATIVE_SIZE", "RETRY_AFTER_SECONDS", "RUNTIME_SCHEDULES", "SAMPLERS",
-    "SCHEDULES", "Arrival", "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged", "GenParams",
+    "SCHEDULES", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN",
+    "Arrival", "Arrivals", "Delta", "Done", "EngineHealth", "EngineState", "Flagged", "GenParams",
     "ImageEngineClient", "ImageJob", "ImageParams", "ImageRuntime", "Interrupted", "JobState", "LLMEngineClient",
     "LLMStream", "SupervisedEngine", "TagConstraint", "Timing", "Tool", "ToolConstraint", "ToolSet",
     "constrains_whole_reply", "split_sampler"
@@ -50,6 +51,7 @@ JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FILTERED = "content_filter"
 RETRY_AFTER_SECONDS = 5  # what a client is told to wait while a model loads or recovers
 NATIVE_SIZE = -1  # ImageParams' width and height for size "auto": the size the model was trained at
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # around each call the model writes (Hermes')
 JSON_OBJECT = '{"type": "object"}'  # JSON mode's schema (json_object, format "json"): any object, closed in time
 ImageRuntime = Literal["genai", "optimum"]
 # AUTOMATIC1111's sampler names and what runs each in a runtime: openvino-genai's scheduler types, diffusers'

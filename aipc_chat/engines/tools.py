@@ -26,10 +26,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aipc_chat.engines.contract import ToolConstraint, ToolSet
+from aipc_chat.engines.contract import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolConstraint, ToolSet
 from aipc_chat.reasoning import partial_tag_suffix
 
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+CALL_OPEN, CALL_CLOSE = TOOL_CALL_OPEN, TOOL_CALL_CLOSE
 RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 # A string's character costs at most 2 tokens (a plain one takes part of a token or one; an escape, two). A byte-level
 # tokenizer may spend up to 4 tokens on one non-ASCII character: a call of long non-ASCII strings near the token
@@ -153,12 +153,6 @@ def structural_tags(constraint: ToolConstraint) -> Any:
 
 class _Unsupported(Exception):
     """The schema uses what the bounded grammar does not write."""
-
-
-def arguments_grammar(schema: Any, max_tokens: int) -> str | None:
-    """``bounded_arguments``' grammar alone."""
-    bounded = bounded_arguments(schema, max_tokens)
-    return bounded[0] if bounded is not None else None
 
 
 def bounded_arguments(schema: Any, max_tokens: int) -> tuple[str, int] | None:

@@ -10,9 +10,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
+from aipc_chat.engines.contract import TOOL_CALL_CLOSE as CALL_CLOSE
+from aipc_chat.engines.contract import TOOL_CALL_OPEN as CALL_OPEN
+from aipc_chat.reasoning import partial_tag_suffix
 
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"  # as engines/tools.py writes them
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,9 @@ def _unfinished(block: str) -> bool:
 def _held(text: str) -> int:
     """How many characters at the end of ``text`` may begin a call (a partial ``<tool_call>``, or white space
     that only separates calls): they wait for what follows."""
-    for size in range(min(len(CALL_OPEN) - 1, len(text)), 0, -1):
-        if CALL_OPEN.startswith(text[-size:]):
-            return size + len(text[:-size]) - len(text[:-size].rstrip())
-    return len(text) - len(text.rstrip())
+    size = partial_tag_suffix(text, CALL_OPEN)
+    head = text[:len(text) - size]
+    return size + len(head) - len(head.rstrip())
 
 
 class ToolCallReader:

@@ -13,7 +13,7 @@ from aipc_chat.engines.contract import Tool, ToolSet
 from aipc_chat.engines.tools import (
     AnswerStops,
     RepeatedCallStop,
-    arguments_grammar,
+    bounded_arguments,
     call_text,
     plain_history,
     system_prompt,
@@ -24,6 +24,12 @@ from aipc_chat.engines.tools import (
 from aipc_chat.errors import InvalidRequest
 from aipc_chat.reasoning import StopMatcher
 from aipc_chat.serving.tools import ToolCallReader, parse_call
+
+
+def arguments_grammar(schema: object, max_tokens: int) -> str | None:
+    bounded = bounded_arguments(schema, max_tokens)
+    return bounded[0] if bounded is not None else None
+
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
