@@ -8,6 +8,7 @@ nothing about HTTP: the route streams the events or returns the last one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -151,6 +152,13 @@ def parse_image_prompt(text: str | None) -> str | None:
     return prompt.strip() or None if isinstance(prompt, str) else None
 
 
+def _new_preview(job: ImageJob, shown: int) -> dict[str, Any]:
+    """A progress event's preview (base64 PNG, as A1111's ``current_image``) when one newer than ``shown`` exists."""
+    if job.preview is None or job.preview_step == shown:
+        return {"preview": None, "preview_step": None}
+    return {"preview": base64.b64encode(job.preview).decode(), "preview_step": job.preview_step}
+
+
 def image_error(exc: AipcError) -> dict[str, str]:
     """A picture's failure as a turn reports it (``image_error``), with no HTTP status: the turn itself went on."""
     return {"code": exc.code or "image_error", "message": exc.message}
@@ -179,7 +187,7 @@ class Orchestrator:
         async for event in self._answer(llm, req, result, tags, arrival):
             yield event
         result.timings["llm_s"] = round(time.perf_counter() - t0, 4)
-        prompt = await self._image_prompt(llm, req, tags.captured)
+        prompt = await self._image_prompt(llm, req, tags.captured, result)
         job = await self._start_image(req, prompt, result) if prompt is not None else None
         # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
@@ -270,14 +278,18 @@ class Orchestrator:
             yield "content", {"text": tail}
         yield "done", {"reply": generation.reply}
 
-    async def _image_prompt(self, llm: ChatLLM, req: ChatTurnRequest, tag: str | None) -> str | None:
+    async def _image_prompt(self, llm: ChatLLM, req: ChatTurnRequest, tag: str | None,
+                            result: ChatTurnResult) -> str | None:
         """The picture's prompt: the one the model wrote in its tag; else, with ``always`` or a message that asks
-        for a picture outright (``image: auto``; the model may not have written the tag), one asked for apart."""
+        for a picture outright (``image: auto``; the model may not have written the tag), one asked for apart
+        (a second LLM call, timed as ``image_prompt_s``)."""
         if req.image == "never":
             return None
         prompt = parse_image_prompt(tag)
         if prompt is None and (req.image == "always" or asks_for_picture(req.message)):
+            t0 = time.perf_counter()
             prompt = await self._ask_image_prompt(llm, req.message)
+            result.timings["image_prompt_s"] = round(time.perf_counter() - t0, 4)
         return prompt
 
     async def _ask_image_prompt(self, llm: ChatLLM, message: str) -> str:
@@ -319,14 +331,15 @@ class Orchestrator:
     async def _wait_image(self, job: ImageJob, result: ChatTurnResult) -> AsyncIterator[Event]:
         t0 = time.perf_counter()
         waiter = asyncio.ensure_future(wait_job(job, self.timeout))
-        last = -1
+        last, shown = -1, -1
         try:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=PROGRESS_INTERVAL)
                 if job.step != last and not waiter.done():
                     last = job.step
                     yield "image_progress", {"job_id": job.id, "step": job.step, "total_steps": job.total_steps,
-                                             "progress": round(job.progress, 4)}
+                                             "progress": round(job.progress, 4), **_new_preview(job, shown)}
+                    shown = job.preview_step if job.preview else shown
             waiter.result()
         except AipcError as exc:
             result.image_state, result.image_names, result.image_error = "failed", [], image_error(exc)

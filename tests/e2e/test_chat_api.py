@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import signal
@@ -90,6 +91,13 @@ def test_streaming_turn_events_in_order(base_url: str) -> None:
     progress = [d["step"] for n, d in events if n == "image_progress"]
     assert progress == sorted(progress) and all(0 <= p <= 40 for p in progress)
     assert final["image_urls"] == dict(events)["image_done"]["image_urls"]
+    # Live previews: each new one once, as a PNG, steps rising.
+    previews = [(d["preview_step"], d["preview"]) for n, d in events if n == "image_progress" and d["preview"]]
+    assert previews and [s for s, _ in previews] == sorted({s for s, _ in previews})
+    assert all(base64.b64decode(png).startswith(b"\x89PNG") for _, png in previews)
+    timings = final["timings"]
+    assert {"llm_s", "image_s", "total_s"} <= set(timings)
+    assert sum(v for k, v in timings.items() if k != "total_s") <= timings["total_s"]
 
 
 def test_history_is_per_user_and_deletable(base_url: str) -> None:

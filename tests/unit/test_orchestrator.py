@@ -133,6 +133,7 @@ def test_auto_with_an_image_prompt(llm: FakeLLM, images: FakeImages, history: Hi
     assert [m.content for m in stored] == ["Draw a fox", "Here is a fox."]
     assert stored[1].image_names == result.image_names and stored[1].reasoning == "thinking"
     assert stored[1].image_prompt == result.image_prompt  # with the seed the image really used
+    assert set(result.timings) == {"llm_s", "image_s", "total_s"}  # the model wrote the prompt: no second call
 
 
 def test_auto_without_an_image_prompt(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
@@ -149,6 +150,9 @@ def test_always_asks_for_a_prompt_under_a_bounded_grammar(llm: FakeLLM, images: 
     assert result.image_generated and result.image_prompt and result.image_prompt["prompt"] == "a toolkit logo"
     second = llm.calls[1][1]
     assert second.regex == IMAGE_PROMPT_REGEX and second.max_tokens is not None and second.max_tokens <= 256
+    # Every model call of the turn is timed and named, inside the total.
+    assert set(result.timings) == {"llm_s", "image_prompt_s", "image_s", "total_s"}
+    assert sum(v for k, v in result.timings.items() if k != "total_s") <= result.timings["total_s"]
 
 
 def test_always_falls_back_to_the_users_words(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:
