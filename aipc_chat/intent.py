@@ -17,7 +17,9 @@ draw a horse?") and negated requests ("don't draw anything, just explain"). The 
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 _NOUN = (r"(?:picture|pic|image|photo|photograph|illustration|drawing|painting|sketch|portrait|wallpaper|artwork"
          r"|render(?:ing)?|icon|logo|poster|diagram)s?")
@@ -82,11 +84,40 @@ def picture_subject(message: str) -> str | None:
     return subject or None
 
 
-def about_subject(prompt: str, subject: str) -> bool:
-    """Whether an image prompt names at least one content word of the subject (a model's prompt that wandered off
-    the request does not)."""
-    def words(text: str) -> set[str]:
-        return {w[:5] for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 2}
+# Where the head of a noun phrase ends: "a cat | sitting on a windowsill", "a red fox | in the snow".
+_PHRASE_END = frozenset({"of", "in", "on", "at", "with", "under", "over", "by", "near", "beside", "behind", "from",
+                         "for", "against", "across", "through", "into", "onto", "above", "below", "among",
+                         "between", "off", "inside", "outside", "around", "along", "and", "or", "that", "which",
+                         "who", "while", "as", "to"})
 
-    wanted = words(subject)
-    return not wanted or bool(wanted & words(prompt))
+
+@functools.cache
+def _stemmer() -> Any:
+    """Snowball's English stemmer (built once, on first use)."""
+    import snowballstemmer  # type: ignore[import-untyped]
+
+    return snowballstemmer.stemmer("english")
+
+
+def _stems(words: list[str]) -> list[str]:
+    return list(_stemmer().stemWords(words))
+
+
+def subject_head(subject: str) -> str | None:
+    """The stemmed head noun of a picture's subject: the last content word before the phrase goes on ("a cat
+    sitting on a windowsill" -> ``cat``, "two red foxes in the snow" -> ``fox``); None when it has no word."""
+    head: str | None = None
+    for word in re.findall(r"[a-z0-9]+", subject.lower()):
+        if head is not None and (word in _PHRASE_END or word.endswith("ing")):
+            break
+        if word not in _STOP and word not in _PHRASE_END:
+            head = word
+    return _stems([head])[0] if head else None
+
+
+def about_subject(prompt: str, subject: str) -> bool:
+    """Whether an image prompt is about the subject: it names the subject's head noun, words compared stemmed
+    ("a fluffy cat on a sill" is about "a cat sitting on a windowsill"; "a light reflecting off a windowsill", which
+    shares only the setting, is not)."""
+    head = subject_head(subject)
+    return head is None or head in _stems(re.findall(r"[a-z0-9]+", prompt.lower()))

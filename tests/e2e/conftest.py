@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.waiting import HANG
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -45,8 +47,8 @@ class LiveServer:
 
 
 def start_server(models_dir: Path, data_dir: Path, log_path: Path, *, env: dict[str, str] | None = None,
-                 ready_timeout: float = 120, demo: bool = True) -> LiveServer:
-    """Start ``python -m aipc_chat serve --demo`` and wait until /ready says 200."""
+                 ready_timeout: float = HANG, demo: bool = True) -> LiveServer:
+    """Start ``python -m aipc_chat serve --demo`` and wait until /ready says 200 (``ready_timeout``: a hang guard)."""
     port = free_port()
     full_env = {**os.environ, "AIPC_MODELS_DIR": str(models_dir), "AIPC_DATA_DIR": str(data_dir),
                 "AIPC_LOG_LEVEL": "info", "AIPC_KEEP_ALIVE": "-1", **(env or {})}  # idle unload only where tested

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -15,6 +14,8 @@ import openai
 import pytest
 import webuiapi
 from PIL import Image
+
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -68,13 +69,11 @@ def long_job(api: webuiapi.WebUIApi, out: dict[str, Any], **extra: Any) -> threa
 
 
 def wait_progress(base_url: str, at_least: float) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while True:
+    def progressed() -> dict[str, Any] | None:
         progress = httpx.get(f"{base_url}/sdapi/v1/progress").json()
-        if progress["progress"] >= at_least and progress["current_image"]:
-            return dict(progress)
-        assert time.monotonic() < deadline, progress
-        time.sleep(0.05)
+        return dict(progress) if progress["progress"] >= at_least and progress["current_image"] else None
+
+    return wait_until(progressed, f"progress {at_least} with a preview")
 
 
 def test_interrupt_answers_with_the_picture_so_far_and_progress_has_a_preview(api: webuiapi.WebUIApi,

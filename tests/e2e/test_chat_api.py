@@ -6,7 +6,6 @@ import base64
 import contextlib
 import json
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import start_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 FAST_IMAGE = {"steps": 2, "size": "64x64"}
@@ -65,10 +65,8 @@ def test_no_wait_returns_at_once_and_the_url_becomes_valid(base_url: str) -> Non
              image_options={"steps": 30, "size": "256x256"})
     body = r.json()
     assert body["image_state"] == "queued" and body["image_urls"]
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{base_url}/v1/images/jobs/{body['image_job_id']}").json()["state"] != "done":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: httpx.get(f"{base_url}/v1/images/jobs/{body['image_job_id']}").json()["state"] == "done",
+               "the picture done")
     assert httpx.get(body["image_urls"][0]).status_code == 200
 
 

@@ -23,6 +23,7 @@ from aipc_chat.settings import Settings
 from tests.e2e.conftest import free_port
 from tests.e2e.test_hardening import metric
 from tests.faults import Factories, Faulty
+from tests.waiting import HANG, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +78,7 @@ def serve(runtime: Runtime, settings: Settings) -> Iterator[str]:
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     try:
         while time.monotonic() < deadline:
             try:
@@ -133,9 +134,7 @@ def test_a_pipeline_fault_ends_streams_cleanly_and_ready_tells_the_truth(demo_mo
         assert images.status_code == 200  # the other engine serves on
 
         factories["llm"].release.set()
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url}/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: httpx.get(f"{url}/ready").status_code == 200, "ready again")
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 200 and ready.json()["models"]["llm"]["restarts"] == 1
         assert metric(url, 'aipc_engine_restarts_total{kind="llm"}') == 1

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import LiveServer, start_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 KEY = "s3cret-key"
@@ -34,11 +35,8 @@ def strict_server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -
     server.stop()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+def wait_for(condition: Callable[[], bool]) -> None:
+    wait_until(condition, poll=0.01)
 
 
 def metric(base_url: str, name: str, headers: dict[str, str] | None = None) -> float:
@@ -191,17 +189,17 @@ def test_48_concurrent_streams_complete_or_are_refused_cleanly(base_url: str, st
     assert any(s == 503 for s, _, _ in results)
 
 
-def assert_a_dropped_stream_stops(base_url: str, path: str, body: dict[str, Any], within: float = 1.0) -> None:
-    """Read a few lines of a long stream, leave, and see the engine stop generating it within ``within`` s."""
+def assert_a_dropped_stream_stops(base_url: str, path: str, body: dict[str, Any]) -> None:
+    """Read a few lines of a long stream, leave, and see the engine stop generating it: the gauge goes back to 0
+    and the request never finished (a finished one adds its tokens to the counter; a cancelled one does not)."""
+    generated = metric(base_url, "aipc_llm_generated_tokens_total")
     with httpx.stream("POST", f"{base_url}{path}", json=body, timeout=60) as r:
         lines = r.iter_lines()  # kept open: breaking out of a for loop over it would close the connection already
         for _ in range(5):
             next(lines)
         assert metric(base_url, "aipc_llm_active_requests") == 1
-    deadline = time.monotonic() + within
-    while metric(base_url, "aipc_llm_active_requests") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert metric(base_url, "aipc_llm_active_requests") == 0
+    wait_for(lambda: metric(base_url, "aipc_llm_active_requests") == 0)
+    assert metric(base_url, "aipc_llm_generated_tokens_total") == generated
 
 
 def test_dropped_stream_leaves_the_active_gauge_at_once(base_url: str) -> None:
@@ -232,7 +230,8 @@ def test_a_lone_request_is_not_held_for_the_admission_window(base_url: str) -> N
     before = metric(base_url, "aipc_llm_queue_seconds_sum")
     assert httpx.post(url, json=body, timeout=60).status_code == 200
     wait_for(lambda: metric(base_url, "aipc_llm_queue_seconds_count") == count + 1)
-    assert metric(base_url, "aipc_llm_queue_seconds_sum") - before < 0.05
+    # Held for the window, it would have queued 100 ms; a lone request starts as soon as the owner thread runs.
+    assert metric(base_url, "aipc_llm_queue_seconds_sum") - before < 0.1
 
 
 def test_metrics_are_exposed(base_url: str) -> None:
@@ -357,13 +356,12 @@ def leave_after(seconds: float, base_url: str, path: str, body: dict[str, object
 
 
 def test_a_client_that_leaves_a_non_streamed_request_stops_its_work(base_url: str) -> None:
-    """4,000 tokens or 100 steps at 512x512 take the demo models several seconds; each stops within about a second
-    of the client leaving (the gauges are back to 0), and the pictures count as cancelled."""
+    """4,000 tokens or 100 steps at 512x512 take the demo models several seconds; each stops once the client leaves
+    (the gauges are back to 0): the reply never finished (no tokens counted) and the pictures count as cancelled."""
     long_reply = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 4000, "ignore_eos": True}
     generated = metric(base_url, "aipc_llm_generated_tokens_total")
-    left = leave_after(1.0, base_url, "/v1/chat/completions", long_reply)
-    wait_for(lambda: metric(base_url, "aipc_llm_active_requests") == 0, timeout=10)
-    assert time.monotonic() - left < 1.5
+    leave_after(1.0, base_url, "/v1/chat/completions", long_reply)
+    wait_for(lambda: metric(base_url, "aipc_llm_active_requests") == 0)
     assert metric(base_url, "aipc_llm_generated_tokens_total") == generated  # cancelled: it never finished
 
     picture = {"prompt": "a lighthouse", "size": "512x512", "num_inference_steps": 100}
@@ -372,7 +370,6 @@ def test_a_client_that_leaves_a_non_streamed_request_stops_its_work(base_url: st
                        ("/chat", {"user_id": "leaver", "message": "Draw a lighthouse.", "image": "always",
                                   "image_options": {"steps": 100, "size": "512x512"}})):
         before = cancelled_jobs(base_url)
-        left = leave_after(1.5, base_url, path, body)
-        wait_for(lambda: metric(base_url, "aipc_image_active_jobs") == 0, timeout=5)
-        assert time.monotonic() - left < 1.5, path
-        wait_for(lambda b=before: cancelled_jobs(base_url) == b + 1, timeout=5)  # type: ignore[misc]
+        leave_after(1.5, base_url, path, body)
+        wait_for(lambda: metric(base_url, "aipc_image_active_jobs") == 0)
+        wait_for(lambda b=before: cancelled_jobs(base_url) == b + 1)  # type: ignore[misc]

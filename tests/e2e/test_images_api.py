@@ -6,12 +6,13 @@ import base64
 import io
 import json
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 from PIL import Image
+
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -104,13 +105,14 @@ def test_progress_and_interrupt_of_a_running_job(base_url: str) -> None:
         base_url, prompt="slow", steps=100, width=512, height=512, seed=1)))
     worker.start()
     seen = 0.0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "r" not in result:
+
+    def under_way() -> bool:
+        nonlocal seen
         p = httpx.get(f"{base_url}/sdapi/v1/progress").json()
         seen = max(seen, p["progress"])
-        if 0 < p["progress"] < 1 and p["state"]["sampling_steps"] == 100:
-            break
-        time.sleep(0.05)
+        return "r" in result or 0 < p["progress"] < 1 and p["state"]["sampling_steps"] == 100
+
+    wait_until(under_way, "the job under way")
     assert 0 < seen < 1
     assert httpx.post(f"{base_url}/sdapi/v1/interrupt").status_code == 200
     worker.join(60)

@@ -3,7 +3,6 @@ chat and picture load them again."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +10,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import start_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -29,11 +29,12 @@ def test_idle_models_unload_and_come_back(demo_models: Path, tmp_path: Path) -> 
             "user_id": "u", "message": "Draw a fox", "image": "always", "image_options": {"steps": 2, "size": "64x64"}})
         assert chat.status_code == 200 and chat.json()["image_state"] == "done"
         busy_rss = rss.memory_info().rss
-        deadline = time.monotonic() + 15
-        while states(server.base_url)[1] != {"llm": "unloaded", "image": "unloaded"}:
-            assert time.monotonic() < deadline, states(server.base_url)
-            time.sleep(0.2)
+        wait_until(lambda: states(server.base_url)[1] == {"llm": "unloaded", "image": "unloaded"}, "both unloaded")
         assert states(server.base_url)[0] == 200  # unloaded models are servable: /ready stays 200
+        # Counted from here: the 1 s timer may also have let the LLM go between the turn's two calls on a busy
+        # machine (its answer, then the picture's prompt), so how many loads the turn took is not fixed.
+        log = server.log()
+        llm_loads, image_loads = log.count("llm model loaded in"), log.count("image model loaded in")
         assert rss.memory_info().rss < busy_rss - 20e6, (busy_rss, rss.memory_info().rss)  # memory given back
         again = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60,
                            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
@@ -41,7 +42,8 @@ def test_idle_models_unload_and_come_back(demo_models: Path, tmp_path: Path) -> 
         picture = httpx.post(f"{server.base_url}/v1/images/generations", timeout=60,
                              json={"prompt": "a red cube", "size": "64x64", "num_inference_steps": 2})
         assert picture.status_code == 200 and picture.json()["data"]
-        log = server.log()  # each loaded at start, then again on demand after its idle unload
-        assert log.count("llm model loaded in") == 2 and log.count("image model loaded in") == 2, log
+        log = server.log()  # each loaded again on demand after its idle unload, once
+        assert log.count("llm model loaded in") == llm_loads + 1, log
+        assert log.count("image model loaded in") == image_loads + 1, log
     finally:
         server.stop()

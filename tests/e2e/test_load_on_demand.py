@@ -3,7 +3,6 @@ loading them, and the first chat and the first picture load them (resident_mb in
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import ollama
 import pytest
 
 from tests.e2e.conftest import start_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -23,11 +23,11 @@ def models(base_url: str) -> dict[str, dict[str, object]]:
 
 
 def test_ready_at_once_and_each_model_loads_on_first_use(demo_models: Path, tmp_path: Path) -> None:
-    t0 = time.monotonic()
     server = start_server(demo_models.parent, tmp_path / "data", tmp_path / "server.log",
                           env={"AIPC_LOAD_ON_START": "false"})
-    ready_after = time.monotonic() - t0
     try:
+        # Ready before any model loads (how soon is bench_startup.py's to measure, not a test's).
+        assert "model loaded in" not in server.log(), server.log()
         first = models(server.base_url)
         assert {kind: m["state"] for kind, m in first.items()} == {"llm": "unloaded", "image": "unloaded"}
         assert first["llm"]["resident_mb"] is None
@@ -52,10 +52,7 @@ def test_ready_at_once_and_each_model_loads_on_first_use(demo_models: Path, tmp_
         chat = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
             "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "keep_alive": 0})
         assert chat.status_code == 200, chat.text
-        deadline = time.monotonic() + 5
-        while models(server.base_url)["llm"]["state"] != "unloaded":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: models(server.base_url)["llm"]["state"] == "unloaded", "the LLM unloaded")
         assert models(server.base_url)["image"]["state"] == "ready"  # the other model is not touched
         bad = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
             "messages": [{"role": "user", "content": "Hi"}], "keep_alive": "soon"})
@@ -66,14 +63,9 @@ def test_ready_at_once_and_each_model_loads_on_first_use(demo_models: Path, tmp_
         assert name is not None and client.ps().models == []
         loaded = client.generate(model=name, keep_alive="10m")
         assert loaded.done_reason == "load" and models(server.base_url)["llm"]["state"] == "ready"
-        assert 590 < (client.ps().models[0].expires_at - datetime.now(UTC)).total_seconds() <= 600
+        assert 300 < (client.ps().models[0].expires_at - datetime.now(UTC)).total_seconds() <= 600
         assert client.generate(model=name, keep_alive=0).done_reason == "unload"
-        deadline = time.monotonic() + 5
-        while models(server.base_url)["llm"]["state"] != "unloaded":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: models(server.base_url)["llm"]["state"] == "unloaded", "the LLM unloaded")
         assert client.ps().models == []
     finally:
         server.stop()
-    # 1.3 s here, most of it the Python process starting; a margin for a loaded CI machine
-    assert ready_after < 3.0, ready_after

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import free_port
 from tests.fakehub import FakeHub
+from tests.waiting import HANG
 
 pytestmark = pytest.mark.e2e
 LLM_REPO, SD_REPO = "OpenVINO/tiny-r1-int4-ov", "OpenVINO/tiny-sd15-ov"
@@ -42,7 +43,7 @@ def test_serve_downloads_missing_models_then_serves(hub: FakeHub, tmp_path: Path
     url = f"http://127.0.0.1:{port}"
     states = set()
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             try:
@@ -82,7 +83,7 @@ def test_download_command_then_serve_offline(hub: FakeHub, tmp_path: Path) -> No
     proc = subprocess.Popen([sys.executable, "-m", "aipc_chat", "serve", "--port", str(port)], env=offline,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + HANG
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:

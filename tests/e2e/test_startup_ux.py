@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e.conftest import LiveServer, free_port, start_server
+from tests.waiting import HANG
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +48,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def wait_for(server: LiveServer, pattern: re.Pattern[str], timeout: float = 60) -> re.Match[str]:
+def wait_for(server: LiveServer, pattern: re.Pattern[str], timeout: float = HANG) -> re.Match[str]:
     """The first match of ``pattern`` in the server's output, once it is written (the process may still run)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -144,7 +145,7 @@ def test_ctrl_c_while_a_model_loads_stops_at_once_without_a_traceback(demo_model
     assert not READY.search(output), output
 
 
-def wait_until_loading(server: LiveServer, timeout: float = 120) -> dict[str, dict[str, object]]:
+def wait_until_loading(server: LiveServer, timeout: float = HANG) -> dict[str, dict[str, object]]:
     """/ready's models once the image model is loading and the LLM is done (so only the held load is under way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,7 +5,6 @@ served, what the engine's health says during and after, and that no owner thread
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from aipc_chat.runtime import Runtime, retry_after
 from aipc_chat.serving.aio import Reader, wait_job
 from aipc_chat.settings import Settings
 from tests.faults import Factories, Faulty, owner_threads
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +71,9 @@ def run_together(engine: LLMEngine, *params: GenParams) -> list[Done | BaseExcep
     return asyncio.run(main())
 
 
-def wait_state(engine: LLMEngine | ImageEngine, state: str = "ready", timeout: float = 30) -> None:
+def wait_state(engine: LLMEngine | ImageEngine, state: str = "ready") -> None:
     """Wait for the engine's state (the rebuild runs on the owner thread after the failed requests end)."""
-    deadline = time.monotonic() + timeout
-    while engine.health().state != state and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.health().state == state
+    wait_until(lambda: engine.health().state == state, f"state {state}")
 
 
 def serves(engine: LLMEngine) -> bool:
@@ -209,9 +206,7 @@ def test_the_runtime_reports_recovering_then_ready(demo_settings: Settings) -> N
         assert err.value.retry_after == scheduler.RETRY_AFTER_SECONDS
         factories["llm"].release.set()
         assert isinstance(asyncio.run(outcome(stream)), EngineFailure)
-        deadline = time.monotonic() + 30
-        while not runtime.ready and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: runtime.ready, "the runtime ready again")
         models = runtime.describe()
         assert models["llm"]["state"] == "ready" and models["llm"]["restarts"] == 1
         assert serves(runtime.require_llm())  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 
 import pytest
 from PIL import Image
@@ -13,6 +12,7 @@ from aipc_chat.engines.contract import ImageJob, ImageParams
 from aipc_chat.engines.jobs import ImageEngine
 from aipc_chat.errors import Cancelled, InvalidRequest
 from aipc_chat.serving.aio import wait_job
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +63,7 @@ def test_sampler_can_be_switched(image_engine: ImageEngine) -> None:
 
 def test_cancel_stops_a_running_job(image_engine: ImageEngine) -> None:
     job = image_engine.submit(ImageParams(prompt="x", width=512, height=512, steps=100, seed=1))
-    t0 = time.monotonic()
-    while job.step < 2 and time.monotonic() - t0 < 60:
-        time.sleep(0.01)
+    wait_until(lambda: job.step >= 2, "two steps")
     assert job.state == "running"
     job.cancel()
     with pytest.raises(Cancelled):
@@ -122,9 +120,7 @@ def test_a_preview_follows_the_steps(image_engine: ImageEngine) -> None:
 
 def test_interrupt_keeps_the_picture_so_far(image_engine: ImageEngine) -> None:
     job = image_engine.submit(ImageParams(prompt="x", width=512, height=512, steps=100, seed=1, n=2))
-    t0 = time.monotonic()
-    while job.step < 2 and time.monotonic() - t0 < 60:
-        time.sleep(0.01)
+    wait_until(lambda: job.step >= 2, "two steps")
     image_engine.interrupt()
     with pytest.raises(Cancelled):
         asyncio.run(wait_job(job, 60))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from aipc_chat.engines.llm_loop import BatchLoop
 from aipc_chat.runtime import Runtime
 from aipc_chat.serving.aio import Reader
 from aipc_chat.settings import Settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,7 @@ def test_a_stopped_llm_engine_makes_the_server_not_ready(demo_settings: Settings
                     pass
 
         asyncio.run(drain())
-        deadline = time.monotonic() + 10
-        while runtime.ready and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not runtime.ready, "the runtime not ready")
         described = runtime.describe()["llm"]
         assert not runtime.ready
         assert described["state"] == "failed"
