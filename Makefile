@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.dev-installed-stamp
 export AIPC_MODELS_DIR ?= $(CURDIR)/models
 export AIPC_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install install-dev run demo demo-models real-model test browser-deps check bench bench-full soak clean
+.PHONY: install install-dev run demo demo-models real-model test test-busy browser-deps check bench bench-full soak clean
 
 # The lean install that serves (no torch, diffusers, transformers, optimum or nncf).
 install: $(STAMP)
@@ -54,6 +54,10 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: install it (apt-get install chromium) to run tests/browser"; fi; }
+
+# The suite beside two CPU-bound processes: what a busy laptop or CI runner does to it (no test may depend on speed).
+test-busy: demo-models real-model browser-deps
+	$(BIN)/python scripts/busy.py --hogs 2 -- $(BIN)/python -m pytest
 
 check: install-dev
 	$(BIN)/ruff check aipc_chat tests scripts
