@@ -58,6 +58,7 @@ class ImageOptions:
     seed: int | None = None
     width: int = 512
     height: int = 512
+    sampler: str | None = None  # A1111's name; None: the model's own
 
 
 @dataclass(frozen=True)
@@ -308,10 +309,12 @@ class Orchestrator:
     async def _start_image(self, req: ChatTurnRequest, prompt: str, result: ChatTurnResult) -> ImageJob | None:
         opts = req.image_options
         params = ImageParams(prompt=prompt, negative_prompt=opts.negative_prompt or "", width=opts.width,
-                             height=opts.height, steps=opts.steps, guidance_scale=opts.guidance_scale, seed=opts.seed)
+                             height=opts.height, steps=opts.steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
+                             sampler=opts.sampler)
         result.image_prompt = {"prompt": prompt, "negative_prompt": params.negative_prompt, "width": params.width,
                                "height": params.height, "steps": params.steps,
-                               "guidance_scale": params.guidance_scale, "seed": params.seed}
+                               "guidance_scale": params.guidance_scale, "sampler": params.sampler,
+                               "seed": params.seed}
         verdict = self.safety.check(prompt)
         if not verdict.allowed:
             result.image_state = "filtered"

@@ -1,5 +1,7 @@
 // The built-in chat page. Plain JS, no framework or build step: it must run on a machine with no internet.
-// Talks to the server on the same origin: POST /chat (server-sent events), history, /ready, image jobs.
+// Talks to the server on the same origin: POST /chat (server-sent events), history, /ready, image jobs, and
+// GET /chat/options (what the served models accept: the picture controls are built from it).
+// Answers are Markdown, rendered by the vendored marked and sanitized by the vendored DOMPurify (web/vendor/).
 
 const STORE = {
   userId: "aipc.userId",
@@ -8,6 +10,9 @@ const STORE = {
   imageMode: "aipc.imageMode",
   imageSteps: "aipc.imageSteps",
   imageSize: "aipc.imageSize",
+  imageCfg: "aipc.imageCfg",
+  imageSampler: "aipc.imageSampler",
+  imageNegative: "aipc.imageNegative",
 };
 const READY_POLL_MS = { loading: 2000, ready: 30000, unreachable: 5000 };
 const STOP_GRACE_MS = 1500; // after cancelling an image job, how long the stream may take to end by itself
@@ -22,6 +27,8 @@ const els = {
   pageNotice: $("page-notice"), messages: $("messages"), emptyHint: $("empty-hint"),
   composer: $("composer"), message: $("message"), imageMode: $("image-mode"),
   imageSteps: $("image-steps"), imageSize: $("image-size"), imageSeed: $("image-seed"),
+  imageCfg: $("image-cfg"), imageSampler: $("image-sampler"), imageNegative: $("image-negative"),
+  demoBanner: $("demo-banner"), pictureControls: document.querySelectorAll(".picture-control"),
   send: $("send"), stop: $("stop"),
   gallery: $("gallery"), galleryStatus: $("gallery-status"), galleryRefresh: $("gallery-refresh"),
   keyDialog: $("key-dialog"), keyInput: $("api-key"), keyReason: $("key-reason"), keyCancel: $("key-cancel"),
@@ -36,6 +43,8 @@ const state = {
   historySeq: 0, // guards against a slow history answer overwriting a newer one
   keyPrompt: null, // the open API-key dialog, shared by every request that got a 401
   keyDeclined: false,
+  options: null, // GET /chat/options: what the served models accept (null until it answers)
+  readiness: null, // the last /ready state seen
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -226,7 +235,97 @@ async function readEvents(response, onEvent) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Rendering. Server text always goes in through textContent, never innerHTML.
+// Markdown. The model's text is untrusted: marked turns it into HTML in which raw HTML the model wrote is shown as
+// text (never parsed), then DOMPurify removes anything active that is left (event handlers, javascript: links) and
+// the result is inserted as DOM nodes. Without the libraries (a broken install) answers show as plain text.
+
+const HTML_ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]);
+// Tags a chat answer never needs; images are shown as links (a model's image URL would load from anywhere).
+const FORBID_TAGS = ["img", "style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed",
+  "svg", "math", "video", "audio", "source", "picture", "link", "meta", "base"];
+
+function createMarkdown() {
+  const lib = window.marked;
+  const purify = window.DOMPurify;
+  if (!lib || !lib.Marked || !purify || !purify.isSupported) return null;
+  const md = new lib.Marked({ gfm: true, breaks: true, async: false });
+  md.use({
+    renderer: {
+      html(token) {
+        const text = escapeHtml(token.text);
+        return token.block ? `<p>${text.trim()}</p>\n` : text;
+      },
+      image(token) {
+        return `<a href="${escapeHtml(token.href)}">${escapeHtml(token.text || token.href)}</a>`;
+      },
+    },
+  });
+  purify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A" && node.hasAttribute("href")) {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer nofollow");
+    }
+  });
+  return (source) => purify.sanitize(md.parse(source), {
+    FORBID_TAGS, FORBID_ATTR: ["style"], RETURN_DOM_FRAGMENT: true,
+  });
+}
+
+const markdown = createMarkdown();
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // No clipboard API (a plain-http address other than localhost): the old way, through a selection.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.append(area);
+    area.select();
+    const ok = document.execCommand("copy");
+    area.remove();
+    return ok;
+  }
+}
+
+function addCopyButtons(root) {
+  for (const pre of root.querySelectorAll("pre")) {
+    const code = pre.querySelector("code") || pre;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy-code secondary";
+    button.textContent = "Copy";
+    button.setAttribute("aria-label", "Copy the code");
+    button.addEventListener("click", async () => {
+      const ok = await copyText(code.textContent);
+      button.textContent = ok ? "Copied" : "Copy failed";
+      setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    });
+    const block = document.createElement("div");
+    block.className = "code-block";
+    pre.replaceWith(block);
+    block.append(button, pre);
+  }
+}
+
+// Render `source` into `el` (its whole content, each time: a stream re-renders as it grows).
+function renderMarkdown(el, source) {
+  if (!markdown) {
+    el.classList.add("plain");
+    el.textContent = source;
+    return;
+  }
+  const fragment = markdown(source);
+  addCopyButtons(fragment);
+  el.replaceChildren(fragment);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rendering. Server text goes in through textContent, or as sanitized Markdown (above), never raw innerHTML.
 
 function nearBottom() {
   const m = els.messages;
@@ -289,6 +388,8 @@ function describeImagePrompt(p) {
   if (p.steps) parts.push(`${p.steps} steps`);
   if (p.guidance_scale !== undefined && p.guidance_scale !== null) parts.push(`guidance ${p.guidance_scale}`);
   parts.push(p.seed === null || p.seed === undefined ? "random seed" : `seed ${p.seed}`);
+  if (p.sampler) parts.push(`sampler ${p.sampler}`);
+  if (p.negative_prompt) parts.push(`negative: ${p.negative_prompt}`);
   return parts.join(" · ");
 }
 
@@ -341,9 +442,13 @@ class AssistantView {
     this.progress = this.el.querySelector("progress");
     this.progressText = this.el.querySelector(".image-progress-text");
     this.imageList = this.el.querySelector(".image-list");
+    this.previewBox = this.el.querySelector(".image-preview");
+    this.preview = this.previewBox.querySelector("img");
     this.notice = this.el.querySelector(".notice");
     this.prompt = null;
     this.finished = false;
+    this.source = ""; // the answer's Markdown as it arrived
+    this.frame = 0; // a pending re-render of the answer
   }
 
   attach() {
@@ -365,7 +470,16 @@ class AssistantView {
   }
 
   addContent(text) {
-    this.answer.append(text);
+    if (!text) return;
+    this.source += text;
+    // One render per frame however many chunks arrive in it (a long answer is parsed again each time).
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.renderAnswer());
+  }
+
+  renderAnswer() {
+    cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    renderMarkdown(this.answer, this.source);
   }
 
   finishAnswer() {
@@ -373,9 +487,10 @@ class AssistantView {
     this.finished = true;
     const reasoning = this.reasoningText.textContent.trim();
     if (reasoning !== this.reasoningText.textContent) this.reasoningText.textContent = reasoning;
-    const text = this.answer.textContent.trim();
-    if (text !== this.answer.textContent) this.answer.textContent = text; // one text node, as stored in history
-    this.answer.classList.toggle("empty", text === ""); // CSS says "(no answer text)": the DOM keeps the answer
+    this.source = this.source.trim(); // as stored in history
+    this.renderAnswer();
+    this.answer.dataset.markdown = this.source; // the text as written (what "copy" and the tests read)
+    this.answer.classList.toggle("empty", this.source === ""); // CSS says "(no answer text)"
   }
 
   setImagePrompt(prompt) {
@@ -402,10 +517,30 @@ class AssistantView {
     this.progressBox.hidden = true;
   }
 
+  // A rough picture of the image being made (a base64 PNG, a few times smaller than the picture), shown at the
+  // picture's size until the picture itself arrives.
+  showPreview(base64, step) {
+    if (!base64 || this.imageList.childElementCount > 0) return;
+    if (this.prompt && this.prompt.width && this.prompt.height) {
+      this.preview.width = this.prompt.width;
+      this.preview.height = this.prompt.height;
+    }
+    this.preview.src = `data:image/png;base64,${base64}`;
+    this.preview.dataset.step = String(step ?? "");
+    this.imageBlock.hidden = false;
+    this.previewBox.hidden = false;
+  }
+
+  hidePreview() {
+    this.previewBox.hidden = true;
+    this.preview.removeAttribute("src");
+  }
+
   showImages(urls, prompt) {
     if (!urls || urls.length === 0 || this.imageList.childElementCount > 0) return;
     if (prompt) this.setImagePrompt(prompt);
     this.hideProgress();
+    this.hidePreview();
     this.imageBlock.hidden = false;
     for (const url of urls) this.imageList.append(imageLink(url, prompt || this.prompt));
   }
@@ -433,13 +568,26 @@ function renderStoredAssistant(m) {
 // ---------------------------------------------------------------------------------------------------------------
 // A chat turn: POST /chat, stream the events into an AssistantView.
 
+// A number input's value within its min and max (an empty or unreadable one: its default).
+function numberIn(input, fallback, parse = parseFloat) {
+  const value = parse(input.value, 10);
+  if (!Number.isFinite(value)) return fallback;
+  return Math.min(Number(input.max), Math.max(Number(input.min), value));
+}
+
 function imageOptions() {
   const options = {
-    steps: Math.min(500, Math.max(1, parseInt(els.imageSteps.value, 10) || 20)),
+    steps: numberIn(els.imageSteps, 20, parseInt),
+    guidance_scale: numberIn(els.imageCfg, 7.5),
     size: els.imageSize.value || "512x512",
   };
+  els.imageSteps.value = String(options.steps); // the fields show what is sent
+  els.imageCfg.value = String(options.guidance_scale);
   const seed = parseInt(els.imageSeed.value, 10);
   if (Number.isInteger(seed) && seed >= 0) options.seed = seed;
+  if (els.imageSampler.value) options.sampler = els.imageSampler.value;
+  const negative = els.imageNegative.value.trim();
+  if (negative) options.negative_prompt = negative;
   return options;
 }
 
@@ -469,7 +617,9 @@ const EVENT_HANDLERS = {
   },
   image_prompt(turn, data) {
     turn.view.finishAnswer(); // the answer is complete once the image starts
-    turn.view.setImagePrompt(data.image_prompt);
+    // The sampler asked for (or the model's own) where the server's prompt does not name one.
+    const sampler = turn.sampler || (state.options && state.options.image && state.options.image.default_sampler);
+    turn.view.setImagePrompt(data.image_prompt && sampler ? { sampler, ...data.image_prompt } : data.image_prompt);
   },
   image_queued(turn, data) {
     turn.jobId = data.job_id;
@@ -477,6 +627,7 @@ const EVENT_HANDLERS = {
   },
   image_progress(turn, data) {
     turn.view.showProgress(data.step, data.total_steps, data.progress);
+    if (data.preview) turn.view.showPreview(data.preview, data.preview_step);
   },
   image_done(turn, data) {
     turn.jobId = null;
@@ -487,6 +638,7 @@ const EVENT_HANDLERS = {
   image_error(turn, data) {
     turn.jobId = null;
     turn.view.hideProgress();
+    turn.view.hidePreview();
     if (data.code === "cancelled") turn.view.showNotice("Image stopped.", "info");
     else turn.view.showNotice(`No image: ${data.message || data.code}`, "error");
   },
@@ -494,7 +646,8 @@ const EVENT_HANDLERS = {
     turn.done = data;
     turn.view.finishAnswer();
     turn.view.hideProgress();
-    if (data.image_generated) turn.view.showImages(data.image_urls, data.image_prompt);
+    if (data.image_generated) turn.view.showImages(data.image_urls, turn.view.prompt && data.image_prompt ?
+      { ...turn.view.prompt, ...data.image_prompt } : data.image_prompt);
     showSpeed(data, turn.ttftMs);
     if (data.conversation_id) rememberConversation(data.conversation_id);
   },
@@ -539,6 +692,7 @@ function startTurn() {
 function endTurn(turn, outcome) {
   clearTimeout(turn.stopTimer);
   turn.view.hideProgress();
+  if (turn.view.imageList.childElementCount === 0) turn.view.hidePreview(); // stopped or failed: no half picture
   turn.view.setState(outcome);
   if (state.turn !== turn) return; // the user already moved to another conversation
   state.turn = null;
@@ -576,7 +730,9 @@ async function send() {
   const turn = startTurn();
   let outcome = "error";
   try {
-    outcome = await streamTurn(turn, chatRequest(message));
+    const body = chatRequest(message);
+    turn.sampler = body.image_options.sampler || null;
+    outcome = await streamTurn(turn, body);
     if (turn.stopping && outcome === "done") outcome = "stopped"; // the stream wound down after a cancelled image
     if (outcome === "error" && !turn.done && !els.message.value) els.message.value = message; // easy to retry
   } catch (err) {
@@ -670,6 +826,10 @@ async function pollReady() {
     els.ready.dataset.state = "unreachable";
     setText(els.ready, "Server unreachable");
   }
+  // Once the models are up (again), what they accept is known for sure: ask again.
+  // (The first answer is not a change: the start asks at the same time.)
+  if (readiness === "ready" && state.readiness !== null && state.readiness !== "ready") loadOptions();
+  state.readiness = readiness;
   setTimeout(pollReady, READY_POLL_MS[readiness] || READY_POLL_MS.loading);
 }
 
@@ -684,6 +844,71 @@ function showSpeed(done, ttftMs) {
   if (typeof timings.image_s === "number") parts.push(`image ${timings.image_s.toFixed(1)} s`);
   els.speed.textContent = parts.length > 0 ? parts.join(" · ") : "No answer yet";
   els.speed.dataset.ttftMs = ttftMs === null ? "" : String(ttftMs);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// What the served models accept (GET /chat/options): the picture controls offer only that; no image model hides
+// them; the demo models are labelled as such.
+
+function sizeLabel(size) {
+  return size.replace("x", "×");
+}
+
+// The size to select among `sizes`: the one wanted if offered, else the model's own size, else the largest square
+// up to 512 (quick to render), else the first.
+function pickSize(sizes, wanted, native) {
+  if (sizes.includes(wanted)) return wanted;
+  if (native && sizes.includes(`${native}x${native}`)) return `${native}x${native}`;
+  const squares = sizes.filter((s) => { const [w, h] = s.split("x").map(Number); return w === h && w <= 512; });
+  return squares.length > 0 ? squares[squares.length - 1] : sizes[0];
+}
+
+function setBounds(input, min, max, fallback) {
+  if (typeof min === "number") input.min = String(min);
+  if (typeof max === "number") input.max = String(max);
+  input.value = String(numberIn(input, fallback, input === els.imageSteps ? parseInt : parseFloat));
+}
+
+function applyImageOptions(image) {
+  if (image.sizes && image.sizes.length > 0) {
+    const wanted = load(STORE.imageSize, "") || els.imageSize.value;
+    els.imageSize.replaceChildren(...image.sizes.map((s) => new Option(sizeLabel(s), s)));
+    els.imageSize.value = pickSize(image.sizes, wanted, image.native_size);
+  }
+  setBounds(els.imageSteps, 1, image.max_steps, image.default_steps || 20);
+  const cfg = image.guidance_scale || {};
+  setBounds(els.imageCfg, cfg.min, cfg.max, cfg.default ?? 7.5);
+  if (image.samplers) {
+    const wanted = load(STORE.imageSampler, "");
+    const first = new Option(image.default_sampler ? `Model default (${image.default_sampler})` : "Model default", "");
+    els.imageSampler.replaceChildren(first, ...image.samplers.map((s) => new Option(s, s)));
+    els.imageSampler.value = image.samplers.includes(wanted) ? wanted : "";
+  }
+}
+
+function applyOptions(options) {
+  state.options = options;
+  els.demoBanner.hidden = !options.demo;
+  document.body.dataset.demo = String(Boolean(options.demo));
+  const image = options.image;
+  for (const el of els.pictureControls) el.hidden = !image;
+  if (!image) {
+    els.imageMode.value = "never"; // not saved: a server with pictures gets the user's choice back
+  } else {
+    const mode = load(STORE.imageMode, "auto");
+    els.imageMode.value = ["auto", "always", "never"].includes(mode) ? mode : "auto";
+    applyImageOptions(image);
+  }
+  document.body.dataset.optionsLoaded = "true";
+}
+
+async function loadOptions() {
+  try {
+    const res = await api("/chat/options");
+    if (res.ok) applyOptions(await res.json());
+  } catch {
+    // Unreachable for now: the controls keep what they offer; the next "ready" asks again.
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -804,6 +1029,7 @@ function paramList(prompt) {
     ["Guidance", prompt.guidance_scale ?? "?"],
     ["Seed", prompt.seed ?? "random"],
   ];
+  if (prompt.sampler) rows.push(["Sampler", prompt.sampler]);
   if (prompt.negative_prompt) rows.push(["Negative", prompt.negative_prompt]);
   for (const [name, value] of rows) {
     const dt = document.createElement("dt");
@@ -875,13 +1101,27 @@ function onTabKey(event) {
 function restoreImageSettings() {
   const mode = load(STORE.imageMode, "auto");
   if (["auto", "always", "never"].includes(mode)) els.imageMode.value = mode;
-  const steps = load(STORE.imageSteps, "");
-  if (steps) els.imageSteps.value = steps;
   const size = load(STORE.imageSize, "");
   if ([...els.imageSize.options].some((o) => o.value === size)) els.imageSize.value = size;
-  els.imageMode.addEventListener("change", () => save(STORE.imageMode, els.imageMode.value));
-  els.imageSteps.addEventListener("change", () => save(STORE.imageSteps, els.imageSteps.value));
-  els.imageSize.addEventListener("change", () => save(STORE.imageSize, els.imageSize.value));
+  // The sampler list comes with the options; the others are free fields, restored now.
+  const fields = [[els.imageSteps, STORE.imageSteps], [els.imageCfg, STORE.imageCfg],
+    [els.imageNegative, STORE.imageNegative]];
+  for (const [input, key] of fields) {
+    const value = load(key, "");
+    if (value) input.value = value;
+  }
+  const remember = [[els.imageMode, STORE.imageMode], [els.imageSize, STORE.imageSize],
+    [els.imageSampler, STORE.imageSampler], [els.imageNegative, STORE.imageNegative]];
+  for (const [input, key] of remember) input.addEventListener("change", () => save(key, input.value));
+  // Numbers are kept within what the model takes as they are entered.
+  els.imageSteps.addEventListener("change", () => {
+    els.imageSteps.value = String(numberIn(els.imageSteps, 20, parseInt));
+    save(STORE.imageSteps, els.imageSteps.value);
+  });
+  els.imageCfg.addEventListener("change", () => {
+    els.imageCfg.value = String(numberIn(els.imageCfg, 7.5));
+    save(STORE.imageCfg, els.imageCfg.value);
+  });
 }
 
 function onMessageKey(event) {
@@ -924,7 +1164,7 @@ function init() {
   renderConversationOptions();
   updateEmptyHint();
   pollReady();
-  resolveUser().then(() => loadHistory()).then(() => loadConversations());
+  resolveUser().then(() => Promise.all([loadOptions(), loadHistory()])).then(() => loadConversations());
 }
 
 init();

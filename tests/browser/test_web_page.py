@@ -25,18 +25,22 @@ DOCS_SCREENSHOT_MAX_BYTES = 300_000
 # docs/screenshot.png is committed: rewrite it only when asked, not on every run.
 UPDATE_DOCS_SCREENSHOT = os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1"
 
-# Logs, in DOM order, the text appended to an assistant's answer (with whether Send was disabled then) and the changes
-# of its data-state. Mutation records keep their order, so "text appended while the state was still streaming" proves
-# the answer arrived incrementally. (A demo-model turn can end before a check made after it starts could see it.)
+# Logs, in DOM order, the text an assistant's answer shows after each change of it (with whether Send was disabled
+# then) and the changes of its data-state. Mutation records keep their order, so "text shown while the state was still
+# streaming" proves the answer arrived incrementally. (A demo-model turn can end before a check made after it starts
+# could see it.) The answer is Markdown, rendered again as it grows: each render replaces the answer's children.
 RECORD_ANSWER = """() => {
   window.__answerLog = [];
   new MutationObserver((records) => {
     for (const r of records) {
       if (r.type === "attributes") {
         window.__answerLog.push({kind: "state", old: r.oldValue});
-      } else if (r.target.classList && r.target.classList.contains("answer") && r.removedNodes.length === 0) {
+        continue;
+      }
+      const answer = r.target.closest && r.target.closest(".answer");
+      if (answer && r.addedNodes.length > 0) {
         const sendDisabled = document.getElementById("send").disabled;
-        for (const n of r.addedNodes) window.__answerLog.push({kind: "text", text: n.textContent, sendDisabled});
+        window.__answerLog.push({kind: "text", text: answer.textContent, sendDisabled});
       }
     }
   }).observe(document.getElementById("messages"), {subtree: true, childList: true, attributes: true,
@@ -134,13 +138,14 @@ def test_answer_streams_with_reasoning_and_speed(new_page: Callable[..., Any], w
     end = next((i for i, e in enumerate(log) if e["kind"] == "state" and e["old"] == "streaming"), None)
     assert end is not None, f"the turn never left the streaming state: {log}"
     streamed = [e["text"] for e in log[:end] if e["kind"] == "text"]
-    assert "".join(streamed).strip(), f"no answer text arrived before the turn ended: {log}"
+    assert any(text.strip() for text in streamed), f"no answer text arrived before the turn ended: {log}"
     assert all(e["sendDisabled"] for e in log[:end] if e["kind"] == "text"), f"Send was enabled while streaming: {log}"
     answer = article.locator(".answer").text_content()
     assert answer and answer.strip()
-    # What streamed is what the server stored.
+    # What streamed is what the server stored (the Markdown as written; the page shows it rendered).
     stored = history(web_server.base_url, user_id(page))
-    assert stored[-1]["role"] == "assistant" and stored[-1]["content"] == answer
+    assert stored[-1]["role"] == "assistant" and stored[-1]["content"] == article.locator(".answer").get_attribute(
+        "data-markdown")
 
     reasoning = article.locator("details.reasoning")
     expect(reasoning).to_be_visible()
@@ -318,11 +323,22 @@ def test_errors_are_shown(new_page: Callable[..., Any], web_server: LiveServer, 
     expect(article.get_by_role("alert")).to_contain_text("at most 16000 characters")
     assert box.input_value() == too_long
 
-    # An image error mid-stream (the server allows 100 steps): the answer stays, the reason is shown.
+    # An image error mid-stream (the server allows 100 steps; the page's Steps field stops at 100, so the request
+    # is changed on its way): the answer stays, the reason is shown.
     set_image_options(page, steps=200, size="256x256")
+    page.get_by_label("Steps", exact=True).press("Tab")  # leaving the field keeps it within bounds
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("100")
+
+    def too_many_steps(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        body["image_options"]["steps"] = 200
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/chat", too_many_steps)
     send(page, "Draw a cat", image="always")
     article = wait_turn(page)
     expect(article.get_by_role("alert")).to_contain_text("No image: At most 100 steps.")
+    page.unroute("**/chat")
 
     # 429 with Retry-After (the rate limit) and a 503 (models loading), as the server sends them.
     for status, expected in ((429, "Too many requests: Slow down. Try again in 7 s."),

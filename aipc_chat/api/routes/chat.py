@@ -1,4 +1,5 @@
-"""``POST /chat`` (the multimodal turn) and the per-user history endpoints."""
+"""``POST /chat`` (the multimodal turn), what its options may be (``GET /chat/options``) and the per-user history
+endpoints."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from aipc_chat.api.deps import ArrivalDep, CallerDep, RuntimeDep, act_as
+from aipc_chat.api.deps import ArrivalDep, CallerDep, RuntimeDep, SettingsDep, act_as
 from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.routes.images import image_url
 from aipc_chat.api.schemas.chat import SAFE_ID, ChatRequest
 from aipc_chat.api.sse import SSEItem, sse_response
 from aipc_chat.orchestrator import ChatTurnResult
+from aipc_chat.provision.resolve import Kind
+from aipc_chat.runtime import Runtime
+from aipc_chat.serving.options import check_sampler, image_limits
 
 router = APIRouter(tags=["chat"])
 UserId = Annotated[str, Path(pattern=SAFE_ID)]
@@ -27,11 +31,12 @@ def _urls(request: Request) -> Callable[[str], str]:
 
 @router.post("/chat", response_model=None)
 async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime: RuntimeDep,
-               caller: CallerDep) -> Any:
+               settings: SettingsDep, caller: CallerDep) -> Any:
     """One turn: the answer (reasoning apart) and, when a picture helps, an image the assistant prompted."""
     act_as(caller, body.user_id)
     request.app.state.chat_limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
+    check_sampler(image_limits(runtime.image, settings), body.image_options.sampler)
     events = runtime.orchestrator.run(body.to_turn(), arrival)
     url = _urls(request)
     if body.stream:
@@ -60,6 +65,25 @@ async def _named(events: AsyncIterator[tuple[str, dict[str, Any]]],
                          "image_urls": [url(n) for n in names]}
         else:
             yield kind, payload
+
+
+@router.get("/chat/options")
+async def options(runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+    """What a turn's image options may be for the served image model (``image``: null when none is served), the
+    served models' names, and whether they are the demo models."""
+    served = {kind: status for kind, status in runtime.status.items() if status.state != "disabled"}
+    image = None
+    if "image" in served:
+        image = {**image_limits(runtime.image, settings).as_dict(), "ready": runtime.image is not None}
+    names = {kind: _model_name(runtime, kind) for kind in served}
+    return {"image": image, "demo": any(status.choice.source == "demo" for status in served.values()),
+            "models": {"llm": names.get("llm"), "image": names.get("image")}}
+
+
+def _model_name(runtime: Runtime, kind: Kind) -> str:
+    """The engine's name for its model once it is built (a remote one learns it), else the configured one."""
+    engine = runtime.engine(kind)
+    return engine.model_name if engine is not None and engine.model_name else runtime.status[kind].choice.name
 
 
 @router.get("/chat/me")

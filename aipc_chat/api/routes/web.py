@@ -12,7 +12,15 @@ from aipc_chat.errors import NotFound
 
 router = APIRouter(tags=["web"])
 WEB_DIR = Path(str(resources.files("aipc_chat") / "web"))
-STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+# The only files served, by their path under web/: nothing else on disk is reachable. The vendored libraries are
+# pinned and listed in web/vendor/README.md.
+STATIC = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "vendor/marked.umd.js": "text/javascript",
+    "vendor/purify.min.js": "text/javascript",
+}
 
 
 @router.get("/", include_in_schema=False)
@@ -21,9 +29,9 @@ async def index() -> FileResponse:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/web/{name}", include_in_schema=False)
+@router.get("/web/{name:path}", include_in_schema=False)
 async def static_file(name: str) -> FileResponse:
-    """The page's own scripts and styles (a fixed list: nothing else on disk is reachable)."""
+    """The page's own scripts and styles, and the libraries it ships with (a fixed list)."""
     if name not in STATIC or not (WEB_DIR / name).is_file():
         raise NotFound("No such file.")
     return FileResponse(WEB_DIR / name, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})

@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aipc_chat.api.schemas.common import ImageSeed, LLMSeed
 from aipc_chat.api.schemas.images import ImageSize, parse_size
+from aipc_chat.engines.contract import ALL_SAMPLERS
 from aipc_chat.orchestrator import ChatTurnRequest, ImageOptions
+from aipc_chat.serving.options import DEFAULT_STEPS, GUIDANCE
 from aipc_chat.serving.params import IMAGE_SEED_MAX, resolve_seed
 
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -21,10 +23,22 @@ class ChatImageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     negative_prompt: str | None = Field(default=None, max_length=2000)
-    steps: int = Field(default=20, ge=1, le=500)
-    guidance_scale: float = Field(default=7.5, ge=0, le=30)
+    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=500)
+    guidance_scale: float = Field(default=GUIDANCE["default"], ge=GUIDANCE["min"], le=GUIDANCE["max"])
     seed: ImageSeed = None
     size: ImageSize = "512x512"
+    sampler: str | None = Field(default=None, max_length=64, description=(
+        "An A1111 sampler name as on /sdapi/v1/samplers (any case); none: the model's own."))
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        by_lower = {name.lower(): name for name in ALL_SAMPLERS}
+        if value.strip().lower() not in by_lower:
+            raise ValueError(f"unknown sampler '{value}'; use one of {', '.join(ALL_SAMPLERS)}")
+        return by_lower[value.strip().lower()]
 
 
 class ChatRequest(BaseModel):
@@ -55,7 +69,8 @@ class ChatRequest(BaseModel):
         o = self.image_options
         width, height = parse_size(o.size)
         options = ImageOptions(negative_prompt=o.negative_prompt, steps=o.steps, guidance_scale=o.guidance_scale,
-                               seed=resolve_seed(o.seed, IMAGE_SEED_MAX), width=width, height=height)
+                               seed=resolve_seed(o.seed, IMAGE_SEED_MAX), width=width, height=height,
+                               sampler=o.sampler)
         return ChatTurnRequest(user_id=self.user_id, message=self.message.strip(),
                                conversation_id=self.conversation_id, image=self.image, image_options=options,
                                wait_for_image=self.wait_for_image, max_tokens=self.max_tokens,
