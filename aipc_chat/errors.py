@@ -209,6 +209,10 @@ class ModelSetupError(StartupError):
 class HubUnreachable(ModelSetupError):
     """The hub cannot be reached (offline, HF_HUB_OFFLINE=1, network or hub failure) and the model is not here."""
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message  # why the hub cannot be reached, for a message that lists several models
+
 
 class HubAccessDenied(ModelSetupError):
     """The repository is gated or private and the token is missing, refused or invalid."""

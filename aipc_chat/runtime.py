@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from aipc_chat.engines.contract import (
@@ -22,14 +22,23 @@ from aipc_chat.engines.llm_loop import capacity
 from aipc_chat.engines.memory import rss_mb
 from aipc_chat.engines.scheduler import Scheduler, Snapshot
 from aipc_chat.engines.store import free_mb
-from aipc_chat.errors import Cancelled, MemoryFull, ModelSetupError, NotReady, NotServed
+from aipc_chat.errors import Cancelled, HubUnreachable, MemoryFull, ModelSetupError, NotReady, NotServed
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
 from aipc_chat.prompts import Prompts
 from aipc_chat.provision.devices import available_devices, resolve_device
-from aipc_chat.provision.resolve import Kind, ModelChoice, check_present, choose_model
+from aipc_chat.provision.gguf import check_gguf
+from aipc_chat.provision.resolve import (
+    Kind,
+    Missing,
+    ModelChoice,
+    check_present,
+    choose_model,
+    missing_message,
+    missing_models,
+)
 from aipc_chat.safety import PromptFilter
-from aipc_chat.settings import Settings
+from aipc_chat.settings import Settings, env_name, public_url
 
 if TYPE_CHECKING:
     from aipc_chat.engines.embedding import EmbeddingEngine
@@ -62,7 +71,7 @@ class ModelStatus:
             "state": self.state, "error": self.error, "load_seconds": self.load_seconds, "download": self.download,
         }
         if self.choice.endpoint:
-            out["endpoint"] = self.choice.endpoint
+            out["endpoint"] = public_url(self.choice.endpoint)  # credentials in the URL stay out of /ready
         return out
 
 
@@ -108,29 +117,41 @@ class Runtime:
                 self._disable(kind, f"switched off ({'AIPC_LLM_REPO' if kind == 'llm' else 'AIPC_IMAGE_REPO'}=none)")
 
     def check(self) -> None:
-        """Fail fast (ModelSetupError) when a device is absent, or a model asked for is missing and cannot be
-        downloaded. A default model that cannot be had is left out (the other kind is served) unless both are."""
-        problems: dict[Kind, ModelSetupError] = {}
-        devices = available_devices()
-        for kind, status in self.status.items():
-            if status.state == "disabled":
-                continue
-            if status.choice.source != "remote":  # an absent device stops the start, whichever model
-                status.device = resolve_device(status.device, devices, kind)
-            if kind == "image" and status.choice.source != "remote":
-                _check_image_runtime(self.settings)
+        """Fail fast (StartupError) when a device is absent, or a model asked for is missing and cannot be
+        downloaded; every missing model is named at once, each with what fetches it. A default model that cannot be
+        had is left out (the other kind is served) unless both are."""
+        self._check_devices()
+        missing = {m.role: m for m in missing_models(self.settings)}
+        problems: dict[Kind, Missing | ModelSetupError] = {}
+        hub_problem: str | None = None
+        for kind in self._served():
+            found: Missing | ModelSetupError | None
             try:
-                self._check_one(status)
-            except ModelSetupError as problem:
-                if not status.choice.optional:
-                    raise
-                problems[kind] = problem
-        if problems and len(problems) + sum(s.state == "disabled" for s in self.status.values()) == len(self.status):
-            raise next(iter(problems.values()))
+                found = self._check_one(self.status[kind], missing.get(kind))
+            except HubUnreachable as exc:  # one reason for every model the hub would have given
+                hub_problem, found = exc.reason, missing[kind]
+            except ModelSetupError as exc:
+                found = exc
+            if found is not None:
+                problems[kind] = found
+        required = [kind for kind in problems if not self.status[kind].choice.optional]
+        nothing_left = len(problems) + sum(s.state == "disabled" for s in self.status.values()) == len(self.status)
+        if required or (problems and nothing_left):
+            raise _startup_problem(list(problems.values()), hub_problem)
         for kind, found in problems.items():
-            self._disable(kind, str(found).rstrip("."))
+            self._disable(kind, (found.describe() if isinstance(found, Missing) else str(found)).rstrip("."))
         if all(s.state == "disabled" for s in self.status.values()):
             raise ModelSetupError("Both AIPC_LLM_REPO and AIPC_IMAGE_REPO are none: there is nothing to serve.")
+
+    def _check_devices(self) -> None:
+        """An absent device, or the optimum runtime without its extra, stops the start whatever the models."""
+        devices = available_devices()
+        for kind, status in self.status.items():
+            if status.state == "disabled" or status.choice.source == "remote":
+                continue
+            status.device = resolve_device(status.device, devices, kind)
+            if kind == "image":
+                _check_image_runtime(self.settings)
 
     def _disable(self, kind: Kind, why: str) -> None:
         status = self.status[kind]
@@ -140,20 +161,24 @@ class Runtime:
         if kind == "image":
             self.orchestrator.disable_images()
 
-    def _check_one(self, status: ModelStatus) -> None:
-        kind, choice = status.choice.kind, status.choice
-        if choice.source != "remote":
-            if choice.source != "repo" or not self._needs_download(choice):
-                check_present(choice)
-            elif not self.settings.auto_download_models:
-                check_present(choice)
-                raise ModelSetupError(f"The {kind} model {choice.repo} is incomplete in {choice.path}: run "
-                                      "`aipc-chat download` (AUTO_DOWNLOAD_MODELS is off).")
-            else:
-                from aipc_chat.provision.hub import probe_repo
+    def _check_one(self, status: ModelStatus, missing: Missing | None) -> Missing | None:
+        """What keeps one model from serving, if anything: a model that is here must be one openvino-genai runs
+        (raises), one that is not must be one the hub will give (it downloads as it loads; the hub's refusal is
+        raised)."""
+        choice = status.choice
+        if missing is None:
+            if choice.gguf and choice.path is not None:
+                check_gguf(choice.path)  # an architecture or quantization openvino-genai cannot run: say so now
+            return None
+        if choice.source != "repo":
+            return missing
+        if not self.settings.auto_download_models:
+            return replace(missing, remedy=f"{missing.remedy} ({env_name('auto_download_models')} is off)")
+        from aipc_chat.provision.hub import probe_repo
 
-                repo, revision, folder = choice.hub_target()
-                probe_repo(repo, revision, folder, kind=kind, token=self._token())
+        repo, revision, folder = choice.hub_target()
+        probe_repo(repo, revision, folder, kind=choice.kind, token=self._token())
+        return None
 
     @staticmethod
     def _needs_download(choice: ModelChoice) -> bool:
@@ -276,7 +301,7 @@ class Runtime:
             status.device = "remote"
         else:
             status.device = resolve_device(status.device, available_devices(), kind)
-            check_present(choice)
+            check_present(choice, self.settings)
         return self.engines(kind, choice, status.device)
 
     def engine(self, kind: Kind) -> Engine | None:
@@ -428,6 +453,17 @@ class Runtime:
 def loading_in_background() -> bool:
     """Whether a start-up load is still under way in this process (perhaps inside OpenVINO's native code)."""
     return any(thread.name == LOADER and thread.is_alive() for thread in threading.enumerate())
+
+
+def _startup_problem(problems: list[Missing | ModelSetupError], hub_problem: str | None) -> ModelSetupError:
+    """One error for everything that stops the start: every missing model with what fetches it, then any other
+    problem (a gated repository, a model openvino-genai cannot run) as it was said."""
+    missing = [p for p in problems if isinstance(p, Missing)]
+    errors = [p for p in problems if isinstance(p, ModelSetupError)]
+    if not missing and len(errors) == 1:
+        return errors[0]
+    said = [missing_message(missing, hub_problem=hub_problem)] if missing else []
+    return ModelSetupError(" ".join(said + [str(e) for e in errors]))
 
 
 def _check_image_runtime(settings: Settings) -> None:

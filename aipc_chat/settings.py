@@ -3,22 +3,36 @@
 Each field reads ``AIPC_<NAME>``; the seed project's names (``USE_MOCKS``, ``MODELS_CACHE_DIR``, ``DEEPSEEK_*``,
 ``STABLE_DIFFUSION_*``, ...) are accepted as aliases so old deployments keep working. Nothing reads settings at
 import time: build one ``Settings`` and pass it down.
+
+This module also owns what a person types into those settings: the size and duration forms (``8G``, ``5min``,
+``1h30m``), the one-line explanation of a refused value, and the warning for an ``AIPC_`` name that is no setting.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEVICE_PATTERN = r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?)$"
+DEVICE_PATTERN = re.compile(r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?)$")
 DEFAULT_LLM_REPO = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-ov"
 DEFAULT_IMAGE_REPO = "OpenVINO/stable-diffusion-v1-5-int8-ov"
 NONE = "none"  # AIPC_LLM_REPO / AIPC_IMAGE_REPO: serve no model of that kind
 SHIPPED_DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the demo models, shipped built with the package
+LLM_PATH_FORMS = ("an OpenVINO IR folder (with openvino_model.xml and its tokenizer), a .gguf file, or "
+                  "ollama:NAME[:TAG]")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# AIPC_ names read by something other than the server (the test suite): not settings, and not misspellings of one
+NOT_SETTINGS_PREFIXES = ("AIPC_TEST_",)
 
 
 def user_folder() -> Path:
@@ -30,32 +44,124 @@ def user_folder() -> Path:
     return Path(platformdirs.user_data_dir("aipc-chat", appauthor=False))
 
 
-def parse_duration(text: str) -> float | None:
-    """``30s``, ``5m``, ``1h``, ``250ms`` or plain seconds; ``-1`` (never) is None."""
-    text = text.strip().lower()
-    if text == "-1":
+def source_checkout(folder: Path) -> Path | None:
+    """``folder`` when it is the root of an aipc-chat source checkout, else None.
+
+    A checkout root holds ``models/.gitkeep`` and a ``pyproject.toml`` naming the project: an installed package
+    (site-packages) and any other working folder have neither, so an installed aipc-chat never takes a checkout's
+    folders unless it is started from one, where `make` would take them too.
+    """
+    try:
+        if not (folder / "models" / ".gitkeep").is_file():
+            return None
+        pyproject = (folder / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
         return None
-    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * scale
-    return float(text)
+    named = re.search(r'^\s*name\s*=\s*["\']aipc[-_]chat["\']', pyproject, re.MULTILINE)
+    return folder.resolve() if named else None
 
 
-SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+# --- what people type: durations and sizes ----------
+
+DURATION_FORMS = ("seconds (300), a number and a unit (500ms, 30s, 5m, 5min, 2h, 1d) or several (1h30m, 1h2m3s, "
+                  "as Go and Ollama write them)")
+FOREVER_FORMS = "; -1 (or any negative value) means forever"
+SIZE_UNIT_FORMS = ("a number and a unit: 512MB, 8GB (decimal, 8·10⁹ bytes), 8GiB, 8Gi or 8G (binary, 8·2³⁰ "
+                   "bytes), 1.5g")
+SIZE_FORMS = f"bytes (1048576) or {SIZE_UNIT_FORMS}"
+_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
+            **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+            **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+            **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+            **dict.fromkeys(("d", "day", "days"), 86400.0)}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*([a-zµμ]+)")
+_DURATION = re.compile(rf"(?:{_NUMBER}\s*[a-zµμ]+\s*)+")
+# Bare letters are binary, as Docker, the JVM and systemd read them (``8G`` = 8 GiB); ``GB`` is decimal.
+SIZE_UNITS = {"": 1, "b": 1,
+              "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              **{f"{p}{s}": 2 ** (10 * (i + 1)) for i, p in enumerate("kmgt") for s in ("", "i", "ib")}}
+_DECIMAL_UNITS = frozenset({"b", "kb", "mb", "gb", "tb"})
+_SIZE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration: ``300`` (seconds), ``500ms``, ``30s``, ``5m``, ``5min``, ``2h``, ``1d``, ``1h30m``
+    (Go's and Ollama's form); a negative one (``-1``, ``-5m``) means forever and is None."""
+    body = text.strip().lower()
+    sign = -1.0 if body.startswith("-") else 1.0
+    body = body[1:].strip() if body[:1] in ("-", "+") else body
+    try:
+        seconds = float(body) if body[:1] not in ("-", "+") else math.nan  # one sign at most
+    except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds) or math.isinf(seconds):
+        if not _DURATION.fullmatch(body):
+            raise ValueError(f"{text.strip()!r} is not a duration")
+        parts = _DURATION_PART.findall(body)
+        unknown = [unit for _, unit in parts if unit not in _SECONDS]
+        if unknown:
+            raise ValueError(f"{text.strip()!r} is not a duration (unknown unit {unknown[0]!r})")
+        seconds = sum(float(number) * _SECONDS[unit] for number, unit in parts)
+    if sign < 0:
+        return None if seconds > 0 else 0.0
+    return seconds
 
 
 def parse_bytes(text: str) -> int:
-    """``8GB`` (8·10⁹ bytes), ``8GiB`` (8·2³⁰), ``800MB``, ``1.5GB`` or plain bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if match is None or match.group(2).lower() not in SIZE_UNITS:
-        raise ValueError(f"not a size: {text!r} (use e.g. 8GB, 8GiB or 800MB)")
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+    """Bytes in a size: plain bytes, ``512MB``, ``8GB`` (8·10⁹), ``8GiB`` / ``8Gi`` / ``8G`` (8·2³⁰), ``1.5g``."""
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in SIZE_UNITS:
+        raise ValueError(f"{text.strip()!r} is not a size")
+    return round(float(match.group(1)) * int(SIZE_UNITS[unit]))
+
+
+def _in_units(value: Any, decimal: int, binary: int) -> Any:
+    """A value for a field counted in MB or GB: a plain number is already in the field's unit; a size is converted
+    (``GB`` decimal, ``GiB`` / ``G`` binary), so ``2GB`` and ``2GiB`` are both 2 in a GB field."""
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or not match.group(2):
+        return value  # a plain number, or no size at all: the field's own type takes or refuses it
+    return _bytes(value) / (decimal if match.group(2).lower() in _DECIMAL_UNITS else binary)
 
 
 def _env(name: str, *seed_names: str) -> AliasChoices:
     """Accept the field name, ``AIPC_<NAME>`` and the seed project's environment names."""
     return AliasChoices(name, f"AIPC_{name.upper()}", *seed_names)
+
+
+def _seconds(value: Any, *, forever: bool = False) -> Any:
+    """A duration setting's text as seconds (numbers pass through to the field's own bounds)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ValueError(f"not a duration; use {DURATION_FORMS}{FOREVER_FORMS if forever else ''}") from None
+    if seconds is None and not forever:
+        raise ValueError(f"a negative duration means forever, which this setting does not take; use "
+                         f"{DURATION_FORMS}")
+    return seconds
+
+
+def _checked_size(value: Any, unit: str) -> Any:
+    """A size refused with the forms a size takes (a plain number is left to the field's own type)."""
+    if isinstance(value, str) and _SIZE.fullmatch(value) is None and not value.strip().lstrip("-").isdigit():
+        raise ValueError(f"not a size; use a number of {unit} or {SIZE_UNIT_FORMS}")
+    return value
+
+
+def _bytes(value: Any) -> Any:
+    """A size setting's text as bytes."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_bytes(value)
+    except ValueError:
+        raise ValueError(f"not a size; use {SIZE_FORMS}") from None
+
+
 
 
 class Settings(BaseSettings):
@@ -68,9 +174,9 @@ class Settings(BaseSettings):
     # --- serving ----------
     host: str = Field("127.0.0.1", validation_alias=_env("host"), description="Address to bind.")
     port: int = Field(8000, ge=1, le=65535, validation_alias=_env("port"), description="TCP port to listen on.")
-    log_level: str = Field(
-        "info", pattern=r"^(debug|info|warning|error)$", validation_alias=_env("log_level"),
-        description="Log level: debug, info, warning or error.",
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_env("log_level"),
+        description="Log level: debug, info, warning or error, in any case (`DEBUG`, `Info`).",
     )
     openvino_telemetry: bool = Field(
         False, validation_alias=_env("openvino_telemetry"),
@@ -79,7 +185,8 @@ class Settings(BaseSettings):
     )
     request_timeout: float = Field(
         300.0, gt=0, le=3600, validation_alias=_env("request_timeout", "REQUEST_TIMEOUT"),
-        description="Seconds one request may take (queueing included) before it is cancelled.",
+        description="How long one request may take (queueing included) before it is cancelled: seconds or a "
+                    "duration (`90s`, `5m`), at most an hour.",
     )
 
     api_key: SecretStr | None = Field(
@@ -105,8 +212,10 @@ class Settings(BaseSettings):
         description="Most open connections at once; past it a new one gets 503. A request head must also arrive "
                     "within 10 s (else 408).")
     max_body_bytes: int = Field(
-        2 * 1024 * 1024, ge=1024, validation_alias=_env("max_body_bytes"),
-        description="Largest request body accepted; larger ones get 413.",
+        "20MiB", ge=1024, validation_alias=_env("max_body_bytes"), validate_default=True,
+        description="Largest request body accepted, in bytes or as a size (`32MB`, `50MiB`); larger ones get 413. "
+                    "The default takes a phone photo for img2img and image edits: a 12 MP JPEG is 4-8 MB, and "
+                    "base64 in JSON adds a third.",
     )
     chat_rate_per_minute: int = Field(
         60, ge=1, validation_alias=_env("chat_rate_per_minute"),
@@ -126,7 +235,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         default_factory=lambda: user_folder() / "models", validation_alias=_env("models_dir", "MODELS_CACHE_DIR"),
         description="Where downloaded, converted and demo models live (default: `models` in the per-user folder; "
-                    "a checkout's Makefile sets `./models`).",
+                    "`./models` when aipc-chat is started from the root of a source checkout, as `make` does).",
     )
     cache_dir: Path | None = Field(
         None, validation_alias=_env("cache_dir"),
@@ -134,8 +243,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default_factory=lambda: user_folder() / "data", validation_alias=_env("data_dir"),
-        description="Conversation history and generated images (default: `data` in the per-user folder; a "
-                    "checkout's Makefile sets `./data`).",
+        description="Conversation history and generated images (default: `data` in the per-user folder; "
+                    "`./data` when started from the root of a source checkout, as `make` does).",
     )
     auto_download_models: bool = Field(
         True, validation_alias=_env("auto_download_models", "AUTO_DOWNLOAD_MODELS"),
@@ -168,7 +277,8 @@ class Settings(BaseSettings):
                     "Q4_0, Q4_1, Q4_K_M, Q8_0, F16), or `ollama:NAME[:TAG]` for a model in Ollama's store.",
     )
     image_path: Path | None = Field(
-        None, validation_alias=_env("image_path"), description="Use this local image pipeline folder as is."
+        None, validation_alias=_env("image_path"),
+        description="Use this local image pipeline folder (OpenVINO Stable Diffusion) as is.",
     )
     llm_endpoint: str | None = Field(
         None, validation_alias=_env("llm_endpoint", "DEEPSEEK_ENDPOINT"),
@@ -194,7 +304,7 @@ class Settings(BaseSettings):
 
     # --- devices ----------
     llm_device: str = Field(
-        "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("llm_device"),
+        "CPU", validation_alias=_env("llm_device"),
         description="OpenVINO device for the LLM: CPU, GPU, NPU or AUTO.",
     )
     image_runtime: Literal["genai", "optimum"] = Field(
@@ -204,7 +314,7 @@ class Settings(BaseSettings):
                     "needs `pip install \"aipc-chat[optimum]\"`).",
     )
     image_device: str = Field(
-        "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("image_device"),
+        "CPU", validation_alias=_env("image_device"),
         description="OpenVINO device for Stable Diffusion: CPU, GPU, NPU or AUTO.",
     )
     embedding_path: Path | None = Field(
@@ -217,7 +327,7 @@ class Settings(BaseSettings):
         description="The embedding model's name in requests and listings (default: its folder's name).",
     )
     embedding_device: str = Field(
-        "CPU", pattern=DEVICE_PATTERN, validation_alias=_env("embedding_device"),
+        "CPU", validation_alias=_env("embedding_device"),
         description="OpenVINO device for the embedding model.",
     )
 
@@ -242,8 +352,9 @@ class Settings(BaseSettings):
     )
     kv_cache_gb: int = Field(
         1, ge=1, le=64, validation_alias=_env("kv_cache_gb"),
-        description="Most KV cache for continuous batching, in GB (CPU/GPU): it fills as new prompts arrive and "
-                    "is kept (prefix cache); capped lower when every sequence at full context needs less.",
+        description="Most KV cache for continuous batching, in whole GB (`2`, `2GB`, `2GiB`; CPU/GPU): it fills as "
+                    "new prompts arrive and is kept (prefix cache); capped lower when every sequence at full context "
+                    "needs less.",
     )
     max_num_seqs: int = Field(
         16, ge=1, le=256, validation_alias=_env("max_num_seqs"),
@@ -254,25 +365,27 @@ class Settings(BaseSettings):
         description="Requests that may wait for a slot before new ones are refused with 503.",
     )
     keep_alive: str = Field(
-        "5m", validation_alias=_env("keep_alive"), pattern=r"^\s*(-1|\d+(\.\d+)?\s*(ms|s|m|h)?)\s*$",
-        description="How long a model stays loaded with nothing to do, per model (`30s`, `5m`, `1h`, seconds; `-1` "
-                    "never unloads, `0` right after each request): its memory is given back, and the next "
-                    "request loads it again (through the compile cache).",
+        "5m", validation_alias=_env("keep_alive"),
+        description="How long a model stays loaded with nothing to do, per model (`30s`, `5m`, `5min`, `1h30m`, "
+                    "seconds; `-1` or any negative value never unloads, `0` right after each request): its memory "
+                    "is given back, and the next request loads it again (through the compile cache).",
     )
     load_on_start: bool = Field(
         True, validation_alias=_env("load_on_start"),
         description="Load the models at start; `false` answers at once and loads each model on its first request.",
     )
     memory_limit: str | None = Field(
-        None, validation_alias=_env("memory_limit"), pattern=r"^\s*\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]|[bB])?\s*$",
-        description="Most memory the resident models may take (`8GB` = 8·10⁹ bytes, `8GiB`, `800MB`): loading one "
+        None, validation_alias=_env("memory_limit"),
+        description="Most memory the resident models may take (`8GB` = 8·10⁹ bytes, `8GiB` or `8G` = 8·2³⁰, "
+                    "`800MB`): loading one "
                     "that would exceed it first unloads the least recently used idle model; a request that cannot "
                     "fit gets 503 with Retry-After. Unset: no limit.",
     )
     batch_window_ms: float = Field(
         5.0, ge=0, le=100, validation_alias=_env("batch_window_ms"),
-        description="When idle, wait up to this long for requests the server is still reading, so ones sent "
-                    "together share their first step; a lone request does not wait.",
+        description="When idle, wait up to this long (milliseconds, or a duration such as `5ms`) for requests "
+                    "the server is still reading, so ones sent together share their first step; a lone request "
+                    "does not wait.",
     )
     llm_warmup: bool = Field(
         True, validation_alias=_env("llm_warmup"),
@@ -309,8 +422,8 @@ class Settings(BaseSettings):
     )
     min_free_mb: int = Field(
         200, ge=0, validation_alias=_env("min_free_mb"),
-        description="Free disk space (MB) the data folder must have before a picture is rendered; 0 turns the "
-                    "check off.")
+        description="Free disk space the data folder must have before a picture is rendered, in MB or as a size "
+                    "(`1GB`); 0 turns the check off.")
     image_retention: int = Field(
         1000, ge=1, validation_alias=_env("image_retention"),
         description="Generated images kept on disk; the oldest are pruned beyond it.",
@@ -345,8 +458,100 @@ class Settings(BaseSettings):
 
     @field_validator("llm_device", "image_device", "embedding_device", mode="before")
     @classmethod
-    def _upper_device(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
+    def _device(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        device = value.strip().upper()
+        if not DEVICE_PATTERN.match(device):
+            raise ValueError("takes CPU, GPU (GPU.0, GPU.1, ...), NPU or AUTO (AUTO:GPU,CPU), in any case")
+        return device
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        level = value.strip().lower() if isinstance(value, str) else value
+        if level == "warn":
+            return "warning"
+        if isinstance(level, str) and level not in LOG_LEVELS:
+            raise ValueError(f"takes {', '.join(LOG_LEVELS)}, in any case (DEBUG, Info)")
+        return level
+
+    @field_validator("request_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> Any:
+        return _seconds(value)
+
+    @field_validator("keep_alive", mode="after")
+    @classmethod
+    def _keep_alive(cls, value: str) -> str:
+        _seconds(value, forever=True)  # kept as written (it is shown as given); read through keep_alive_seconds
+        return value
+
+    @field_validator("batch_window_ms", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        if isinstance(value, str) and _DURATION.fullmatch(value.strip().lower()):  # a unit: "5ms", "0.01s"
+            return _seconds(value) * 1000
+        return value  # a plain number is in milliseconds
+
+    @field_validator("max_body_bytes", mode="before")
+    @classmethod
+    def _body_size(cls, value: Any) -> Any:
+        return _bytes(value)
+
+    @field_validator("memory_limit", mode="after")
+    @classmethod
+    def _memory_limit(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        _bytes(value)  # kept as written; read through memory_limit_bytes
+        return value
+
+    @field_validator("kv_cache_gb", mode="before")
+    @classmethod
+    def _kv_cache(cls, value: Any) -> Any:
+        gb = _in_units(_checked_size(value, "GB"), 10**9, 2**30)
+        if isinstance(gb, float) and not math.isclose(gb, round(gb), abs_tol=1e-6):
+            raise ValueError(f"that is {gb:.2f} GB; give whole GB (2, 2GB, 2GiB, 2048MiB)")
+        return round(gb) if isinstance(gb, float) else gb
+
+    @field_validator("min_free_mb", mode="before")
+    @classmethod
+    def _free_space(cls, value: Any) -> Any:
+        mb = _in_units(_checked_size(value, "MB"), 10**6, 2**20)
+        return round(mb) if isinstance(mb, float) else mb
+
+    @field_validator("models_dir", "data_dir", "cache_dir", "demo_dir", "llm_path", "image_path", "embedding_path",
+                     "users_file", "system_prompt_file", "blocked_terms_file", mode="before")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+    @field_validator("models_dir", "data_dir", "cache_dir", "demo_dir", "image_path", "embedding_path")
+    @classmethod
+    def _a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError("a file, where this setting takes a folder")
+        return value
+
+    @field_validator("users_file", "system_prompt_file", "blocked_terms_file")
+    @classmethod
+    def _a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            raise ValueError("a folder, where this setting takes a text file")
+        return value
+
+    @field_validator("llm_path")
+    @classmethod
+    def _llm_path(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        gguf = value.suffix.lower() == ".gguf"
+        if gguf and value.is_dir():
+            raise ValueError(f"a folder named like a .gguf file; this setting takes {LLM_PATH_FORMS}")
+        if not gguf and value.is_file():
+            raise ValueError(f"a file, but not a .gguf file; this setting takes {LLM_PATH_FORMS}")
+        return value
 
     @field_validator("llm_endpoint", "image_endpoint", mode="before")
     @classmethod
@@ -405,3 +610,109 @@ def config_table() -> str:
         default = "per-user folder" if info.default_factory else "" if info.default is None else f"`{info.default}`"
         rows.append(f"| `AIPC_{name.upper()}` | {seed} | {default} | {info.description} |")
     return "\n".join(rows)
+
+
+# --- naming settings in messages ----------
+
+def public_url(url: str) -> str:
+    """A URL fit for a message, a log or /ready: no user name, password, query or fragment (where keys may be)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+def env_names(field: str) -> list[str]:
+    """Every environment name a field is read from: ``AIPC_<NAME>`` first, then the seed project's."""
+    alias = Settings.model_fields[field].validation_alias
+    names = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else []
+    return [f"AIPC_{field.upper()}", *(n for n in names if n != field and n.upper() != f"AIPC_{field.upper()}")]
+
+
+def env_name(field: str, environ: Mapping[str, str] | None = None) -> str:
+    """The environment variable that set a field (a seed name when that is what was used), else ``AIPC_<NAME>``."""
+    present = {name.upper() for name in (os.environ if environ is None else environ)}
+    names = env_names(field)
+    return next((name for name in names if name.upper() in present), names[0])
+
+
+# Units of the fields whose bounds are counted in one (a bound is shown with it)
+_UNITS = {"request_timeout": " seconds", "batch_window_ms": " ms", "max_body_bytes": " bytes", "kv_cache_gb": " GB",
+          "min_free_mb": " MB"}
+_TYPE_TEXT = {"int_parsing": "takes a whole number", "int_from_float": "takes a whole number",
+              "float_parsing": "takes a number", "bool_parsing": "takes true or false (also 1/0, yes/no, on/off)",
+              "path_type": "takes a path"}
+_BOUND_TEXT = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+               "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+
+
+def problem_lines(exc: ValidationError, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per refused setting, naming its environment variable and what it takes: ``AIPC_KEEP_ALIVE='5
+    minutes please': ... is not a duration; use seconds (300), ...``."""
+    return [_problem_line(error, environ) for error in exc.errors()]
+
+
+def _problem_line(error: ErrorDetails, environ: Mapping[str, str] | None) -> str:
+    text = _problem_text(error)
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    if field not in Settings.model_fields:  # a rule across settings: its message names them
+        return text
+    environ = os.environ if environ is None else environ
+    name = env_name(field, environ)
+    typed = {key.upper(): value for key, value in environ.items()}.get(name.upper())
+    given = typed if typed is not None else error.get("input")  # as typed, not as a validator turned it
+    given = str(given) if isinstance(given, Path) else given
+    secret = Settings.model_fields[field].annotation in (SecretStr, SecretStr | None)
+    shown = f"={given!r}" if isinstance(given, str | int | float) and not secret else ""
+    return f"{name}{shown}: {text}"
+
+
+def _problem_text(error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    if kind in _TYPE_TEXT:
+        return _TYPE_TEXT[kind]
+    if kind in _BOUND_TEXT:
+        words, key = _BOUND_TEXT[kind]
+        bound = ctx.get(key)
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"must be {words} {bound}{_UNITS.get(field, '')}"
+    if kind == "literal_error":
+        return f"takes {ctx.get('expected')}"
+    return str(error["msg"])
+
+
+def unknown_settings(environ: Mapping[str, str], extra_names: Iterable[str] = ()) -> list[str]:
+    """A warning for each ``AIPC_`` name (in the environment, or ``extra_names`` from a .env file) that is no
+    setting, with the closest setting's name: ``AIPC_KEEP_ALVE is not a setting; did you mean AIPC_KEEP_ALIVE?``."""
+    known = {name.upper().removeprefix("AIPC_") for field in Settings.model_fields for name in env_names(field)
+             if name.upper().startswith("AIPC_")}
+    warnings = []
+    for name in sorted({*environ, *extra_names}):
+        upper = name.upper()
+        if not upper.startswith("AIPC_") or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        rest = upper.removeprefix("AIPC_")
+        if rest in known:
+            continue
+        close = difflib.get_close_matches(rest, sorted(known), n=1, cutoff=0.6)  # the prefix would make all close
+        hint = f"did you mean AIPC_{close[0]}?" if close else "it is ignored (the README's Configuration lists them)"
+        warnings.append(f"{name} is not a setting; {hint}")
+    return warnings
+
+
+def dotenv_names() -> list[str]:
+    """The names in the .env file(s) the settings read, if any is configured."""
+    files = Settings.model_config.get("env_file")
+    if not files:
+        return []
+    from dotenv import dotenv_values
+
+    paths = [files] if isinstance(files, str | Path) else list(files)
+    return [name for path in paths if Path(path).is_file() for name in dotenv_values(path)]

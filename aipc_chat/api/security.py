@@ -35,7 +35,9 @@ LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
 # Desktop apps' own pages (Electron, Tauri, VS Code webviews), allowed by default as Ollama allows them; not file://
 DESKTOP_ORIGIN = re.compile(r"^(app|tauri|vscode-webview|vscode-file)://[A-Za-z0-9._~%+-]+(:\d+)?/?$")
 ALLOWED_ORIGIN = re.compile(f"{LOCAL_ORIGIN.pattern}|{DESKTOP_ORIGIN.pattern}")
-OPEN_PATHS = ("/health", "/ready", "/images/", "/web/")
+# The API docs are open too: the pages, their scripts (/docs/assets/) and the schema they render, which says what the
+# routes are and nothing about their data; calling a route from them still needs the key.
+OPEN_PATHS = ("/health", "/ready", "/images/", "/web/", "/docs", "/redoc", "/openapi.json")
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
 USER_SCOPE_KEY = "aipc.user"  # the user a per-user key belongs to (AIPC_USERS_FILE), set on the ASGI scope
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -176,8 +178,7 @@ class GuardMiddleware:
             return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await reply(413, f"The request body is larger than {self.max_body} bytes.",
-                         "invalid_request_error", "request_too_large")
+            await reply(413, too_large(self.max_body), "invalid_request_error", "request_too_large")
             return
         await self.app(scope, _limited(receive, self.max_body), send)
 
@@ -192,6 +193,12 @@ class GuardMiddleware:
                 scope[USER_SCOPE_KEY] = user
             return user is not None or open_path
         return open_path or self.key is None or key_matches(_header(scope, b"authorization"), self.key)
+
+
+def too_large(limit: int) -> str:
+    """The 413 message: the limit, and the setting that raises it with the forms it takes."""
+    return (f"The request body is larger than {limit} bytes ({limit / 2**20:.1f} MiB), the most AIPC_MAX_BODY_BYTES "
+            "allows; the server's operator can raise it (bytes or a size: 32MB, 50MiB).")
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -214,4 +221,4 @@ class BodyTooLarge(StarletteHTTPException):
     """A streamed request body passed the size limit (an HTTP error, so body parsing passes it on as 413)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is larger than {limit} bytes.")
+        super().__init__(413, too_large(limit))

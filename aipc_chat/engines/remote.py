@@ -52,7 +52,7 @@ from aipc_chat.errors import (
     UpstreamUnavailable,
 )
 from aipc_chat.reasoning import ReasoningSplitter
-from aipc_chat.settings import Settings
+from aipc_chat.settings import Settings, env_name, public_url
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,19 @@ def _headers(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _upstream_error(exc: Exception, what: str) -> AipcError:
-    """Translate an httpx failure at the boundary (one place)."""
+def remote_label(what: str, url: str, setting: str) -> str:
+    """How messages name a remote engine: ``the remote LLM at http://host:8000/v1 (AIPC_LLM_ENDPOINT)``."""
+    return f"the remote {what} at {public_url(url)} ({setting})"
+
+
+def _upstream_error(exc: Exception, where: str) -> AipcError:
+    """Translate an httpx failure at the boundary (one place); ``where`` names the remote (``remote_label``)."""
+    what = where[0].upper() + where[1:]
     if isinstance(exc, httpx.TimeoutException):
-        return RequestTimeout(f"The remote {what} did not answer in time.")
+        return RequestTimeout(f"{what} did not answer in time ({type(exc).__name__}).")
     if isinstance(exc, httpx.TransportError):
-        return UpstreamUnavailable(f"The remote {what} is unreachable ({type(exc).__name__}).")
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return UpstreamUnavailable(f"{what} is unreachable ({type(exc).__name__}{': ' + detail if detail else ''}).")
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
         try:
@@ -77,11 +84,11 @@ def _upstream_error(exc: Exception, what: str) -> AipcError:
         except (ValueError, KeyError, TypeError):
             message = exc.response.text[:300]
         if 400 <= status < 500 and status not in (401, 403, 429):
-            return InvalidRequest(f"The remote {what} refused the request: {message}")
+            return InvalidRequest(f"{what} refused the request: {message}")
         if status in (429, 503):
-            return Busy(f"The remote {what} is busy: {message}", retry_after=2)
-        return UpstreamError(f"The remote {what} failed ({status}): {message}")
-    return UpstreamError(f"The remote {what} failed: {type(exc).__name__}")
+            return Busy(f"{what} is busy: {message}", retry_after=2)
+        return UpstreamError(f"{what} failed ({status}): {message}")
+    return UpstreamError(f"{what} failed: {type(exc).__name__}")
 
 
 def _with_retries(call: Callable[[], httpx.Response]) -> httpx.Response:
@@ -102,6 +109,7 @@ class RemoteLLM:
     def __init__(self, settings: Settings, base_url: str, api_key: str | None, model: str | None) -> None:
         self.settings = settings
         self.base_url = base_url.rstrip("/")
+        self.where = remote_label("LLM", self.base_url, env_name("llm_endpoint"))
         self.api_key = api_key
         self.model_name = model or ""
         self.device = "remote"
@@ -121,7 +129,7 @@ class RemoteLLM:
         try:
             self.discover()
         except AipcError as exc:
-            log.warning("remote LLM at %s: %s", self.base_url, exc.message)
+            log.warning("%s", exc.message)
 
     @property
     def chat_template(self) -> str:
@@ -139,7 +147,7 @@ class RemoteLLM:
         models = self.list_models()
         if not self.model_name:
             if not models:
-                raise UpstreamError("The remote LLM lists no models.")
+                raise UpstreamError(f"{self.where[0].upper()}{self.where[1:]} lists no models.")
             self.model_name = str(models[0])
 
     def health(self) -> EngineHealth:
@@ -161,8 +169,8 @@ class RemoteLLM:
             r.raise_for_status()
             return [m["id"] for m in r.json()["data"]]
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise _upstream_error(exc, "LLM") if isinstance(exc, httpx.HTTPError) else UpstreamError(
-                "The remote LLM's /models answer is not OpenAI-shaped.") from exc
+            raise _upstream_error(exc, self.where) if isinstance(exc, httpx.HTTPError) else UpstreamError(
+                f"The /models answer of {self.where} is not OpenAI-shaped.") from exc
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """An estimate (the tokenizer is remote): about four characters a token."""
@@ -247,7 +255,7 @@ class RemoteLLM:
         except asyncio.CancelledError:
             stream.put(Cancelled("The request was cancelled."))
         except httpx.HTTPError as exc:
-            stream.put(_upstream_error(exc, "LLM"))
+            stream.put(_upstream_error(exc, self.where))
         except AipcError as exc:
             stream.put(exc)
         finally:
@@ -349,6 +357,7 @@ class A1111Renderer:
     def __init__(self, settings: Settings, base_url: str, api_key: str | None) -> None:
         self.settings = settings
         self.base_url = base_url.rstrip("/")
+        self.where = remote_label("image server", self.base_url, env_name("image_endpoint"))
         self.api_key = api_key
         self.model_name = "remote"
         self.device = "remote"
@@ -364,7 +373,7 @@ class A1111Renderer:
         try:
             self.model_name = self.health()
         except AipcError as exc:
-            log.warning("remote image server at %s: %s", self.base_url, exc.message)
+            log.warning("%s", exc.message)
 
     def prepare(self) -> None:
         """The same as ``load``: nothing is held here."""
@@ -398,7 +407,7 @@ class A1111Renderer:
             models = r.json()
             return str(models[0]["model_name"]) if models else "remote"
         except httpx.HTTPError as exc:
-            raise _upstream_error(exc, "image server") from exc
+            raise _upstream_error(exc, self.where) from exc
 
     def render(self, job: ImageJob, store: ImageStore) -> None:
         """One txt2img call per image, its progress polled; an interrupt is passed on."""
@@ -419,7 +428,7 @@ class A1111Renderer:
                                timeout=httpx.Timeout(self.settings.request_timeout, connect=5.0))
                 r.raise_for_status()
             except httpx.HTTPError as exc:
-                raise _upstream_error(exc, "image server") from exc
+                raise _upstream_error(exc, self.where) from exc
             finally:
                 watcher.stop()
             if job.cancelled:

@@ -52,7 +52,7 @@ from aipc_chat.errors import (
     HubUnreachable,
     ModelSetupError,
 )
-from aipc_chat.provision.resolve import REQUIRED_FILES
+from aipc_chat.provision.resolve import REQUIRED_FILES, offline_ways_out
 
 __all__ = [
     "MANIFEST_NAME",
@@ -648,12 +648,12 @@ def _unreachable(where: _Where, reason: str, missing: list[str] | None = None) -
     else:
         problems = []
     state = f"is incomplete ({'; '.join(problems[:3])})" if problems else "is not downloaded"
-    return HubUnreachable(
-        f"The {where.kind} model {where.repo}@{where.revision} {state} in {where.dest}, and the Hugging "
-        f"Face hub at {where.endpoint} cannot be reached ({reason}). On a connected machine run "
-        f"`aipc-chat download` and copy the models folder here (downloads resume where they stopped), or try the "
-        "offline demo models with `aipc-chat serve --demo`."
-    )
+    unset = "; unset it to download" if reason.startswith("HF_HUB_OFFLINE") else ""
+    hub = f"the Hugging Face hub at {where.endpoint} cannot be reached ({reason}{unset})"
+    return HubUnreachable(  # the ways out first, none of them a download: a download is what cannot happen now
+        f"The {where.kind} model {where.repo}@{where.revision} {state} in {where.dest}, and {hub}. "
+        f"{offline_ways_out(where.dest)} Once the hub answers, `aipc-chat download` fetches it, resuming where it "
+        "stopped.", reason=hub)
 
 
 def _hub_error(exc: HfHubHTTPError, where: _Where) -> ModelSetupError:

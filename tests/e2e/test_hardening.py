@@ -111,12 +111,12 @@ def test_file_and_opaque_origins_stay_refused(base_url: str, origin: str) -> Non
 
 
 def test_huge_body_is_413(base_url: str) -> None:
-    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "a" * (8 * 1024 * 1024)}]})
+    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "a" * (21 * 1024 * 1024)}]})
     r = httpx.post(f"{base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body streams in
-        for _ in range(9):
+        for _ in range(21):
             yield b"a" * (1024 * 1024)
 
     r = httpx.post(f"{base_url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
