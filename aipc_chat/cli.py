@@ -1,4 +1,4 @@
-"""The ``aipc-chat`` command: ``serve``, ``demo-models`` (and, with later issues, ``download``, ``convert``).
+"""The ``aipc-chat`` command: ``serve``, ``doctor``, ``models``, ``download``, ``convert``, ``demo-models``, ...
 
 It is the cross-platform interface (the Makefile is a convenience over it). Heavy libraries are imported only by
 the subcommand that needs them, so ``aipc-chat --help`` is instant.
@@ -16,6 +16,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,7 +24,15 @@ from pydantic import ValidationError
 
 from aipc_chat import __version__
 from aipc_chat.errors import DataDirUnwritable, ModelSetupError, PortInUse, StartupError
-from aipc_chat.settings import Settings
+from aipc_chat.settings import (
+    Settings,
+    dotenv_names,
+    env_name,
+    env_names,
+    problem_lines,
+    source_checkout,
+    unknown_settings,
+)
 
 if TYPE_CHECKING:
     from aipc_chat.runtime import Runtime
@@ -37,10 +46,49 @@ LIBRARY_VERBOSITY = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "
 
 
 def _settings(overrides: dict[str, Any]) -> Settings:
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**given)
+    checkout = _checkout_folders(settings)
+    if checkout:
+        settings = Settings(**given | checkout)
     if not settings.openvino_telemetry:
         _openvino_telemetry_off()
     return settings
+
+
+def _checkout_folders(settings: Settings) -> dict[str, Path]:
+    """Started in the root of a source checkout: its ``./models`` and ``./data``, as `make` sets them, for the
+    folders no flag or environment variable chose (an installed aipc-chat started elsewhere uses the per-user
+    folder)."""
+    root = source_checkout(Path.cwd())
+    if root is None:
+        return {}
+    return {field: root / field.removesuffix("_dir") for field in ("models_dir", "data_dir")
+            if field not in settings.model_fields_set}
+
+
+def _say_folders(settings: Settings, args: argparse.Namespace) -> None:
+    """Which models and data folders this start uses, and what chose each (a flag, a variable, a checkout)."""
+    root = source_checkout(Path.cwd())
+    environ = {name.upper() for name in os.environ}
+
+    def why(field: str) -> str:
+        if getattr(args, field, None):
+            return f"--{field.replace('_', '-')}"
+        if any(name.upper() in environ for name in env_names(field)):
+            return env_name(field)
+        if root is not None and getattr(settings, field) == root / field.removesuffix("_dir"):
+            return "started in a source checkout: ./" + field.removesuffix("_dir") + ", as `make` sets it"
+        return "the per-user folder; set AIPC_" + field.upper() + " or --" + field.replace("_", "-") + " to change it"
+
+    log.info("models folder %s (%s); data folder %s (%s)", settings.models_dir, why("models_dir"),
+             settings.data_dir, why("data_dir"))
+
+
+def _warn_unknown_settings() -> None:
+    """Each ``AIPC_`` variable that is no setting, with the closest one: a misspelt name is otherwise ignored."""
+    for warning in unknown_settings(os.environ, dotenv_names()):
+        log.warning("%s", warning)
 
 
 def _openvino_telemetry_off() -> None:
@@ -73,6 +121,7 @@ def _setup_logging(level: str, *, quiet_libraries: bool = False) -> None:
         handler.addFilter(RequestIdFilter())
         if quiet:
             handler.addFilter(lambda record: not _from_a_library(record))
+    _warn_unknown_settings()  # here, once a handler shows it
     if not quiet_libraries:
         return
     logging.captureWarnings(True)  # Python warnings become records of the `py.warnings` logger, filtered as above
@@ -112,11 +161,17 @@ def check_data_dir(path: Path) -> None:
                                 "permissions, free the disk, or choose another with AIPC_DATA_DIR.") from None
 
 
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings `serve`'s flags give (``add_serve_options``); None where a flag is not given."""
+    return {"demo": True if args.demo else None, "host": args.host, "port": args.port,
+            "log_level": args.log_level, "models_dir": args.models_dir, "data_dir": args.data_dir}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the models and serve the API."""
-    settings = _settings({"demo": True if args.demo else None, "host": args.host, "port": args.port,
-                          "log_level": args.log_level, "models_dir": args.models_dir, "data_dir": args.data_dir})
+    settings = _settings(_serve_overrides(args))
     _setup_logging(settings.log_level, quiet_libraries=True)
+    _say_folders(settings, args)
     sock = bind(settings.host, settings.port)
     try:
         return _serve(settings, sock)
@@ -227,11 +282,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models present: source, name, kind, size, verified."""
+    """List the models `serve` would serve (each role: where it comes from, whether it is there), then the models
+    present: source, name, kind, size, verified."""
+    from aipc_chat.doctor import served_models
     from aipc_chat.provision.gguf import list_gguf_models
     from aipc_chat.provision.hub import list_models, verify_manifest
 
-    settings = _settings({"models_dir": args.models_dir})
+    settings = _settings({"demo": True if args.demo else None, "models_dir": args.models_dir})
+    served = served_models(settings)
     rows = list_models(settings.models_dir) + list_gguf_models(settings.models_dir)
     if args.full:
         for row in rows:
@@ -239,8 +297,21 @@ def cmd_models(args: argparse.Namespace) -> int:
                 row["problems"] = verify_manifest(Path(row["path"]), full=True)
                 row["verified"] = not row["problems"]
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))  # noqa: T201
+        roles = [{"source": "served", "kind": m.role, "verified": m.problem is None,
+                  "problems": [m.problem] if m.problem else [], **asdict(m)} for m in served]
+        print(json.dumps(roles + rows, indent=2, default=str))  # noqa: T201
         return 0
+    print("Served by `aipc-chat serve` with these settings:")  # noqa: T201
+    print(f"{'role':<10} {'present':<8} name")  # noqa: T201
+    for model in served:
+        present = {True: "yes", False: "no", None: "remote" if model.via == "remote" else "-"}[model.present]
+        where = model.endpoint or model.path
+        print(f"{model.role:<10} {present:<8} {model.name}  from {model.origin}"  # noqa: T201
+              + (f"  ({where})" if where else ""))
+        if model.problem:
+            fix = f" Run: {model.fix}" if model.fix else ""
+            print(f"{'':<20}{model.problem}{fix}")  # noqa: T201
+    print(f"\nIn the models folder {settings.models_dir} (and Ollama's store):")  # noqa: T201
     print(f"{'source':<10} {'kind':<6} {'size MB':>9}  {'verified':<9} name")  # noqa: T201
     for row in rows:
         problem = f"  ({row['problems'][0]})" if row.get("problems") else ""
@@ -250,6 +321,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"No models in {settings.models_dir}. Run `aipc-chat download` or `aipc-chat demo-models`.")  # noqa: T201
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check what `serve` (with the same flags) needs, without starting it: 0 when it would start, else 1."""
+    from aipc_chat.doctor import diagnose, render
+
+    try:
+        settings: Settings | None = _settings(_serve_overrides(args))
+        problem = None
+    except ValidationError as exc:
+        _openvino_telemetry_off()  # the default: the settings that could turn it on are unreadable
+        settings, problem = None, settings_problems(exc)
+    report = diagnose(settings, problem)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render(report))  # noqa: T201
+    return 0 if report.would_start else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -288,16 +374,8 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
 
 
 def settings_problems(exc: ValidationError) -> str:
-    """Each invalid setting on one line: ``AIPC_PORT: Input should be ... (got 'abc')``."""
-    problems = []
-    for error in exc.errors():
-        name = ".".join(str(part) for part in error.get("loc", ()))
-        if not name:  # a rule across settings: its message names them
-            problems.append(str(error.get("msg", "invalid")).removeprefix("Value error, "))
-            continue
-        got = f" (got {error['input']!r})" if isinstance(error.get("input"), str | int | float) else ""
-        problems.append(f"AIPC_{name.upper()}: {error.get('msg', 'invalid')}{got}")
-    return "; ".join(problems)
+    """Every invalid setting in one line: ``AIPC_PORT='abc': takes a whole number; ...``."""
+    return "; ".join(problem_lines(exc))
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -327,6 +405,16 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """`serve`'s flags (also `doctor`'s, which checks what `serve` would do with them)."""
+    parser.add_argument("--demo", action="store_true", help="serve the tiny demo models shipped with the package")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--log-level", type=str.lower, choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
+    parser.add_argument("--data-dir", help="history and images (default AIPC_DATA_DIR or the per-user folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="aipc-chat", description="Local chat + image server for Intel AI PCs.")
@@ -334,13 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the API (configure with AIPC_* environment variables)")
-    serve.add_argument("--demo", action="store_true", help="serve the tiny demo models shipped with the package")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
-    serve.add_argument("--data-dir", help="history and images (default AIPC_DATA_DIR or the per-user folder)")
+    add_serve_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    doctor = sub.add_parser("doctor", help="check what `serve` (with the same flags) needs, without starting it: "
+                            "versions, devices, models, disk, port, keys; exit 0 when it would start")
+    add_serve_options(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser("demo-models", help="rebuild the tiny offline demo models from their recipe (needs the "
                           "[convert] extra)")
@@ -354,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     download.set_defaults(func=cmd_download)
 
-    models = sub.add_parser("models", help="list the models present, their size and whether they verify")
+    models = sub.add_parser("models", help="list the models `serve` would serve and where each comes from, then the "
+                            "models present, their size and whether they verify")
+    models.add_argument("--demo", action="store_true", help="as `serve --demo` would serve")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.add_argument("--full", action="store_true", help="re-hash every file against its manifest")
     models.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
@@ -415,8 +506,11 @@ def _run(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"aipc-chat: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    except ValidationError as exc:
-        print(f"aipc-chat: invalid configuration: {settings_problems(exc)}", file=sys.stderr)  # noqa: T201
+    except ValidationError as exc:  # logging is not set up yet: straight to stderr, one line per bad setting
+        for warning in unknown_settings(os.environ, dotenv_names()):  # perhaps the cause: a misspelt name
+            print(f"aipc-chat: {warning}", file=sys.stderr)  # noqa: T201
+        for line in problem_lines(exc):
+            print(f"aipc-chat: invalid configuration: {line}", file=sys.stderr)  # noqa: T201
         return 2
     except BaseException as exc:
         if not _by_ctrl_c(exc):
