@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import logging
 import os
@@ -26,7 +27,6 @@ from aipc_chat import __version__
 from aipc_chat.errors import DataDirUnwritable, ModelSetupError, PortInUse, StartupError
 from aipc_chat.settings import (
     Settings,
-    dotenv_names,
     env_name,
     env_names,
     problem_lines,
@@ -87,7 +87,7 @@ def _say_folders(settings: Settings, args: argparse.Namespace) -> None:
 
 def _warn_unknown_settings() -> None:
     """Each ``AIPC_`` variable that is no setting, with the closest one: a misspelt name is otherwise ignored."""
-    for warning in unknown_settings(os.environ, dotenv_names()):
+    for warning in unknown_settings(os.environ):
         log.warning("%s", warning)
 
 
@@ -410,7 +410,8 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="serve the tiny demo models shipped with the package")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--log-level", type=str.lower, choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", type=_log_level, choices=["debug", "info", "warning", "error"],
+                        help="debug, info, warning (or warn) or error, in any case")
     parser.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     parser.add_argument("--data-dir", help="history and images (default AIPC_DATA_DIR or the per-user folder)")
 
@@ -491,8 +492,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_level(value: str) -> str:
+    """A log level as the environment takes it: any case, ``warn`` for ``warning``."""
+    level = value.strip().lower()
+    return "warning" if level == "warn" else level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aipc-chat``."""
+    for stream in (sys.stdout, sys.stderr):  # a legacy code page (a Windows redirect) shows '?', never crashes
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     code = _run(args)
     if args.func is cmd_serve and _loading_in_background():
@@ -507,7 +517,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"aipc-chat: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     except ValidationError as exc:  # logging is not set up yet: straight to stderr, one line per bad setting
-        for warning in unknown_settings(os.environ, dotenv_names()):  # perhaps the cause: a misspelt name
+        for warning in unknown_settings(os.environ):  # perhaps the cause: a misspelt name
             print(f"aipc-chat: {warning}", file=sys.stderr)  # noqa: T201
         for line in problem_lines(exc):
             print(f"aipc-chat: invalid configuration: {line}", file=sys.stderr)  # noqa: T201

@@ -21,7 +21,7 @@ from aipc_chat import __version__
 from aipc_chat.errors import ModelSetupError, PortInUse, StartupError
 from aipc_chat.provision.gguf import check_gguf
 from aipc_chat.provision.resolve import Kind, Missing, ModelChoice, choose_model, missing_models
-from aipc_chat.settings import Settings, dotenv_names, env_name, env_names, unknown_settings
+from aipc_chat.settings import Settings, env_name, env_names, public_url, unknown_settings
 
 Status = Literal["ok", "info", "warn", "fail"]
 MARKS: dict[Status, str] = {"ok": "[ok]  ", "info": "[--]  ", "warn": "[warn]", "fail": "[FAIL]"}  # ASCII: any console
@@ -90,14 +90,15 @@ def served_models(settings: Settings) -> list[ServedModel]:
 
 def _served(settings: Settings, kind: Kind, missing: Missing | None) -> ServedModel:
     try:
-        choice = choose_model(settings, kind)
+        choice = choose_model(settings, kind, link=False)
     except ModelSetupError as exc:  # an Ollama model by a name its store does not have (missing_models says so too)
         said, fetch = (_sentence(missing.describe()), missing.fetch) if missing is not None else (str(exc), None)
         return ServedModel(kind, str(settings.llm_path), env_name("llm_path"), "ollama", present=False,
                            problem=said, fix=fetch)
     origin, path = _origin(settings, choice), str(choice.path) if choice.path else None
     if choice.source in ("none", "remote"):
-        return ServedModel(kind, choice.name, origin, choice.source, endpoint=choice.endpoint)
+        endpoint = public_url(choice.endpoint) if choice.endpoint else None  # never a URL's user, password or key
+        return ServedModel(kind, choice.name, origin, choice.source, endpoint=endpoint)
     problem, fix = (_sentence(missing.describe()), missing.fetch) if missing is not None else (_unrunnable(choice),
                                                                                                 None)
     downloads = (missing is not None and choice.source == "repo" and settings.auto_download_models
@@ -172,7 +173,7 @@ def _embedding_problem(source: Path, models_dir: Path) -> str | None:
 
 
 def _offline() -> bool:
-    from aipc_chat.provision.hub import _offline as hub_offline  # what the start's probe of the hub goes by
+    from aipc_chat.provision.hub import hub_offline  # what the start's probe of the hub goes by
 
     return hub_offline()
 
@@ -265,10 +266,10 @@ def device_checks(settings: Settings | None, models: list[ServedModel]) -> list[
 
 
 def _image_runtime_check(settings: Settings) -> list[Check]:
-    from aipc_chat.runtime import _check_image_runtime  # the start's own check
+    from aipc_chat.runtime import check_image_runtime  # the start's own check
 
     try:
-        _check_image_runtime(settings)
+        check_image_runtime(settings)
     except ModelSetupError as exc:
         return [Check("devices", "fail", str(exc))]
     return [Check("devices", "ok", f"image runtime: {settings.image_runtime}")]
@@ -291,7 +292,7 @@ def _device_names(devices: list[str]) -> list[str]:
 
 def settings_checks(settings: Settings | None, problem: str | None) -> list[Check]:
     """Whether the settings are valid (the start stops on the first invalid one), and AIPC_ names that are none."""
-    checks = [Check("settings", "warn", warning) for warning in unknown_settings(os.environ, dotenv_names())]
+    checks = [Check("settings", "warn", warning) for warning in unknown_settings(os.environ)]
     if settings is None:
         return [Check("settings", "fail", f"invalid configuration: {problem}", "fix the variables named"), *checks]
     named = sorted(n for n in os.environ if n.upper().startswith("AIPC_") and not n.upper().startswith("AIPC_TEST_"))
@@ -365,7 +366,8 @@ def storage_checks(settings: Settings, models: list[ServedModel]) -> list[Check]
     downloads = [m.name for m in models if m.downloads_at_start]
     free = free_mb(settings.models_dir)
     checks.append(Check("storage", "ok", f"models folder {settings.models_dir}: {_mb(free)} free" + (
-        f" (to download {', '.join(downloads)}: about 1.2 GB for the LLM, 1.1 GB for SD 1.5)" if downloads else "")))
+        f" (to download {', '.join(downloads)}; the default LLM is about 1.2 GB, the default SD 1.5 1.1 GB)"
+        if downloads else "")))
     return checks
 
 

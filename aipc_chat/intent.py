@@ -84,6 +84,7 @@ def picture_subject(message: str) -> str | None:
     return subject or None
 
 
+_NUMBERS = frozenset({"one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "many", "several"})
 # Where the head of a noun phrase ends: "a cat | sitting on a windowsill", "a red fox | in the snow".
 _PHRASE_END = frozenset({"of", "in", "on", "at", "with", "under", "over", "by", "near", "beside", "behind", "from",
                          "for", "against", "across", "through", "into", "onto", "above", "below", "among",
@@ -103,21 +104,24 @@ def _stems(words: list[str]) -> list[str]:
     return list(_stemmer().stemWords(words))
 
 
-def subject_head(subject: str) -> str | None:
-    """The stemmed head noun of a picture's subject: the last content word before the phrase goes on ("a cat
-    sitting on a windowsill" -> ``cat``, "two red foxes in the snow" -> ``fox``); None when it has no word."""
-    head: str | None = None
+def subject_words(subject: str) -> set[str]:
+    """The stemmed words that name a picture's subject: the content words before the phrase goes on with a
+    preposition or a clause ("a cat sitting on a windowsill" -> ``cat``, ``sit``; "two red foxes in the snow" ->
+    ``red``, ``fox``). Which of them is the noun is not guessed: "a tall building" and "dogs playing" keep both."""
+    words: list[str] = []
     for word in re.findall(r"[a-z0-9]+", subject.lower()):
-        if head is not None and (word in _PHRASE_END or word.endswith("ing")):
-            break
-        if word not in _STOP and word not in _PHRASE_END:
-            head = word
-    return _stems([head])[0] if head else None
+        if word in _PHRASE_END:
+            if words:
+                break
+            continue
+        if word not in _STOP and word not in _NUMBERS and not word.isdigit():
+            words.append(word)
+    return set(_stems(words))
 
 
 def about_subject(prompt: str, subject: str) -> bool:
-    """Whether an image prompt is about the subject: it names the subject's head noun, words compared stemmed
-    ("a fluffy cat on a sill" is about "a cat sitting on a windowsill"; "a light reflecting off a windowsill", which
-    shares only the setting, is not)."""
-    head = subject_head(subject)
-    return head is None or head in _stems(re.findall(r"[a-z0-9]+", prompt.lower()))
+    """Whether an image prompt is about the subject: it names one of the words of the subject's head phrase, words
+    compared stemmed ("a fluffy cat on a sill" is about "a cat sitting on a windowsill"; "a light reflecting off a
+    windowsill", which shares only the setting, is not)."""
+    wanted = subject_words(subject)
+    return not wanted or bool(wanted & set(_stems(re.findall(r"[a-z0-9]+", prompt.lower()))))

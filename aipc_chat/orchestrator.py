@@ -153,11 +153,11 @@ def parse_image_prompt(text: str | None) -> str | None:
     return prompt.strip() or None if isinstance(prompt, str) else None
 
 
-def _new_preview(job: ImageJob, shown: int) -> dict[str, Any]:
-    """A progress event's preview (base64 PNG, as A1111's ``current_image``) when one newer than ``shown`` exists."""
-    if job.preview is None or job.preview_step == shown:
+def _preview_fields(preview: tuple[bytes, int] | None, fresh: bool) -> dict[str, Any]:
+    """A progress event's preview (base64 PNG, as A1111's ``current_image``) when it is one not sent before."""
+    if preview is None or not fresh:
         return {"preview": None, "preview_step": None}
-    return {"preview": base64.b64encode(job.preview).decode(), "preview_step": job.preview_step}
+    return {"preview": base64.b64encode(preview[0]).decode(), "preview_step": preview[1]}
 
 
 def image_error(exc: AipcError) -> dict[str, str]:
@@ -340,9 +340,11 @@ class Orchestrator:
                 await asyncio.wait({waiter}, timeout=PROGRESS_INTERVAL)
                 if job.step != last and not waiter.done():
                     last = job.step
+                    preview = job.latest_preview  # one read: the PNG and its step belong together
+                    fresh = preview is not None and preview[1] != shown
                     yield "image_progress", {"job_id": job.id, "step": job.step, "total_steps": job.total_steps,
-                                             "progress": round(job.progress, 4), **_new_preview(job, shown)}
-                    shown = job.preview_step if job.preview else shown
+                                             "progress": round(job.progress, 4), **_preview_fields(preview, fresh)}
+                    shown = preview[1] if preview is not None else shown
             waiter.result()
         except AipcError as exc:
             result.image_state, result.image_names, result.image_error = "failed", [], image_error(exc)

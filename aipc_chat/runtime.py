@@ -151,7 +151,7 @@ class Runtime:
                 continue
             status.device = resolve_device(status.device, devices, kind)
             if kind == "image":
-                _check_image_runtime(self.settings)
+                check_image_runtime(self.settings)
 
     def _disable(self, kind: Kind, why: str) -> None:
         status = self.status[kind]
@@ -466,7 +466,7 @@ def _startup_problem(problems: list[Missing | ModelSetupError], hub_problem: str
     return ModelSetupError(" ".join(said + [str(e) for e in errors]))
 
 
-def _check_image_runtime(settings: Settings) -> None:
+def check_image_runtime(settings: Settings) -> None:
     """The optimum image runtime needs its extra: say so at start, not when the first picture loads."""
     import importlib.util
 

@@ -66,7 +66,7 @@ def source_checkout(folder: Path) -> Path | None:
 DURATION_FORMS = ("seconds (300), a number and a unit (500ms, 30s, 5m, 5min, 2h, 1d) or several (1h30m, 1h2m3s, "
                   "as Go and Ollama write them)")
 FOREVER_FORMS = "; -1 (or any negative value) means forever"
-SIZE_UNIT_FORMS = ("a number and a unit: 512MB, 8GB (decimal, 8·10⁹ bytes), 8GiB, 8Gi or 8G (binary, 8·2³⁰ "
+SIZE_UNIT_FORMS = ("a number and a unit: 512MB, 8GB (decimal, 8*10^9 bytes), 8GiB, 8Gi or 8G (binary, 8*2^30 "
                    "bytes), 1.5g")
 SIZE_FORMS = f"bytes (1048576) or {SIZE_UNIT_FORMS}"
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
@@ -109,7 +109,7 @@ def parse_duration(text: str) -> float | None:
 
 
 def parse_bytes(text: str) -> int:
-    """Bytes in a size: plain bytes, ``512MB``, ``8GB`` (8·10⁹), ``8GiB`` / ``8Gi`` / ``8G`` (8·2³⁰), ``1.5g``."""
+    """Bytes in a size: plain bytes, ``512MB``, ``8GB`` (8*10^9), ``8GiB`` / ``8Gi`` / ``8G`` (8*2^30), ``1.5g``."""
     match = _SIZE.fullmatch(text)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in SIZE_UNITS:
@@ -163,6 +163,14 @@ def _bytes(value: Any) -> Any:
 
 
 
+
+
+def _kind_of(path: Path) -> str:
+    """``folder``, ``file``, or ``unknown`` (missing, or not readable here: the start says so where it is used)."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.is_file() else "unknown"
+    except OSError:  # access denied, a broken network drive: Python 3.11's pathlib raises rather than say False
+        return "unknown"
 
 class Settings(BaseSettings):
     """Server configuration, read from the environment (``AIPC_`` prefix) or given directly."""
@@ -376,7 +384,7 @@ class Settings(BaseSettings):
     )
     memory_limit: str | None = Field(
         None, validation_alias=_env("memory_limit"),
-        description="Most memory the resident models may take (`8GB` = 8·10⁹ bytes, `8GiB` or `8G` = 8·2³⁰, "
+        description="Most memory the resident models may take (`8GB` = 8*10^9 bytes, `8GiB` or `8G` = 8*2^30, "
                     "`800MB`): loading one "
                     "that would exceed it first unloads the least recently used idle model; a request that cannot "
                     "fit gets 503 with Retry-After. Unset: no limit.",
@@ -519,7 +527,7 @@ class Settings(BaseSettings):
     @classmethod
     def _free_space(cls, value: Any) -> Any:
         mb = _in_units(_checked_size(value, "MB"), 10**6, 2**20)
-        return round(mb) if isinstance(mb, float) else mb
+        return math.ceil(mb) if isinstance(mb, float) else mb  # up: a small check never becomes no check (0)
 
     @field_validator("models_dir", "data_dir", "cache_dir", "demo_dir", "llm_path", "image_path", "embedding_path",
                      "users_file", "system_prompt_file", "blocked_terms_file", mode="before")
@@ -530,14 +538,14 @@ class Settings(BaseSettings):
     @field_validator("models_dir", "data_dir", "cache_dir", "demo_dir", "image_path", "embedding_path")
     @classmethod
     def _a_folder(cls, value: Path | None) -> Path | None:
-        if value is not None and value.exists() and not value.is_dir():
+        if value is not None and _kind_of(value) == "file":
             raise ValueError("a file, where this setting takes a folder")
         return value
 
     @field_validator("users_file", "system_prompt_file", "blocked_terms_file")
     @classmethod
     def _a_file(cls, value: Path | None) -> Path | None:
-        if value is not None and value.is_dir():
+        if value is not None and _kind_of(value) == "folder":
             raise ValueError("a folder, where this setting takes a text file")
         return value
 
@@ -546,10 +554,10 @@ class Settings(BaseSettings):
     def _llm_path(cls, value: Path | None) -> Path | None:
         if value is None:
             return None
-        gguf = value.suffix.lower() == ".gguf"
-        if gguf and value.is_dir():
+        gguf, kind = value.suffix.lower() == ".gguf", _kind_of(value)
+        if gguf and kind == "folder":
             raise ValueError(f"a folder named like a .gguf file; this setting takes {LLM_PATH_FORMS}")
-        if not gguf and value.is_file():
+        if not gguf and kind == "file":
             raise ValueError(f"a file, but not a .gguf file; this setting takes {LLM_PATH_FORMS}")
         return value
 
@@ -601,7 +609,7 @@ class Settings(BaseSettings):
 
 
 def config_table() -> str:
-    """The README's configuration table, generated from the fields (a unit test keeps the README in step)."""
+    """The configuration table of docs/configuration.md, generated from the fields (a unit test keeps it in step)."""
     rows = ["| variable | also read as | default | what it does |", "|---|---|---|---|"]
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
@@ -689,7 +697,7 @@ def _problem_text(error: ErrorDetails) -> str:
 
 
 def unknown_settings(environ: Mapping[str, str], extra_names: Iterable[str] = ()) -> list[str]:
-    """A warning for each ``AIPC_`` name (in the environment, or ``extra_names`` from a .env file) that is no
+    """A warning for each ``AIPC_`` name (in the environment, or in ``extra_names``) that is no
     setting, with the closest setting's name: ``AIPC_KEEP_ALVE is not a setting; did you mean AIPC_KEEP_ALIVE?``."""
     known = {name.upper().removeprefix("AIPC_") for field in Settings.model_fields for name in env_names(field)
              if name.upper().startswith("AIPC_")}
@@ -702,17 +710,6 @@ def unknown_settings(environ: Mapping[str, str], extra_names: Iterable[str] = ()
         if rest in known:
             continue
         close = difflib.get_close_matches(rest, sorted(known), n=1, cutoff=0.6)  # the prefix would make all close
-        hint = f"did you mean AIPC_{close[0]}?" if close else "it is ignored (the README's Configuration lists them)"
+        hint = f"did you mean AIPC_{close[0]}?" if close else "it is ignored (docs/configuration.md lists the settings)"
         warnings.append(f"{name} is not a setting; {hint}")
     return warnings
-
-
-def dotenv_names() -> list[str]:
-    """The names in the .env file(s) the settings read, if any is configured."""
-    files = Settings.model_config.get("env_file")
-    if not files:
-        return []
-    from dotenv import dotenv_values
-
-    paths = [files] if isinstance(files, str | Path) else list(files)
-    return [name for path in paths if Path(path).is_file() for name in dotenv_values(path)]

@@ -348,6 +348,7 @@ class ImageJob:
     partial: bool = False  # interrupted the A1111 way: what was made so far is kept
     preview: bytes | None = field(default=None, repr=False)  # a PNG of the picture being made
     preview_step: int = 0
+    latest_preview: tuple[bytes, int] | None = field(default=None, repr=False)  # (PNG, step), set as one
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -387,6 +388,7 @@ class ImageJob:
     def set_preview(self, png: bytes, step: int) -> None:
         """A preview of the picture being made (kept until the next one)."""
         self.preview, self.preview_step = png, step
+        self.latest_preview = (png, step)  # the two together, for a reader on another thread: one read, no tear
 
     @property
     def cancelled(self) -> bool:

@@ -78,6 +78,7 @@ MANIFEST_NAME = "aipc_manifest.json"
 MANIFEST_VERSION = 1
 PARTIAL_DIR = ".aipc-partial"
 DEMO_MARKER = "aipc_demo.json"
+OFFLINE_REASON = "HF_HUB_OFFLINE=1 is set"  # why the hub is not asked, when it is the setting
 _HASH_BLOCK = 1024 * 1024
 _MAX_SIBLINGS = 1000  # beyond this huggingface_hub itself stops trusting model_info's file list
 
@@ -147,8 +148,8 @@ def download_model(
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     where = _Where(repo, revision, dest, kind, endpoint, token or None)
     old = read_manifest(dest)
-    if _offline():
-        return _use_local_copy(where, "HF_HUB_OFFLINE=1 is set")
+    if hub_offline():
+        return _use_local_copy(where, OFFLINE_REASON)
     if old is not None and old.get("commit") == revision and not verify_manifest(dest):
         return dest  # a pinned commit never changes: no need to ask the hub
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +185,8 @@ def probe_repo(repo: str, revision: str, dest: Path, *, kind: Kind, token: str |
     or not an OpenVINO repository): one metadata request, no file transfer."""
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     where = _Where(repo, revision, Path(dest), kind, endpoint, token or None)
-    if _offline():
-        raise _unreachable(where, "HF_HUB_OFFLINE=1 is set")
+    if hub_offline():
+        raise _unreachable(where, OFFLINE_REASON)
     try:
         _, files = _remote_files(where)
     except _UNREACHABLE as exc:
@@ -612,7 +613,7 @@ _UNREACHABLE = (OfflineModeIsEnabled, httpx.ConnectError, httpx.TimeoutException
                 httpx.RemoteProtocolError, LocalEntryNotFoundError, FileMetadataError)
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub saw it at import, or as it is now."""
     now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return constants.is_offline_mode() or now.strip().upper() in {"1", "ON", "YES", "TRUE"}
@@ -648,7 +649,7 @@ def _unreachable(where: _Where, reason: str, missing: list[str] | None = None) -
     else:
         problems = []
     state = f"is incomplete ({'; '.join(problems[:3])})" if problems else "is not downloaded"
-    unset = "; unset it to download" if reason.startswith("HF_HUB_OFFLINE") else ""
+    unset = "; unset it to download" if reason == OFFLINE_REASON else ""
     hub = f"the Hugging Face hub at {where.endpoint} cannot be reached ({reason}{unset})"
     return HubUnreachable(  # the ways out first, none of them a download: a download is what cannot happen now
         f"The {where.kind} model {where.repo}@{where.revision} {state} in {where.dest}, and {hub}. "

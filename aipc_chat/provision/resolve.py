@@ -61,7 +61,7 @@ class ModelChoice:
     @property
     def gguf(self) -> bool:
         """True for an LLM given as one ``.gguf`` file (its own, or one of Ollama's)."""
-        return self.path is not None and self.path.suffix.lower() == ".gguf"
+        return self.path is not None and (self.source == "ollama" or self.path.suffix.lower() == ".gguf")
 
     def missing_files(self) -> list[str]:
         """Required files absent from a local model folder (empty for remote models)."""
@@ -79,8 +79,10 @@ def repo_dir(models_dir: Path, repo: str, revision: str) -> Path:
     return models_dir / "hub" / folder / revision
 
 
-def choose_model(settings: Settings, kind: Kind) -> ModelChoice:
-    """Resolve a kind in order: remote endpoint, explicit path, demo model, configured repository."""
+def choose_model(settings: Settings, kind: Kind, *, link: bool = True) -> ModelChoice:
+    """Resolve a kind in order: remote endpoint, explicit path, demo model, configured repository. An Ollama model
+    is linked into the models folder for openvino-genai (``link``); without, its blob is named as it is (a look that
+    writes nothing: ``doctor``, ``models``)."""
     endpoint = settings.llm_endpoint if kind == "llm" else settings.image_endpoint
     path = settings.llm_path if kind == "llm" else settings.image_path
     if endpoint:
@@ -89,7 +91,8 @@ def choose_model(settings: Settings, kind: Kind) -> ModelChoice:
         if kind == "llm" and str(path).startswith(OLLAMA_PREFIX):  # a model in Ollama's store, by name
             name = str(path)[len(OLLAMA_PREFIX):]
             blob = find_ollama_model(name)
-            return ModelChoice(kind, "ollama", name=name, path=link_as_gguf(blob, name, settings.models_dir / "ollama"))
+            served = link_as_gguf(blob, name, settings.models_dir / "ollama") if link else blob
+            return ModelChoice(kind, "ollama", name=name, path=served)
         gguf_file = kind == "llm" and path.suffix.lower() == ".gguf"
         return ModelChoice(kind, "path", name=path.stem if gguf_file else path.resolve().name, path=path)
     repo = settings.llm_repo if kind == "llm" else settings.image_repo
@@ -133,12 +136,12 @@ class Missing:
 
 def missing_models(settings: Settings) -> list[Missing]:
     """The models this configuration serves from this machine that are not here (or not complete), in the order
-    llm, image. It looks at the disk only (an Ollama model is linked into the models folder, as serving does): no
-    download is tried. ``aipc-chat serve`` and ``aipc-chat doctor`` both report these."""
+    llm, image. It looks at the disk only and writes nothing: no download is tried, no Ollama model linked.
+    ``aipc-chat serve`` and ``aipc-chat doctor`` both report these."""
     found = []
     for kind in ("llm", "image"):
         try:
-            choice = choose_model(settings, kind)
+            choice = choose_model(settings, kind, link=False)
         except ModelSetupError as exc:  # an ollama:NAME that Ollama's store does not have
             name = str(settings.llm_path)[len(OLLAMA_PREFIX):]
             found.append(Missing("llm", str(settings.llm_path), env_name("llm_path"), None, "is not in Ollama's "

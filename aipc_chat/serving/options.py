@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aipc_chat.engines.contract import ImageEngineClient
+from aipc_chat.engines.contract import ALL_SAMPLERS, ImageEngineClient
 from aipc_chat.errors import InvalidRequest
 from aipc_chat.settings import Settings
 
@@ -68,8 +68,9 @@ def image_limits(engine: ImageEngineClient | None, settings: Settings) -> ImageL
     samplers: Any = getattr(renderer, "samplers", None)
     default = getattr(renderer, "default_sampler", None)
     known = None
-    if samplers is not None:
-        known = tuple(dict.fromkeys([*samplers, *([default] if default else [])]))
+    if samplers is not None:  # the model's own default only when it has an A1111 name /chat takes (not a class name)
+        named = default if default and default in ALL_SAMPLERS else None
+        known = tuple(dict.fromkeys([*samplers, *([named] if named else [])]))
     return ImageLimits(
         max_size=_int(getattr(renderer, "max_size", None)), size_step=_int(getattr(renderer, "step_multiple", None)),
         native_size=_int(getattr(renderer, "native_size", None)),

@@ -124,10 +124,17 @@ def test_answers_render_as_markdown_and_model_html_never_runs(new_page: Callable
     assert not [h for h in hrefs if h and not h.startswith("https://")], hrefs
     answer.get_by_text("this", exact=True).click()
     answer.get_by_text("a picture", exact=True).click()
-    # A control image whose onerror does run, added after the answer: once it has fired, an image of the answer's
-    # would have fired too.
-    page.evaluate("""() => document.body.insertAdjacentHTML('beforeend',
-        `<img hidden src="/no-such-file" onerror="window.__pwned.push('control')">`)""")
+    # The sanitizer's work, seen in the DOM (the page's Content-Security-Policy would also stop inline handlers, so
+    # whether they ran alone would not show it): no element the model wrote, no event-handler attribute.
+    assert answer.locator("img, script, iframe, object, embed").count() == 0
+    handlers = answer.evaluate("""a => [...a.querySelectorAll('*')].flatMap(
+        e => [...e.attributes].map(x => x.name)).filter(n => n.startsWith('on'))""")
+    assert handlers == []
+    # A control image whose error handler does run, added after the answer: once it has fired, an image of the
+    # answer's would have fired too.
+    page.evaluate("""() => { const img = new Image(); img.hidden = true;
+        img.addEventListener('error', () => window.__pwned.push('control'));
+        img.src = '/no-such-file'; document.body.append(img); }""")
     page.wait_for_function("() => window.__pwned.includes('control')")
     assert page.evaluate("window.__pwned") == ["control"]
 

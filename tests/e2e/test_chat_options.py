@@ -136,3 +136,12 @@ def test_the_page_ships_its_markdown_libraries_and_nothing_else(base_url: str) -
         assert len(r.content) > 10_000
     for path in ("vendor/README.md", "vendor/marked.LICENSE.md", "vendor/", "../settings.py", "%2e%2e/settings.py"):
         assert httpx.get(f"{base_url}/web/{path}", timeout=10).status_code == 404, path
+
+
+def test_the_page_runs_only_its_own_scripts(base_url: str) -> None:
+    """A Content-Security-Policy under the sanitizer: no inline script, nothing loaded from elsewhere."""
+    policy = httpx.get(f"{base_url}/", timeout=10).headers["content-security-policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'self'" and "script-src" not in directives  # scripts: 'self' only
+    assert directives["object-src"] == "'none'" and directives["base-uri"] == "'none'"
+    assert "unsafe" not in policy and "*" not in policy

@@ -36,7 +36,8 @@ async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime
     act_as(caller, body.user_id)
     request.app.state.chat_limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
-    check_sampler(image_limits(runtime.image, settings), body.image_options.sampler)
+    if body.image != "never":  # a text-only turn draws nothing: its picture options are not looked at
+        check_sampler(image_limits(runtime.image, settings), body.image_options.sampler)
     events = runtime.orchestrator.run(body.to_turn(), arrival)
     url = _urls(request)
     if body.stream:
