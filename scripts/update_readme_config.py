@@ -1,4 +1,5 @@
-"""Regenerate the README's configuration table from aipc_chat/settings.py (tests/unit/test_readme.py checks it)."""
+"""Regenerate the configuration table in docs/configuration.md from aipc_chat/settings.py (tests/unit/test_readme.py
+checks it)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 from aipc_chat.settings import config_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIG_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 if __name__ == "__main__":
-    text = README.read_text(encoding="utf-8")
+    text = CONFIG_DOC.read_text(encoding="utf-8")
     pattern = re.compile(r"(<!-- config-table[^\n]*-->\n).*?(\n<!-- /config-table -->)", re.DOTALL)
-    README.write_text(pattern.sub(lambda m: m.group(1) + config_table() + m.group(2), text), encoding="utf-8")
+    CONFIG_DOC.write_text(pattern.sub(lambda m: m.group(1) + config_table() + m.group(2), text), encoding="utf-8")
