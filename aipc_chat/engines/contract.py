@@ -437,6 +437,19 @@ class ImageJob:
         }
 
 
+@dataclass(frozen=True)
+class RenderLimits:
+    """What an image engine's model takes, known before the model loads (read from its configuration files).
+    ``samplers`` is None where the engine cannot tell (a remote server decides for itself)."""
+
+    max_size: int
+    size_step: int  # width and height are multiples of this
+    native_size: int  # the size it was trained at (what size "auto" means)
+    static_size: tuple[int, int] | None  # the one size it takes (an NPU's static shapes), if any
+    samplers: tuple[str, ...] | None
+    default_sampler: str
+
+
 class ImageEngineClient(SupervisedEngine, Protocol):
     """What the runtime, the orchestrator and the routes use of an image engine (local or remote)."""
 
@@ -466,6 +479,9 @@ class ImageEngineClient(SupervisedEngine, Protocol):
     @property
     def queue_depth(self) -> int:
         """Jobs waiting."""
+
+    def limits(self) -> RenderLimits:
+        """What its model takes: sizes, samplers (for a client's controls, and checks before a job is made)."""
 
     def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
         """Validate and queue a job for ``owner``; Busy when the queue is full."""

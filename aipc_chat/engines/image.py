@@ -118,6 +118,10 @@ class LocalRenderer:
         """A1111's sampler names this runtime can switch to, with what runs each."""
         return SAMPLERS[self.runtime]
 
+    def sampler_names(self) -> tuple[str, ...]:
+        """A1111's names of the samplers it runs."""
+        return tuple(self.samplers)
+
     @property
     def schedules(self) -> tuple[str, ...]:
         """A1111's schedules this runtime takes."""

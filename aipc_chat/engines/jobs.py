@@ -30,6 +30,7 @@ from aipc_chat.engines.contract import (
     ImageParams,
     Interrupted,
     JobState,
+    RenderLimits,
 )
 from aipc_chat.engines.scheduler import Lease, ModelSpec, Recovery, Scheduler, health_of, weights_mb
 from aipc_chat.engines.store import ImageStore
@@ -50,6 +51,7 @@ class Renderer(Protocol):
     native_size: int  # the size it was trained at (what size "auto" means)
     static_size: tuple[int, int] | None  # the one size it takes (an NPU's static shapes), if any
     sampler: str  # the sampler the last job used (A1111's name)
+    default_sampler: str  # the model's own
     local: bool  # holds its pipeline in this process (counted in the memory budget, unloaded when idle)
 
     def load(self) -> None:
@@ -72,6 +74,9 @@ class Renderer(Protocol):
 
     def unreachable(self) -> str | None:
         """Why the renderer cannot be used now (a remote that does not answer), or None."""
+
+    def sampler_names(self) -> tuple[str, ...] | None:
+        """A1111's names of the samplers it runs; None when it cannot tell (a remote server)."""
 
 
 class ImageEngine:
@@ -120,6 +125,12 @@ class ImageEngine:
     def sampler(self) -> str:
         """The sampler the last job used."""
         return self.renderer.sampler
+
+    def limits(self) -> RenderLimits:
+        """What its model takes, from the renderer (which checks each job against the same)."""
+        r = self.renderer
+        return RenderLimits(max_size=r.max_size, size_step=r.step_multiple, native_size=r.native_size,
+                            static_size=r.static_size, samplers=r.sampler_names(), default_sampler=r.default_sampler)
 
     @property
     def current(self) -> ImageJob | None:

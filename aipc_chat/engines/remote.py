@@ -368,6 +368,11 @@ class A1111Renderer:
         self.static_size: tuple[int, int] | None = None
         self.sampler = self.default_sampler = "Euler a"
 
+    @staticmethod
+    def sampler_names() -> None:
+        """Not known here: the remote server takes or refuses a sampler itself."""
+        return
+
     def load(self) -> None:
         """Take the remote's checkpoint name if it answers now."""
         try:

@@ -1,9 +1,9 @@
 """What the served image model accepts, for a client to build its controls from (``GET /chat/options``), and the
 check of a chat's sampler against it before a turn starts.
 
-The limits are read from the image engine's renderer, the object that already checks each job (sizes step, largest
-size, the size it was trained at, samplers), never from a pipeline: they are known once the engine is built, before
-its model loads. A remote renderer may not know some of them (its samplers): those are None, and the remote decides.
+The limits are the image engine's own (``ImageEngineClient.limits``: what it checks each job against), never read
+from a pipeline: they are known once the engine is built, before its model loads. A remote engine does not know its
+samplers: those are None, and the remote decides.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aipc_chat.engines.contract import ALL_SAMPLERS, ImageEngineClient
+from aipc_chat.engines.contract import ALL_SAMPLERS, ImageEngineClient, RenderLimits
 from aipc_chat.errors import InvalidRequest
 from aipc_chat.settings import Settings
 
@@ -62,25 +62,18 @@ class ImageLimits:
 
 
 def image_limits(engine: ImageEngineClient | None, settings: Settings) -> ImageLimits:
-    """The engine's limits; with no engine yet (its model still on its way), only what the settings say."""
-    renderer = getattr(engine, "renderer", None)  # the contract has no limits: both renderers carry them
-    static = getattr(renderer, "static_size", None)
-    samplers: Any = getattr(renderer, "samplers", None)
-    default = getattr(renderer, "default_sampler", None)
-    known = None
-    if samplers is not None:  # the model's own default only when it has an A1111 name /chat takes (not a class name)
-        named = default if default and default in ALL_SAMPLERS else None
-        known = tuple(dict.fromkeys([*samplers, *([named] if named else [])]))
+    """The engine's limits with the settings' bounds; with no engine yet (its model still on its way), only what the
+    settings say."""
+    known: RenderLimits | None = engine.limits() if engine is not None else None
+    samplers = None
+    if known is not None and known.samplers is not None:  # the model's own default only when /chat can name it
+        named = [known.default_sampler] if known.default_sampler in ALL_SAMPLERS else []
+        samplers = tuple(dict.fromkeys([*known.samplers, *named]))
     return ImageLimits(
-        max_size=_int(getattr(renderer, "max_size", None)), size_step=_int(getattr(renderer, "step_multiple", None)),
-        native_size=_int(getattr(renderer, "native_size", None)),
-        static_size=(int(static[0]), int(static[1])) if static else None, samplers=known,
-        default_sampler=str(default) if default else None, max_steps=settings.image_max_steps,
-        max_n=settings.image_max_n)
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) else None
+        max_size=known.max_size if known else None, size_step=known.size_step if known else None,
+        native_size=known.native_size if known else None, static_size=known.static_size if known else None,
+        samplers=samplers, default_sampler=known.default_sampler if known else None,
+        max_steps=settings.image_max_steps, max_n=settings.image_max_n)
 
 
 def check_sampler(limits: ImageLimits, sampler: str | None) -> None:
