@@ -158,16 +158,15 @@ def _served_embedding(settings: Settings) -> ServedModel:
 
 
 def _embedding_problem(source: Path, models_dir: Path) -> str | None:
-    """What stops the embedding model (as ``prepare_embedding_model`` sees it, without converting anything)."""
-    if not source.is_dir():
-        return f"{env_name('embedding_path')} is {source}: not a folder."
-    if (source / "openvino_model.xml").is_file():
-        return None if (source / "openvino_tokenizer.xml").is_file() else f"{source} has no openvino_tokenizer.xml."
-    if not (source / "config.json").is_file():
-        return f"{source} holds neither an OpenVINO model (openvino_model.xml) nor a Hugging Face model (config.json)."
-    converted = models_dir / "converted" / f"{source.name}-ov"
-    if (converted / "openvino_model.xml").is_file() or _installed("optimum-intel"):
-        return None  # converted already, or converted once at the first start
+    """What stops the embedding model, as the start sees it (``embedding_folder``), without converting anything."""
+    from aipc_chat.engines.embedding import embedding_folder
+
+    try:
+        _, convert = embedding_folder(source, models_dir)
+    except ModelSetupError as exc:
+        return str(exc)
+    if not convert or _installed("optimum-intel"):
+        return None  # served as it is, or converted once at the first start
     return (f"{source} is a Hugging Face model and converting it needs the convert extra: pip install "
             '"aipc-chat[convert]".')
 

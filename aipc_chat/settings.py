@@ -701,6 +701,9 @@ def unknown_settings(environ: Mapping[str, str], extra_names: Iterable[str] = ()
     setting, with the closest setting's name: ``AIPC_KEEP_ALVE is not a setting; did you mean AIPC_KEEP_ALIVE?``."""
     known = {name.upper().removeprefix("AIPC_") for field in Settings.model_fields for name in env_names(field)
              if name.upper().startswith("AIPC_")}
+    # The seed project's names, each to its AIPC_ name: AIPC_DEEPSEEK_ENDPOINT is AIPC_LLM_ENDPOINT's old name.
+    seed = {name.upper(): env_name(field) for field in Settings.model_fields for name in env_names(field)
+            if not name.upper().startswith("AIPC_")}
     warnings = []
     for name in sorted({*environ, *extra_names}):
         upper = name.upper()
@@ -709,7 +712,9 @@ def unknown_settings(environ: Mapping[str, str], extra_names: Iterable[str] = ()
         rest = upper.removeprefix("AIPC_")
         if rest in known:
             continue
+        old = difflib.get_close_matches(rest, sorted(seed), n=1, cutoff=0.8)
         close = difflib.get_close_matches(rest, sorted(known), n=1, cutoff=0.6)  # the prefix would make all close
-        hint = f"did you mean AIPC_{close[0]}?" if close else "it is ignored (docs/configuration.md lists the settings)"
+        hint = (f"did you mean {seed[old[0]]} (the old name {old[0]})?" if old else f"did you mean AIPC_{close[0]}?"
+                if close else "it is ignored (docs/configuration.md lists the settings)")
         warnings.append(f"{name} is not a setting; {hint}")
     return warnings

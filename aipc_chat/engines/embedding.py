@@ -167,9 +167,9 @@ class EmbeddingEngine:
         return [[float(x) for x in v] for v in vectors], total
 
 
-def prepare_embedding_model(source: Path, models_dir: Path) -> Path:
-    """An OpenVINO folder to serve: ``source`` itself when it is one, else (a Hugging Face sentence-transformers
-    folder) its conversion, made once into ``<models_dir>/converted/<name>-ov`` (the ``convert`` extra)."""
+def embedding_folder(source: Path, models_dir: Path) -> tuple[Path, bool]:
+    """The OpenVINO folder that serves ``source``, and whether it still has to be converted into it; raise
+    ModelSetupError for a folder that cannot serve. Looks only (``aipc-chat doctor`` asks the same)."""
     from aipc_chat.errors import ModelSetupError
 
     if not source.is_dir():
@@ -179,14 +179,21 @@ def prepare_embedding_model(source: Path, models_dir: Path) -> Path:
         if not (source / "openvino_tokenizer.xml").is_file():
             raise ModelSetupError(f"{source} has no openvino_tokenizer.xml: convert its tokenizer with "
                                   "openvino-tokenizers (convert_tokenizer) next to the model.")
-        return source
+        return source, False
     if not (source / "config.json").is_file():
         raise ModelSetupError(f"AIPC_EMBEDDING_PATH is {source}: it holds neither an OpenVINO model "
                               "(openvino_model.xml) nor a Hugging Face model (config.json).")
     out = models_dir / "converted" / f"{source.name}-ov"
-    if not ((out / "openvino_model.xml").is_file() and (out / "openvino_tokenizer.xml").is_file()):
-        _convert(source, out)
-    return out
+    return out, not ((out / "openvino_model.xml").is_file() and (out / "openvino_tokenizer.xml").is_file())
+
+
+def prepare_embedding_model(source: Path, models_dir: Path) -> Path:
+    """An OpenVINO folder to serve: ``source`` itself when it is one, else (a Hugging Face sentence-transformers
+    folder) its conversion, made once into ``<models_dir>/converted/<name>-ov`` (the ``convert`` extra)."""
+    folder, convert = embedding_folder(source, models_dir)
+    if convert:
+        _convert(source, folder)
+    return folder
 
 
 def _convert(source: Path, out: Path) -> None:
