@@ -137,6 +137,11 @@ def test_a_misspelt_variable_gets_the_closest_setting(name: str, closest: str) -
     assert unknown_settings({name: "1"}) == [f"{name} is not a setting; did you mean {closest}?"]
 
 
+def test_an_old_name_under_the_new_prefix_gets_its_new_name() -> None:
+    assert unknown_settings({"AIPC_DEEPSEEK_ENDPOINT": "http://x"}) == [
+        "AIPC_DEEPSEEK_ENDPOINT is not a setting; did you mean AIPC_LLM_ENDPOINT (the old name DEEPSEEK_ENDPOINT)?"]
+
+
 def test_known_names_and_other_variables_are_not_warned_about() -> None:
     known = {"AIPC_KEEP_ALIVE": "5m", "aipc_port": "1", "AIPC_HF_TOKEN": "x", "HF_TOKEN": "x", "PATH": "/bin",
              "USE_MOCKS": "1", "AIPC_TEST_MODELS_DIR": "/m"}
