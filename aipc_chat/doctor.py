@@ -294,7 +294,8 @@ def settings_checks(settings: Settings | None, problem: str | None) -> list[Chec
     checks = [Check("settings", "warn", warning) for warning in unknown_settings(os.environ)]
     if settings is None:
         return [Check("settings", "fail", f"invalid configuration: {problem}", "fix the variables named"), *checks]
-    named = sorted(n for n in os.environ if n.upper().startswith("AIPC_") and not n.upper().startswith("AIPC_TEST_"))
+    known = {name.upper() for field in Settings.model_fields for name in env_names(field)}
+    named = sorted(n for n in os.environ if n.upper() in known)  # the settings given (the seed's names too)
     given = f"from the environment: {', '.join(named)}" if named else "all defaults"
     checks.insert(0, Check("settings", "ok", f"settings valid ({given})"))
     return checks + _file_checks(settings)
