@@ -28,7 +28,7 @@ from aipc_chat.errors import DataDirUnwritable, ModelSetupError, PortInUse, Star
 from aipc_chat.settings import (
     Settings,
     env_name,
-    env_names,
+    env_set,
     problem_lines,
     source_checkout,
     unknown_settings,
@@ -70,12 +70,11 @@ def _checkout_folders(settings: Settings) -> dict[str, Path]:
 def _say_folders(settings: Settings, args: argparse.Namespace) -> None:
     """Which models and data folders this start uses, and what chose each (a flag, a variable, a checkout)."""
     root = source_checkout(Path.cwd())
-    environ = {name.upper() for name in os.environ}
 
     def why(field: str) -> str:
         if getattr(args, field, None):
             return f"--{field.replace('_', '-')}"
-        if any(name.upper() in environ for name in env_names(field)):
+        if env_set(field):
             return env_name(field)
         if root is not None and getattr(settings, field) == root / field.removesuffix("_dir"):
             return "started in a source checkout: ./" + field.removesuffix("_dir") + ", as `make` sets it"

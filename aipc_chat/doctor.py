@@ -21,7 +21,7 @@ from aipc_chat import __version__
 from aipc_chat.errors import ModelSetupError, PortInUse, StartupError
 from aipc_chat.provision.gguf import check_gguf
 from aipc_chat.provision.resolve import Kind, Missing, ModelChoice, choose_model, missing_models
-from aipc_chat.settings import Settings, env_name, env_names, public_url, unknown_settings
+from aipc_chat.settings import Settings, env_name, env_names, env_set, public_url, unknown_settings
 
 Status = Literal["ok", "info", "warn", "fail"]
 MARKS: dict[Status, str] = {"ok": "[ok]  ", "info": "[--]  ", "warn": "[warn]", "fail": "[FAIL]"}  # ASCII: any console
@@ -134,17 +134,11 @@ def _origin(settings: Settings, choice: ModelChoice) -> str:
     if choice.source == "none":
         return f"{env_name(f'{kind}_repo')}=none"
     if choice.source == "demo":
-        flag = env_name("demo") if _from_env("demo") else "--demo"
+        flag = env_name("demo") if env_set("demo") else "--demo"
         return f"demo models ({flag}; {env_name('demo_dir') if settings.demo_dir is not None else 'the shipped ones'})"
     repo = env_name(f"{kind}_repo")
     default = "" if f"{kind}_repo" in settings.model_fields_set else ", the default"
     return f"hub repository {choice.repo}@{choice.revision} ({repo}{default}) in the models folder"
-
-
-def _from_env(setting: str) -> bool:
-    """Whether the environment sets ``setting`` (by any of its names), rather than a flag or the default."""
-    present = {name.upper() for name in os.environ}
-    return any(name.upper() in present for name in env_names(setting))
 
 
 def _served_embedding(settings: Settings) -> ServedModel:

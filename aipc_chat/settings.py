@@ -641,6 +641,12 @@ def env_names(field: str) -> list[str]:
     return [f"AIPC_{field.upper()}", *(n for n in names if n != field and n.upper() != f"AIPC_{field.upper()}")]
 
 
+def env_set(field: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment sets a field, by any of its names (rather than a flag or the default)."""
+    present = {name.upper() for name in (os.environ if environ is None else environ)}
+    return any(name.upper() in present for name in env_names(field))
+
+
 def env_name(field: str, environ: Mapping[str, str] | None = None) -> str:
     """The environment variable that set a field (a seed name when that is what was used), else ``AIPC_<NAME>``."""
     present = {name.upper() for name in (os.environ if environ is None else environ)}

@@ -3,7 +3,6 @@ and which of them are missing, with the command that fetches each (the start-up 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ from aipc_chat.settings import (
     SHIPPED_DEMO_DIR,
     Settings,
     env_name,
-    env_names,
+    env_set,
     public_url,
     source_checkout,
 )
@@ -194,13 +193,9 @@ def _missing_download(choice: ModelChoice, settings: Settings | None, *, verify:
     fetch = download_command(settings, choice.kind)
     state = "is not downloaded" if not choice.path.is_dir() else f"is incomplete ({problems[0]})"
     repo = env_name(f"{choice.kind}_repo")
-    where_from = repo if repo.upper() in _environ_names() else f"{repo}, the default"
+    where_from = repo if env_set(f"{choice.kind}_repo") else f"{repo}, the default"
     return Missing(choice.kind, f"{choice.repo}@{choice.revision}", where_from, choice.path, state, fetch,
                    f"fetch it with `{fetch}`", optional=choice.optional)
-
-
-def _environ_names() -> set[str]:
-    return {name.upper() for name in os.environ}
 
 
 def download_command(settings: Settings | None, kind: Kind | Literal["all"] = "all") -> str:
@@ -211,8 +206,7 @@ def download_command(settings: Settings | None, kind: Kind | Literal["all"] = "a
 def _models_dir_flag(settings: Settings | None) -> str:
     """``--models-dir DIR`` when the models folder came from a command-line flag, which another command would not
     see; nothing when it came from the environment, a source checkout or the built-in default."""
-    from_environment = any(name.upper() in _environ_names() for name in env_names("models_dir"))
-    if settings is None or "models_dir" not in settings.model_fields_set or from_environment:
+    if settings is None or "models_dir" not in settings.model_fields_set or env_set("models_dir"):
         return ""
     checkout = source_checkout(Path.cwd())
     if checkout is not None and settings.models_dir == checkout / "models":
