@@ -26,9 +26,11 @@ from pydantic import ValidationError
 from aipc_chat import __version__
 from aipc_chat.errors import DataDirUnwritable, ModelSetupError, PortInUse, StartupError
 from aipc_chat.settings import (
+    LOG_LEVELS,
     Settings,
     env_name,
     env_set,
+    log_level_name,
     problem_lines,
     source_checkout,
     unknown_settings,
@@ -409,7 +411,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="serve the tiny demo models shipped with the package")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--log-level", type=_log_level, choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", type=log_level_name, choices=LOG_LEVELS,
                         help="debug, info, warning (or warn) or error, in any case")
     parser.add_argument("--models-dir", help="models folder (default AIPC_MODELS_DIR or the per-user folder)")
     parser.add_argument("--data-dir", help="history and images (default AIPC_DATA_DIR or the per-user folder)")
@@ -489,12 +491,6 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--file", help="the users file (default AIPC_USERS_FILE)")
     users.set_defaults(func=cmd_users)
     return parser
-
-
-def _log_level(value: str) -> str:
-    """A log level as the environment takes it: any case, ``warn`` for ``warning``."""
-    level = value.strip().lower()
-    return "warning" if level == "warn" else level
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 ``aipc-chat doctor`` prints a ``Report`` (one ``Check`` per line) and ``aipc-chat models`` the ``ServedModel`` rows.
 Nothing here loads a model or uses the network (a port already taken is asked for ``/health`` on this machine only),
-and nothing is written but a temporary file (and the link to an Ollama model that serving makes too). The answers
+and nothing is written but a temporary file (an Ollama model is looked at where it is, not linked). The answers
 are the start's own decisions: ``choose_model`` picks each model, ``missing_models`` says what of it is missing and
 what fetches it, ``resolve_device`` checks the devices, the CLI's ``bind`` tries the port. A check that fails is one
 that would stop the start."""

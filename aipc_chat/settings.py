@@ -172,6 +172,13 @@ def _kind_of(path: Path) -> str:
     except OSError:  # access denied, a broken network drive: Python 3.11's pathlib raises rather than say False
         return "unknown"
 
+
+def log_level_name(value: str) -> str:
+    """A log level as typed, in any case, ``warn`` for ``warning`` (the setting and ``--log-level`` alike)."""
+    level = value.strip().lower()
+    return "warning" if level == "warn" else level
+
+
 class Settings(BaseSettings):
     """Server configuration, read from the environment (``AIPC_`` prefix) or given directly."""
 
@@ -477,9 +484,7 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> Any:
-        level = value.strip().lower() if isinstance(value, str) else value
-        if level == "warn":
-            return "warning"
+        level = log_level_name(value) if isinstance(value, str) else value
         if isinstance(level, str) and level not in LOG_LEVELS:
             raise ValueError(f"takes {', '.join(LOG_LEVELS)}, in any case (DEBUG, Info)")
         return level
