@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aipc_chat.api.schemas.common import ImageSeed, LLMSeed
 from aipc_chat.api.schemas.images import ImageSize, parse_size
-from aipc_chat.engines.contract import ALL_SAMPLERS
+from aipc_chat.engines.contract import ALL_SAMPLERS, split_sampler
 from aipc_chat.orchestrator import ChatTurnRequest, ImageOptions
 from aipc_chat.serving.options import DEFAULT_STEPS, GUIDANCE
 from aipc_chat.serving.params import IMAGE_SEED_MAX, resolve_seed
@@ -35,10 +35,10 @@ class ChatImageOptions(BaseModel):
     def _known_sampler(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        by_lower = {name.lower(): name for name in ALL_SAMPLERS}
-        if value.strip().lower() not in by_lower:
+        sampler, schedule = split_sampler(value)  # A1111's spelling, matched in any case
+        if sampler not in ALL_SAMPLERS or schedule is not None:  # a joined schedule ("... Karras") is not taken here
             raise ValueError(f"unknown sampler '{value}'; use one of {', '.join(ALL_SAMPLERS)}")
-        return by_lower[value.strip().lower()]
+        return sampler
 
 
 class ChatRequest(BaseModel):
