@@ -25,25 +25,29 @@ ASPECTS = ((2, 3), (3, 4), (1, 2))
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What one image engine accepts; None where it is not known (a remote renderer, a model not yet read)."""
+    """What a turn's picture may be: the engine's own limits (None before its engine is built) and the settings'."""
 
-    max_size: int | None
-    size_step: int | None
-    native_size: int | None
-    static_size: tuple[int, int] | None  # an NPU pipeline compiled for one size
-    samplers: tuple[str, ...] | None
-    default_sampler: str | None
+    render: RenderLimits | None
     max_steps: int
     max_n: int
 
+    @property
+    def samplers(self) -> tuple[str, ...] | None:
+        """The samplers /chat may name (None: the engine cannot tell, a remote one); the model's own default too when
+        it has an A1111 name."""
+        if self.render is None or self.render.samplers is None:
+            return None
+        named = [self.render.default_sampler] if self.render.default_sampler in ALL_SAMPLERS else []
+        return tuple(dict.fromkeys([*self.render.samplers, *named]))
+
     def sizes(self) -> list[str]:
         """Sizes to offer ("WxH"): squares, then portrait and landscape pairs of common aspects, all allowed."""
-        if self.static_size is not None:
-            return [f"{self.static_size[0]}x{self.static_size[1]}"]
-        if self.max_size is None or self.size_step is None:
+        r = self.render
+        if r is None:
             return []
-        step, biggest = self.size_step, self.max_size
-        sides = [s for s in SIDES if step <= s <= biggest and s % step == 0]
+        if r.static_size is not None:
+            return [f"{r.static_size[0]}x{r.static_size[1]}"]
+        sides = [s for s in SIDES if r.size_step <= s <= r.max_size and s % r.size_step == 0]
         sizes = [(s, s) for s in sides]
         for a, b in ASPECTS:
             sizes += [pair for short in sides for long in sides if short * b == long * a
@@ -52,28 +56,22 @@ class ImageLimits:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (``GET /chat/options``'s ``image``)."""
+        r, samplers = self.render, self.samplers
         return {
-            "sizes": self.sizes(), "min_size": self.size_step, "max_size": self.max_size, "size_step": self.size_step,
-            "native_size": self.native_size, "static_size": list(self.static_size) if self.static_size else None,
+            "sizes": self.sizes(), "min_size": r and r.size_step, "max_size": r and r.max_size,
+            "size_step": r and r.size_step, "native_size": r and r.native_size,
+            "static_size": list(r.static_size) if r and r.static_size else None,
             "max_steps": self.max_steps, "default_steps": min(DEFAULT_STEPS, self.max_steps), "max_n": self.max_n,
-            "samplers": list(self.samplers) if self.samplers is not None else None,
-            "default_sampler": self.default_sampler, "guidance_scale": dict(GUIDANCE),
+            "samplers": list(samplers) if samplers is not None else None,
+            "default_sampler": r and r.default_sampler, "guidance_scale": dict(GUIDANCE),
         }
 
 
 def image_limits(engine: ImageEngineClient | None, settings: Settings) -> ImageLimits:
     """The engine's limits with the settings' bounds; with no engine yet (its model still on its way), only what the
     settings say."""
-    known: RenderLimits | None = engine.limits() if engine is not None else None
-    samplers = None
-    if known is not None and known.samplers is not None:  # the model's own default only when /chat can name it
-        named = [known.default_sampler] if known.default_sampler in ALL_SAMPLERS else []
-        samplers = tuple(dict.fromkeys([*known.samplers, *named]))
-    return ImageLimits(
-        max_size=known.max_size if known else None, size_step=known.size_step if known else None,
-        native_size=known.native_size if known else None, static_size=known.static_size if known else None,
-        samplers=samplers, default_sampler=known.default_sampler if known else None,
-        max_steps=settings.image_max_steps, max_n=settings.image_max_n)
+    return ImageLimits(engine.limits() if engine is not None else None, settings.image_max_steps,
+                       settings.image_max_n)
 
 
 def check_sampler(limits: ImageLimits, sampler: str | None) -> None:
