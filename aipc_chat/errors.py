@@ -174,6 +174,17 @@ class StorageError(AipcError):
     code = "storage_error"
 
 
+class StoreUnavailable(AipcError):
+    """The shared database or object storage cannot be reached now; nothing already stored is lost."""
+
+    status = 503
+    type = "storage_error"
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class UpstreamError(AipcError):
     """A remote engine answered with a failure (or something unreadable)."""
 

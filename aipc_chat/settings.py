@@ -471,6 +471,36 @@ class Settings(BaseSettings):
         description="A file of terms (one per line) that image prompts may not contain; replaces the built-in list.",
     )
 
+    # --- serving a team (several front ends) ----------
+    database_url: SecretStr | None = Field(
+        None, validation_alias=_env("database_url"),
+        description="Keep conversation history, image jobs and rate limits in this database instead of "
+                    "`<data_dir>/history.sqlite3`: `postgresql://user:password@host:5432/db` lets several front ends "
+                    "(`aipc-chat serve` processes on one host or many) share them. `sqlite:///path` also works, "
+                    "for front ends on one host.",
+    )
+    image_store_url: str | None = Field(
+        None, validation_alias=_env("image_store_url"),
+        description="Keep generated pictures in S3-compatible object storage (`s3://bucket/prefix`) instead of "
+                    "`<data_dir>/images`; credentials from the standard `AWS_*` variables or files.",
+    )
+    s3_endpoint: str | None = Field(
+        None, validation_alias=_env("s3_endpoint"),
+        description="The S3 API's URL for MinIO, SeaweedFS or another S3-compatible server "
+                    "(e.g. `http://127.0.0.1:8333`); unset: AWS itself (or `AWS_ENDPOINT_URL`).",
+    )
+    image_url_expiry: int = Field(
+        0, ge=0, le=604_800, validation_alias=_env("image_url_expiry"),
+        description="With `AIPC_IMAGE_STORE_URL`: 0 serves picture URLs through the server (any front end, behind "
+                    "its API key); N > 0 hands out presigned storage URLs valid N seconds instead (at most 7 days, "
+                    "S3's limit).",
+    )
+    worker_name: str | None = Field(
+        None, validation_alias=_env("worker_name"),
+        description="This front end's name in the shared database (its image jobs, its heartbeat); "
+                    "default `host:pid`.",
+    )
+
     @field_validator("llm_device", "image_device", "embedding_device", mode="before")
     @classmethod
     def _device(cls, value: Any) -> Any:
@@ -566,10 +596,28 @@ class Settings(BaseSettings):
             raise ValueError(f"a file, but not a .gguf file; this setting takes {LLM_PATH_FORMS}")
         return value
 
-    @field_validator("llm_endpoint", "image_endpoint", mode="before")
+    @field_validator("llm_endpoint", "image_endpoint", "database_url", "image_store_url", "s3_endpoint",
+                     "worker_name", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_kind(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = value.get_secret_value().split("://", 1)[0].split("+", 1)[0].lower()
+            if scheme not in ("postgresql", "postgres", "sqlite"):
+                raise ValueError("takes postgresql://user:password@host:port/database or sqlite:///path/to/file")
+        return value
+
+    @field_validator("image_store_url", mode="after")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", value):
+            raise ValueError("takes s3://bucket or s3://bucket/prefix (a bucket name is 3-63 lower-case letters, "
+                             "digits, dots and hyphens)")
+        return value
 
     @model_validator(mode="after")
     def _one_kind_of_key(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,29 @@ def smollm2() -> Path:
 def demo_settings(demo_models: Path, tmp_path: Path) -> Settings:
     """Settings that serve the demo models, with a fresh data folder."""
     return Settings(demo=True, models_dir=demo_models.parent, data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session (Debian's package; skipped, saying why, where it cannot start);
+    its URL (the ``aipc`` database)."""
+    from tests.services import postgres, why_not_postgres
+
+    reason = why_not_postgres()
+    if reason:
+        pytest.skip(reason)
+    with postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> str:
+    """A new, empty PostgreSQL database for this test; its URL."""
+    import secrets
+
+    import psycopg
+
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_server, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return postgres_server.rsplit("/", 1)[0] + f"/{name}"
