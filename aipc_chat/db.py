@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from aipc_chat.errors import StorageError, StoreUnavailable
 
@@ -163,13 +164,16 @@ class Database:
         self.dialect = Dialect("postgresql" if parsed.get_backend_name() in ("postgresql", "postgres") else "sqlite")
         self.label = label or redact(url)
         self.shared = self.dialect.name == "postgresql"
+        # the SQLite file (None for PostgreSQL or an in-memory database): its folder is what a full disk names
+        self.path: Path | None = None
         if self.dialect.name == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
             self.engine: Engine = create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=16,
                                                 pool_timeout=10, connect_args={"connect_timeout": 5})
         else:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self.path = Path(parsed.database)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 10},
                                         pool_size=4, max_overflow=8)
             _sqlite_settings(self.engine)
@@ -200,8 +204,8 @@ class Database:
                 self._migrate_sqlite()
             else:
                 self._migrate_postgres()
-        except OperationalError as exc:
-            raise self.unavailable(exc) from None
+        except OperationalError as exc:  # SQLite: a folder it cannot write; PostgreSQL: a server that does not answer
+            raise self._error(exc) from None
 
     def _migrate_sqlite(self) -> None:
         while True:
@@ -238,6 +242,8 @@ class Database:
                 yield db
         except OperationalError as exc:
             raise self._error(exc) from None
+        except PoolTimeout as exc:  # every pooled connection is stuck on a server that stopped answering
+            raise self.unavailable(exc) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -248,10 +254,12 @@ class Database:
                 yield db
         except OperationalError as exc:
             raise self._error(exc) from None
+        except PoolTimeout as exc:  # every pooled connection is stuck on a server that stopped answering
+            raise self.unavailable(exc) from None
 
     def _error(self, exc: DBAPIError) -> StorageError | StoreUnavailable:
         if self.dialect.name == "sqlite":
-            folder = Path(self.label).parent
+            folder = self.path.parent if self.path is not None else Path(".")
             return StorageError(f"The conversation history could not be saved ({exc.orig}): free some disk space "
                                 f"or check that {folder} is writable. What is already stored is kept.")
         return self.unavailable(exc)

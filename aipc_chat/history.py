@@ -1,64 +1,29 @@
-"""Per-user conversation history in SQLite (WAL, full sync, schema migrations): it survives restarts and crashes.
+"""Per-user conversation history, in SQLite (a file in the data folder: WAL, full sync) or PostgreSQL, through
+``aipc_chat.db`` (one schema, one list of migrations): it survives restarts and crashes.
 
 A turn (the user's message and the assistant's answer) is written in one transaction once it has an answer, so a
-crash mid-turn loses at most that turn and never leaves half of one.
+crash mid-turn loses at most that turn and never leaves half of one. The transaction's first statement upserts the
+conversation's row; on PostgreSQL that row lock makes the turns of one conversation from any number of front ends
+queue behind each other, so a turn's two messages are never split by another turn's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aipc_chat.errors import StorageError
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from aipc_chat.db import MIGRATIONS, Database, conversations, messages
+
+__all__ = ["DEFAULT_CONVERSATION", "MIGRATIONS", "SHOWN_STATES", "HistoryStore", "Message", "Turn"]
 
 DEFAULT_CONVERSATION = "default"
-
-
-def _run(db: sqlite3.Connection, script: str) -> None:
-    """Run statements one by one (executescript would commit the migration's transaction half-way)."""
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def _m1_initial(db: sqlite3.Connection) -> None:
-    _run(db, """
-        CREATE TABLE conversations (
-            user_id TEXT NOT NULL, id TEXT NOT NULL, title TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (user_id, id));
-        CREATE TABLE messages (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
-            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), content TEXT NOT NULL,
-            reasoning TEXT, image_urls TEXT, image_prompt TEXT, created REAL NOT NULL);
-        CREATE INDEX messages_by_conversation ON messages (user_id, conversation_id, id);
-    """)
-
-
-def _m2_image_names(db: sqlite3.Connection) -> None:
-    """Store image names, not URL paths: the HTTP layer makes URLs (``/images/NAME.png`` -> ``NAME``)."""
-    db.execute("ALTER TABLE messages ADD COLUMN image_names TEXT")
-    rows = db.execute("SELECT id, image_urls FROM messages WHERE image_urls IS NOT NULL").fetchall()
-    for message_id, urls in rows:
-        names = [u.rsplit("/", 1)[-1].removesuffix(".png") for u in json.loads(urls) or []]
-        db.execute("UPDATE messages SET image_names = ? WHERE id = ?", (json.dumps(names), message_id))
-
-
-def _m3_image_state(db: sqlite3.Connection) -> None:
-    """How an answer's picture stands (pending, done, failed, cancelled, interrupted), so history never lists a
-    picture that does not exist."""
-    db.execute("ALTER TABLE messages ADD COLUMN image_state TEXT")
-    db.execute("UPDATE messages SET image_state = 'done' WHERE image_names IS NOT NULL AND image_names != '[]'")
-
-
-# Append-only: each function moves the schema one version on (PRAGMA user_version counts them).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_image_names, _m3_image_state]
 SHOWN_STATES = (None, "done")  # the picture exists: its URLs are listed
 
 
@@ -94,132 +59,112 @@ class Turn:
     image_names: list[str] = field(default_factory=list)
     image_prompt: dict[str, Any] | None = None
     image_state: str | None = None
+    image_job: str | None = None  # the image job making the answer's picture
 
 
 class HistoryStore:
-    """Thread-safe access to the history database."""
+    """Thread-safe access to the history: a SQLite file at ``where`` (a Path), or the given Database."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # laptops lose power: a stored turn must survive it
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    migration(self._db)
-                    self._db.execute(f"PRAGMA user_version={number}")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Hold the lock for a write; a write the disk refuses (full, read-only, I/O error) is a StorageError."""
-        with self._lock:
-            try:
-                yield
-            except sqlite3.OperationalError as exc:
-                raise StorageError(f"The conversation history could not be saved ({exc}): free some disk space or "
-                                   f"check that {self.path.parent} is writable. What is already stored is kept."
-                                   ) from None
+    def __init__(self, where: Path | Database) -> None:
+        self.db = Database.sqlite(where) if isinstance(where, Path) else where
+        # the SQLite file (None on PostgreSQL, whose label names it for messages)
+        self.path: Path | None = self.db.path
 
     @property
     def schema_version(self) -> int:
         """The migrations applied."""
-        with self._lock:
-            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        return self.db.schema_version
+
+    def _upsert_conversation(self, db: Connection, user_id: str, conversation_id: str, title: str,
+                             now: float) -> None:
+        dialect = postgresql if self.db.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(conversations).values(user_id=user_id, id=conversation_id, title=title, created=now,
+                                                    updated=now)
+        db.execute(stmt.on_conflict_do_update(index_elements=[conversations.c.user_id, conversations.c.id],
+                                              set_={"updated": stmt.excluded.updated}))
 
     def add_turn(self, user_id: str, conversation_id: str, turn: Turn) -> int:
         """Store the user's message and the answer together, in one transaction; the answer's message id."""
         now = time.time()
-        with self._writing():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO conversations (user_id, id, title, created, updated) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (user_id, id) DO UPDATE SET updated = excluded.updated",
-                    (user_id, conversation_id, turn.user_message[:80], now, now))
-                insert = ("INSERT INTO messages (user_id, conversation_id, role, content, reasoning, image_names, "
-                          "image_prompt, image_state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                self._db.execute(insert, (user_id, conversation_id, "user", turn.user_message, None, None, None, None,
-                                          now))
-                cursor = self._db.execute(insert, (user_id, conversation_id, "assistant", turn.answer, turn.reasoning,
-                                                   json.dumps(turn.image_names), json.dumps(turn.image_prompt),
-                                                   turn.image_state, now))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        return int(cursor.lastrowid or 0)
+        row = {"user_id": user_id, "conversation_id": conversation_id, "created": now}
+        with self.db.transaction() as db:
+            # first: the conversation's row lock orders this turn after any other of the conversation in flight
+            self._upsert_conversation(db, user_id, conversation_id, turn.user_message[:80], now)
+            db.execute(insert(messages).values(**row, role="user", content=turn.user_message))
+            answer = db.execute(insert(messages).values(
+                **row, role="assistant", content=turn.answer, reasoning=turn.reasoning,
+                image_names=json.dumps(turn.image_names), image_prompt=json.dumps(turn.image_prompt),
+                image_state=turn.image_state, image_job=turn.image_job).returning(messages.c.id)).scalar_one()
+        return int(answer)
 
     def set_images(self, message_id: int, names: list[str], image_prompt: dict[str, Any] | None,
                    state: str) -> None:
         """Record how an answer's picture ended: its state, its names (none unless done), the seed it used."""
-        with self._writing():
-            self._db.execute("UPDATE messages SET image_names = ?, image_prompt = ?, image_state = ? WHERE id = ?",
-                             (json.dumps(names if state == "done" else []), json.dumps(image_prompt), state,
-                              message_id))
+        with self.db.transaction() as db:
+            db.execute(update(messages).where(messages.c.id == message_id).values(
+                image_names=json.dumps(names if state == "done" else []), image_prompt=json.dumps(image_prompt),
+                image_state=state))
 
-    def interrupt_pending(self) -> int:
-        """At start: pictures still pending were in flight when the process died; mark them interrupted."""
-        with self._writing():
-            cursor = self._db.execute("UPDATE messages SET image_state = 'interrupted', image_names = '[]' "
-                                      "WHERE image_state = 'pending'")
-        return int(cursor.rowcount)
+    def interrupt_pending(self, jobs: Collection[str] | None = None) -> int:
+        """Mark pictures still pending interrupted: all of them (at a lone server's start: they were in flight when
+        it died), or those ``jobs`` were making (the jobs of front ends that died); how many."""
+        stmt = (update(messages).where(messages.c.image_state == "pending")
+                .values(image_state="interrupted", image_names="[]"))
+        if jobs is not None:
+            if not jobs:
+                return 0
+            stmt = stmt.where(messages.c.image_job.in_(list(jobs)))
+        with self.db.transaction() as db:
+            return int(db.execute(stmt).rowcount)
+
+    def pending_jobs(self) -> list[str]:
+        """The image jobs whose pictures history still shows as pending."""
+        stmt = (select(messages.c.image_job).distinct()
+                .where(messages.c.image_state == "pending", messages.c.image_job.is_not(None))
+                .order_by(messages.c.image_job))
+        with self.db.connect() as db:
+            return [str(job) for job in db.execute(stmt).scalars()]
 
     def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""
-        sql = ("SELECT role, content, created, reasoning, image_names, image_prompt, image_state FROM messages "
-               "WHERE user_id = ? AND conversation_id = ? ORDER BY id DESC")
-        args: tuple[Any, ...] = (user_id, conversation_id)
+        m = messages.c
+        stmt = (select(m.role, m.content, m.created, m.reasoning, m.image_names, m.image_prompt, m.image_state)
+                .where(m.user_id == user_id, m.conversation_id == conversation_id).order_by(m.id.desc()))
         if limit is not None:
-            sql += " LIMIT ?"
-            args += (limit,)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            stmt = stmt.limit(limit)
+        with self.db.connect() as db:
+            rows = db.execute(stmt).all()
         return [Message(role, content, created, reasoning, json.loads(names) if names else [],
                         json.loads(prompt) if prompt else None, state)
                 for role, content, created, reasoning, names, prompt, state in reversed(rows)]
 
     def conversations(self, user_id: str) -> list[dict[str, Any]]:
         """The user's conversations, most recent first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT c.id, c.title, c.created, c.updated, COUNT(m.id) FROM conversations c "
-                "LEFT JOIN messages m ON m.user_id = c.user_id AND m.conversation_id = c.id "
-                "WHERE c.user_id = ? GROUP BY c.id ORDER BY c.updated DESC", (user_id,)).fetchall()
+        c, m = conversations.c, messages.c
+        stmt = (select(c.id, c.title, c.created, c.updated, func.count(m.id))
+                .select_from(conversations.outerjoin(
+                    messages, (m.user_id == c.user_id) & (m.conversation_id == c.id)))
+                .where(c.user_id == user_id)
+                .group_by(c.user_id, c.id, c.title, c.created, c.updated)
+                .order_by(c.updated.desc()))
+        with self.db.connect() as db:
+            rows = db.execute(stmt).all()
         return [{"conversation_id": cid, "title": title, "created": created, "updated": updated, "messages": n}
                 for cid, title, created, updated, n in rows]
 
     def delete(self, user_id: str, conversation_id: str | None = None) -> int:
         """Delete one conversation (or all of the user's); the number of messages removed."""
-        where, args = "user_id = ?", [user_id]
+        drop_messages = delete(messages).where(messages.c.user_id == user_id)
+        drop_conversations = delete(conversations).where(conversations.c.user_id == user_id)
         if conversation_id is not None:
-            where += " AND {col} = ?"
-            args.append(conversation_id)
-        with self._writing():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._db.execute(f"DELETE FROM messages WHERE {where.format(col='conversation_id')}",
-                                     args).rowcount
-                self._db.execute(f"DELETE FROM conversations WHERE {where.format(col='id')}", args)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        return int(n)
+            drop_messages = drop_messages.where(messages.c.conversation_id == conversation_id)
+            drop_conversations = drop_conversations.where(conversations.c.id == conversation_id)
+        with self.db.transaction() as db:
+            removed = db.execute(drop_messages).rowcount
+            db.execute(drop_conversations)
+        return int(removed)
 
     def close(self) -> None:
-        """Checkpoint and close."""
-        with self._lock:
-            self._db.close()
+        """Close the database's pooled connections (the last SQLite one checkpoints the WAL). A database shared with
+        others is closed too: close this store after them (a later use would only open new connections)."""
+        self.db.close()

@@ -1,16 +1,37 @@
-"""The SQLite history store: turns, windows, conversations, deletion, migrations, durability across processes."""
+"""The history store: turns, windows, conversations, deletion, pictures in flight, on SQLite and PostgreSQL alike;
+migrations, full-disk errors and durability across processes on SQLite."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+from sqlalchemy import Connection, create_engine, event
+
+from aipc_chat.db import Database, Dialect
+from aipc_chat.errors import StorageError
 from aipc_chat.history import MIGRATIONS, HistoryStore, Turn
 
 
-def test_turns_round_trip_in_order(tmp_path: Path) -> None:
-    store = HistoryStore(tmp_path / "h.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
+    """An empty store on each database (PostgreSQL: a fresh database on the session's server)."""
+    if request.param == "sqlite":
+        history = HistoryStore(tmp_path / "h.sqlite3")
+        yield history
+        history.close()
+        return
+    database = Database(request.getfixturevalue("database_url"))
+    history = HistoryStore(database)
+    assert history.path is None
+    yield history
+    database.close()
+
+
+def test_turns_round_trip_in_order(store: HistoryStore) -> None:
     store.add_turn("u1", "default", Turn("hi", "hello", reasoning="greeting"))
     store.add_turn("u1", "default", Turn("draw a cat", "here", image_names=["a"],
                                          image_prompt={"prompt": "a cat"}))
@@ -24,8 +45,15 @@ def test_turns_round_trip_in_order(tmp_path: Path) -> None:
     assert store.messages("u2", "default") == []
 
 
-def test_only_pictures_that_exist_are_listed(tmp_path: Path) -> None:
-    store = HistoryStore(tmp_path / "h.sqlite3")
+def test_the_answers_id_is_returned(store: HistoryStore) -> None:
+    first = store.add_turn("u", "c", Turn("one", "1"))
+    second = store.add_turn("u", "c", Turn("two", "2"))
+    assert second == first + 2  # the question in between
+    store.set_images(first, ["n"], {"seed": 3}, "done")
+    assert store.messages("u", "c")[1].image_names == ["n"] and store.messages("u", "c")[3].image_names == []
+
+
+def test_only_pictures_that_exist_are_listed(store: HistoryStore) -> None:
     ids = [store.add_turn("u", "c", Turn(f"draw {i}", "here", image_names=[f"n{i}"], image_state="pending"))
            for i in range(4)]
     store.set_images(ids[0], ["n0"], None, "done")
@@ -38,16 +66,31 @@ def test_only_pictures_that_exist_are_listed(tmp_path: Path) -> None:
     assert store.interrupt_pending() == 0
 
 
-def test_conversations_and_delete(tmp_path: Path) -> None:
-    store = HistoryStore(tmp_path / "h.sqlite3")
+def test_only_the_dead_jobs_pictures_are_interrupted(store: HistoryStore) -> None:
+    for job in ("j1", "j2", "j3"):
+        store.add_turn("u", "c", Turn(f"draw {job}", "here", image_names=[job], image_state="pending", image_job=job))
+    store.add_turn("u", "c", Turn("draw j4", "here", image_names=["j4"], image_state="done", image_job="j4"))
+    assert store.pending_jobs() == ["j1", "j2", "j3"]
+    assert store.interrupt_pending([]) == 0
+    assert store.interrupt_pending({"j2", "j4", "elsewhere"}) == 1  # j4's picture is done: it stays
+    answers = [m for m in store.messages("u", "c") if m.role == "assistant"]
+    assert [m.image_state for m in answers] == ["pending", "interrupted", "pending", "done"]
+    assert answers[1].image_names == [] and answers[3].image_names == ["j4"]
+    assert store.pending_jobs() == ["j1", "j3"]
+    assert store.interrupt_pending() == 2 and store.pending_jobs() == []
+
+
+def test_conversations_and_delete(store: HistoryStore) -> None:
     store.add_turn("u1", "a", Turn("1", "one"))
     store.add_turn("u1", "b", Turn("2", "two"))
+    store.add_turn("u1", "b", Turn("2 again", "two again"))
     store.add_turn("u2", "a", Turn("3", "three"))
     convs = store.conversations("u1")
-    assert [c["conversation_id"] for c in convs] == ["b", "a"] and convs[0]["messages"] == 2
+    assert [c["conversation_id"] for c in convs] == ["b", "a"] and convs[0]["messages"] == 4
+    assert convs[0]["title"] == "2" and convs[0]["updated"] >= convs[0]["created"]
     assert store.delete("u1", "a") == 2
     assert [c["conversation_id"] for c in store.conversations("u1")] == ["b"]
-    assert store.delete("u1") == 2
+    assert store.delete("u1") == 4
     assert store.conversations("u1") == [] and len(store.messages("u2", "a")) == 2
 
 
@@ -55,24 +98,45 @@ def test_migrations_run_once(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     HistoryStore(path).add_turn("u", "c", Turn("q", "a"))
     again = HistoryStore(path)
-    assert again.schema_version == len(MIGRATIONS)
+    assert again.schema_version == len(MIGRATIONS) and again.path == path
     assert len(again.messages("u", "c")) == 2
 
 
 def test_version_1_urls_become_names(tmp_path: Path) -> None:
     """A database written before names were stored (schema 1: URL paths) reads back the same images."""
-    import sqlite3
-
     path = tmp_path / "h.sqlite3"
-    db = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](db)
-    db.execute("PRAGMA user_version=1")
-    db.execute("INSERT INTO messages (user_id, conversation_id, role, content, image_urls, created) "
-               "VALUES ('u', 'c', 'assistant', 'a fox', '[\"/images/0123abcd.png\"]', 1.0)")
-    db.close()
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as db:
+        MIGRATIONS[0](db, Dialect("sqlite"))
+        db.exec_driver_sql("PRAGMA user_version=1")
+        db.exec_driver_sql("INSERT INTO messages (user_id, conversation_id, role, content, image_urls, created) "
+                           "VALUES ('u', 'c', 'assistant', 'a fox', '[\"/images/0123abcd.png\"]', 1.0)")
+    engine.dispose()
     store = HistoryStore(path)
     assert store.schema_version == len(MIGRATIONS)
     assert store.messages("u", "c")[0].image_names == ["0123abcd"]
+
+
+def test_a_refused_write_is_a_storage_error_and_keeps_what_is_stored(tmp_path: Path) -> None:
+    """A write SQLite refuses (here: a read-only database) is a 507 naming the folder; earlier turns stay."""
+    path = tmp_path / "data" / "h.sqlite3"
+    store = HistoryStore(path)
+    store.add_turn("u", "c", Turn("kept", "yes"))
+
+    def read_only(db: Connection) -> None:
+        db.exec_driver_sql("PRAGMA query_only=ON")
+
+    event.listen(store.db.engine, "begin", read_only)
+    with pytest.raises(StorageError) as err:
+        store.add_turn("u", "c", Turn("lost", "no"))
+    assert err.value.status == 507
+    assert err.value.message.startswith("The conversation history could not be saved (attempt to write a readonly")
+    assert f"free some disk space or check that {path.parent} is writable" in err.value.message
+    event.remove(store.db.engine, "begin", read_only)
+    store.db.engine.dispose()  # connections without the pragma
+    assert [m.content for m in store.messages("u", "c")] == ["kept", "yes"]
+    store.add_turn("u", "c", Turn("again", "yes"))
+    assert len(store.messages("u", "c")) == 4
 
 
 def test_a_killed_writer_leaves_earlier_turns_intact(tmp_path: Path) -> None:
