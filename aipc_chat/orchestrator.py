@@ -193,7 +193,8 @@ class Orchestrator:
         # Stored now, answer in hand, before anything else is sent: a client that leaves still finds the turn.
         message_id = await asyncio.to_thread(self.history.add_turn, req.user_id, req.conversation_id, Turn(
             req.message, result.assistant_response, result.reasoning or None, result.image_names,
-            result.image_prompt, "pending" if job is not None else result.image_state))
+            result.image_prompt, "pending" if job is not None else result.image_state,
+            image_job=job.id if job is not None else None))
         if job is not None and not req.wait_for_image:
             self._follow(job, message_id, result)
         finished = job is None or not req.wait_for_image

@@ -7,8 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
+from aipc_chat.db import Database
 from aipc_chat.engines.contract import (
     RETRY_AFTER_SECONDS,
     Arrivals,
@@ -22,7 +23,17 @@ from aipc_chat.engines.llm_loop import capacity
 from aipc_chat.engines.memory import rss_mb
 from aipc_chat.engines.scheduler import Scheduler, Snapshot
 from aipc_chat.engines.store import free_mb
-from aipc_chat.errors import Cancelled, HubUnreachable, MemoryFull, ModelSetupError, NotReady, NotServed
+from aipc_chat.errors import (
+    Cancelled,
+    HubUnreachable,
+    MemoryFull,
+    ModelSetupError,
+    NotReady,
+    NotServed,
+    StartupError,
+    StorageError,
+    StoreUnavailable,
+)
 from aipc_chat.history import HistoryStore
 from aipc_chat.orchestrator import Orchestrator
 from aipc_chat.prompts import Prompts
@@ -39,6 +50,7 @@ from aipc_chat.provision.resolve import (
 )
 from aipc_chat.safety import PromptFilter
 from aipc_chat.settings import Settings, env_name, public_url
+from aipc_chat.team import SharedImageEngine, Team
 
 if TYPE_CHECKING:
     from aipc_chat.engines.embedding import EmbeddingEngine
@@ -99,10 +111,28 @@ class Runtime:
         self.scheduler = Scheduler(limit / 2**20 if limit else None, max_waiting=capacity(settings))
         self.scheduler.start()
         self.engines = EngineFactory(settings, self.arrivals, pipelines, self.scheduler)
-        self.history = HistoryStore(settings.data_dir / "history.sqlite3")
-        interrupted = self.history.interrupt_pending()
-        if interrupted:
-            log.warning("%d picture(s) were in flight when the server last stopped: marked interrupted", interrupted)
+        url = settings.database_url.get_secret_value() if settings.database_url is not None else None
+        # history here, or in the database several front ends share (with their image jobs and rate limits)
+        self.team: Team | None = None
+        try:
+            self.database = Database(url) if url else Database.sqlite(settings.data_dir / "history.sqlite3")
+            if url:
+                self.team = Team(self.database, settings.worker_name, dead_after=settings.worker_timeout)
+                self.team.start()  # this name's work from an earlier life is settled; dead front ends' by the sweep
+        except StoreUnavailable as exc:
+            raise StartupError(f"{exc.message.split('; retry')[0]}: check AIPC_DATABASE_URL, and that the "
+                               "database server is running.") from None
+        except StorageError as exc:  # the SQLite file's folder refuses writes
+            raise StartupError(exc.message) from None
+        except ModuleNotFoundError as exc:
+            raise StartupError(f"AIPC_DATABASE_URL needs {exc.name}, which is not installed: "
+                               "pip install \"aipc-chat[team]\"") from None
+        self.history = HistoryStore(self.database)
+        if not url:
+            interrupted = self.history.interrupt_pending()
+            if interrupted:
+                log.warning("%d picture(s) were in flight when the server last stopped: marked interrupted",
+                            interrupted)
         self.embedding: EmbeddingEngine | None = None
         # the embedding model's state before its engine exists (AIPC_EMBEDDING_PATH): None when none is served
         self.embedding_status: dict[str, object] | None = None if settings.embedding_path is None else {
@@ -285,8 +315,9 @@ class Runtime:
             late = self._closed.is_set()
             if not late and kind == "llm":
                 self.llm = engine  # type: ignore[assignment]
-            elif not late:
-                self.image = engine  # type: ignore[assignment]
+            elif not late:  # in a team, jobs the other front ends run are seen and steered through this one
+                image = cast(ImageEngineClient, engine)
+                self.image = cast(ImageEngineClient, SharedImageEngine(image, self.team)) if self.team else image
         if late:
             log.debug("the %s model finished loading after shutdown began: closed", kind)
             engine.close()
@@ -364,8 +395,18 @@ class Runtime:
         free = free_mb(self.settings.data_dir)
         minimum = self.settings.min_free_mb
         low = bool(minimum) and free is not None and free < minimum
-        return {"data_dir": str(self.settings.data_dir), "free_mb": free, "min_free_mb": minimum,
-                "state": "low" if low else "ok"}
+        out: dict[str, object] = {"data_dir": str(self.settings.data_dir), "free_mb": free,
+                                  "min_free_mb": minimum, "state": "low" if low else "ok"}
+        if self.team is not None:  # a front end whose shared database does not answer cannot serve: not ready
+            problem = self.team.healthy()
+            out["database"] = {"url": self.database.label, "worker": self.team.name,
+                               "state": "unreachable" if problem else "ok", "error": problem}
+        check = getattr(self.image.store, "check", None) if self.image is not None else None
+        if check is not None:  # object storage: pictures cannot be kept while it does not answer
+            problem = check()
+            out["image_store"] = {"url": self.settings.image_store_url, "state": "unreachable" if problem else "ok",
+                                  "error": problem}
+        return out
 
     @property
     def ready(self) -> bool:
@@ -447,6 +488,8 @@ class Runtime:
         for engine in engines:
             if engine is not None:
                 engine.close()
+        if self.team is not None:
+            self.team.close()
         self.history.close()
 
 
@@ -473,6 +516,11 @@ def check_image_runtime(settings: Settings) -> None:
     if settings.image_runtime == "optimum" and importlib.util.find_spec("optimum") is None:
         raise ModelSetupError('AIPC_IMAGE_RUNTIME=optimum needs optimum-intel: pip install "aipc-chat[optimum]" '
                               "(or use the default runtime, genai).")
+
+
+def stores_ok(storage: dict[str, object]) -> bool:
+    """Whether the shared database and object storage (where used) answer, as ``Runtime.storage`` says."""
+    return all(part.get("state") != "unreachable" for part in storage.values() if isinstance(part, dict))
 
 
 def all_ready(models: dict[str, dict[str, object]]) -> bool:

@@ -495,6 +495,12 @@ class Settings(BaseSettings):
                     "its API key); N > 0 hands out presigned storage URLs valid N seconds instead (at most 7 days, "
                     "S3's limit).",
     )
+    worker_timeout: float = Field(
+        15.0, ge=3, le=3600, validation_alias=_env("worker_timeout"),
+        description="With `AIPC_DATABASE_URL`: a front end not heard from this long (seconds or a duration) is "
+                    "taken for dead by the others, which end its unfinished image jobs and settle the pictures its "
+                    "turns left pending.",
+    )
     worker_name: str | None = Field(
         None, validation_alias=_env("worker_name"),
         description="This front end's name in the shared database (its image jobs, its heartbeat); "
@@ -519,7 +525,7 @@ class Settings(BaseSettings):
             raise ValueError(f"takes {', '.join(LOG_LEVELS)}, in any case (DEBUG, Info)")
         return level
 
-    @field_validator("request_timeout", mode="before")
+    @field_validator("request_timeout", "worker_timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> Any:
         return _seconds(value)

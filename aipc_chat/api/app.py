@@ -25,6 +25,7 @@ from aipc_chat.api.security import ALLOWED_ORIGIN, GuardMiddleware
 from aipc_chat.errors import NotFound
 from aipc_chat.runtime import Runtime
 from aipc_chat.settings import Settings
+from aipc_chat.team import SharedRateLimiter
 from aipc_chat.users import UserKeys
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                   dependencies=[Depends(no_lone_surrogates)], docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.runtime = rt
-    app.state.chat_limiter = RateLimiter(settings.chat_rate_per_minute)
+    # in a team, every front end takes from the same buckets (in the shared database)
+    app.state.chat_limiter = (SharedRateLimiter(rt.database, settings.chat_rate_per_minute) if rt.team is not None
+                              else RateLimiter(settings.chat_rate_per_minute))
     app.state.metrics = metrics = Metrics(rt)
     install_error_handlers(app)
     _add_docs(app)

@@ -12,6 +12,8 @@ from aipc_chat.errors import Busy
 class RateLimiter:
     """``rate`` turns a minute per key, bursts up to ``burst``."""
 
+    shared = False  # held in this process (team.SharedRateLimiter keeps them in the shared database)
+
     def __init__(self, per_minute: int, burst: int | None = None, max_keys: int = 10_000) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst if burst is not None else max(1, per_minute // 3))

@@ -185,4 +185,8 @@ async def load_only(runtime: Runtime, kind: Literal["llm", "image"], keep_alive:
 async def submit_image(engine: ImageQueue, params: ImageParams, owner: str | None = None) -> ImageJob:
     """The one place an image job is submitted. On the event loop: it only checks and queues (cheap), and the job
     table it updates is not safe to update from several threads at once."""
-    return engine.submit(params, owner)
+    job = engine.submit(params, owner)
+    announce = getattr(engine, "announce", None)
+    if announce is not None:  # a team's front end: every other one learns of the job before its id is given out
+        await asyncio.to_thread(announce, job)
+    return job

@@ -34,7 +34,11 @@ async def chat(arrival: ArrivalDep, body: ChatRequest, request: Request, runtime
                settings: SettingsDep, caller: CallerDep) -> Any:
     """One turn: the answer (reasoning apart) and, when a picture helps, an image the assistant prompted."""
     act_as(caller, body.user_id)
-    request.app.state.chat_limiter.check(body.user_id)
+    limiter = request.app.state.chat_limiter
+    if limiter.shared:  # a transaction in the shared database
+        await asyncio.to_thread(limiter.check, body.user_id)
+    else:
+        limiter.check(body.user_id)
     runtime.require_llm()  # fail with 503 before any stream starts
     if body.image != "never":  # a text-only turn draws nothing: its picture options are not looked at
         check_sampler(image_limits(runtime.image, settings), body.image_options.sampler)
