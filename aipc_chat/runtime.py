@@ -401,9 +401,8 @@ class Runtime:
             problem = self.team.healthy()
             out["database"] = {"url": self.database.label, "worker": self.team.name,
                                "state": "unreachable" if problem else "ok", "error": problem}
-        check = getattr(self.image.store, "check", None) if self.image is not None else None
-        if check is not None:  # object storage: pictures cannot be kept while it does not answer
-            problem = check()
+        if self.image is not None and self.settings.image_store_url:  # pictures cannot be kept while it is away
+            problem = self.image.store.check()
             out["image_store"] = {"url": self.settings.image_store_url, "state": "unreachable" if problem else "ok",
                                   "error": problem}
         return out

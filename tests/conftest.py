@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aipc_chat.settings import Settings
+from tests.services import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("AIPC_TEST_MODELS_DIR", REPO / "models"))
@@ -77,3 +78,28 @@ def database_url(postgres_server: str) -> str:
     with psycopg.connect(postgres_server, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
     return postgres_server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) for the session (skipped, saying why, where it cannot start). A test
+    may ``stop()`` it; ``s3_bucket`` starts it again for the next."""
+    from tests.services import seaweedfs, why_not_seaweedfs
+
+    reason = why_not_seaweedfs()
+    if reason:
+        pytest.skip(reason)
+    with seaweedfs() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> tuple[S3Server, str]:
+    """A new, empty bucket on the session's S3 server, running; (the server, the bucket's name)."""
+    import secrets
+
+    if not s3_server.running:
+        s3_server.start()
+    name = f"t-{secrets.token_hex(6)}"
+    s3_server.client().create_bucket(Bucket=name)
+    return s3_server, name

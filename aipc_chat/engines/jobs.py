@@ -33,7 +33,7 @@ from aipc_chat.engines.contract import (
     RenderLimits,
 )
 from aipc_chat.engines.scheduler import Lease, ModelSpec, Recovery, Scheduler, health_of, weights_mb
-from aipc_chat.engines.store import ImageStore
+from aipc_chat.engines.store import ImageStore, make_image_store
 from aipc_chat.errors import AipcError, Busy, EngineFailure, InvalidRequest, MemoryFull, NotReady
 from aipc_chat.settings import Settings
 
@@ -97,7 +97,7 @@ class ImageEngine:
             keep = settings.keep_alive_seconds
             scheduler.add(ModelSpec(self.name, self._load_pipeline, self._unload_pipeline,
                                     weights_mb(renderer.model_dir), 0.0, math.inf if keep is None else keep))
-        self.store = store if store is not None else ImageStore(settings.data_dir / "images", settings.image_retention)
+        self.store = store if store is not None else make_image_store(settings)
         self.error: str | None = None  # why the owner thread stopped (the model broke for good), if it did
         self.observers: list[Callable[[ImageJob], None]] = []  # called on the owner thread as each job ends
         self._queue: queue.Queue[ImageJob | None] = queue.Queue(maxsize=settings.image_queue_size)

@@ -1,4 +1,5 @@
-"""Generated images on disk: PNG files with AUTOMATIC1111 ``parameters`` metadata, unguessable names, retention."""
+"""Generated images: PNG files with AUTOMATIC1111 ``parameters`` metadata, unguessable names, retention; the store
+interface, the local folder store, and the choice between it and an S3 bucket (``store_s3``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import re
 import secrets
 import shutil
 import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aipc_chat.errors import StorageError
+from aipc_chat.errors import StartupError, StorageError
 
 if TYPE_CHECKING:
     from aipc_chat.engines.contract import ImageParams
+    from aipc_chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +108,12 @@ def png_bytes(image: Any, parameters: str) -> bytes:
     return buf.getvalue()
 
 
-class ImageStore:
-    """A folder of generated PNGs, pruned to the newest ``max_images``."""
+class ImageStore(ABC):
+    """Where generated PNGs are kept (a local folder, or an S3 bucket several front ends share): unguessable names,
+    written whole or not at all, pruned to the newest ``max_images``."""
 
-    def __init__(self, folder: Path, max_images: int = 1000) -> None:
-        self.folder = folder
-        self.max_images = max_images
-        self._lock = threading.Lock()
+    max_images: int
+    where: str  # what the messages name: the folder, or the bucket and its endpoint
 
     @staticmethod
     def new_name() -> str:
@@ -118,12 +121,66 @@ class ImageStore:
         return secrets.token_hex(16)
 
     def save(self, image: Any, parameters: str, name: str | None = None) -> str:
-        """Write atomically (temp file + rename, so a crash never leaves half a PNG); return the name.
-
-        A write the disk refuses (full, read-only, I/O error) is a StorageError, and leaves no partial file.
-        """
+        """Store the image as PNG with its ``parameters`` chunk and return its name once the store holds it whole;
+        prune the oldest beyond the limit. StorageError when the store refuses it, StoreUnavailable when it does
+        not answer."""
         name = name or self.new_name()
-        data = png_bytes(image, parameters)
+        if not NAME_RE.match(name):
+            raise ValueError(f"not an image name: {name!r}")
+        self._write(name, png_bytes(image, parameters))
+        self._prune()
+        return name
+
+    @abstractmethod
+    def _write(self, name: str, data: bytes) -> None:
+        """Store ``data`` as ``name``, whole or not at all."""
+
+    @abstractmethod
+    def _prune(self) -> None:
+        """After a save: delete the oldest pictures beyond ``max_images`` (when due)."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes | None:
+        """The PNG bytes of a stored image; None for unknown or malformed names (which never reach the store)."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether the store holds the image (malformed names never reach the store)."""
+
+    def open(self, name: str) -> Iterator[bytes] | None:
+        """The PNG in chunks to stream, or None when unknown (known before the first chunk is sent)."""
+        data = self.read(name)
+        return None if data is None else iter((data,))
+
+    def path(self, name: str) -> Path | None:
+        """The local file of a stored image, where the store is a folder (else None)."""
+        return None
+
+    def link(self, name: str) -> str | None:
+        """A URL clients fetch the image from directly (a presigned storage URL), or None: through this server."""
+        return None
+
+    @abstractmethod
+    def check_free_space(self, min_free_mb: int) -> None:
+        """Raise StorageError when there is no room for another picture (``min_free_mb``: 0 is no check)."""
+
+    def check(self) -> str | None:
+        """Why the store cannot be used now (it does not answer, refuses access, has no such bucket), or None."""
+        return None
+
+
+class FolderImageStore(ImageStore):
+    """A folder of generated PNGs (``<data_dir>/images``), pruned to the newest ``max_images``."""
+
+    def __init__(self, folder: Path, max_images: int = 1000) -> None:
+        self.folder = folder
+        self.max_images = max_images
+        self.where = str(folder)
+        self._lock = threading.Lock()
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Temp file + rename, so a crash never leaves half a PNG. A write the disk refuses (full, read-only, I/O
+        error) is a StorageError, and leaves no partial file."""
         tmp = self.folder / f".{name}.tmp"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -132,8 +189,6 @@ class ImageStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise storage_error(self.folder, exc) from None
-        self._prune()
-        return name
 
     def check_free_space(self, min_free_mb: int) -> None:
         """Raise StorageError when the images folder's disk has less than ``min_free_mb`` free (0: no check)."""
@@ -149,6 +204,10 @@ class ImageStore:
         path = self.folder / f"{name}.png"
         return path if path.is_file() else None
 
+    def exists(self, name: str) -> bool:
+        """Whether the folder holds the image."""
+        return self.path(name) is not None
+
     def read(self, name: str) -> bytes | None:
         """The PNG bytes of a stored image."""
         path = self.path(name)
@@ -160,3 +219,18 @@ class ImageStore:
             for old in files[: max(0, len(files) - self.max_images)]:
                 old.unlink(missing_ok=True)
                 log.info("pruned old image %s", old.name)
+
+
+def make_image_store(settings: Settings) -> ImageStore:
+    """The store the settings ask for: the S3 bucket of ``AIPC_IMAGE_STORE_URL`` when set, else ``<data_dir>/images``.
+    StartupError when the URL is malformed or boto3 (``aipc-chat[team]``) is not installed."""
+    if not settings.image_store_url:
+        return FolderImageStore(settings.data_dir / "images", settings.image_retention)
+    try:  # boto3 is an optional extra: imported only when a bucket is asked for
+        from aipc_chat.engines.store_s3 import S3ImageStore
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("boto3", "botocore"):
+            raise
+        raise StartupError('AIPC_IMAGE_STORE_URL keeps pictures in S3, which needs boto3: '
+                           'pip install "aipc-chat[team]"') from None
+    return S3ImageStore.from_settings(settings)

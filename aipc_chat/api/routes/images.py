@@ -1,5 +1,6 @@
 """OpenAI ``POST /v1/images/generations`` and ``POST /v1/images/edits``, job status, and the stored images at
-``GET /images/{name}.png``."""
+``GET /images/{name}.png`` (from the data folder, or from an S3 bucket: streamed through the server, or a redirect
+to a presigned URL)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep
+from aipc_chat.api.deps import CallerDep, RuntimeDep, SettingsDep, get_runtime, get_settings
 from aipc_chat.api.disconnect import unless_disconnected
 from aipc_chat.api.schemas.images import (
     MAX_PROMPT_CHARS,
@@ -21,7 +22,7 @@ from aipc_chat.api.schemas.images import (
     parse_size,
 )
 from aipc_chat.engines.contract import ImageEngineClient, ImageJob, ImageParams
-from aipc_chat.engines.store import ImageStore
+from aipc_chat.engines.store import NAME_RE, ImageStore, make_image_store
 from aipc_chat.errors import InvalidRequest, NotFound, UnsupportedParameter
 from aipc_chat.serving import IMAGE_SEED_MAX, resolve_model, resolve_seed, submit_image
 from aipc_chat.serving.aio import wait_job
@@ -31,9 +32,25 @@ from aipc_chat.settings import Settings
 router = APIRouter(tags=["images"])
 
 
+CACHED = {"Cache-Control": "private, max-age=31536000"}  # a name is never reused for another picture
+
+
+def image_store(request: Request) -> ImageStore:
+    """The image engine's store; while there is no engine (loading, failed, none served), one made from the
+    settings, kept on the app (building a boto3 client takes a while)."""
+    engine = get_runtime(request).image
+    if engine is not None:
+        return engine.store
+    store: ImageStore | None = getattr(request.app.state, "image_store", None)
+    if store is None:
+        store = request.app.state.image_store = make_image_store(get_settings(request))
+    return store
+
+
 def image_url(request: Request, name: str) -> str:
-    """The absolute URL of a stored image."""
-    return str(request.url_for("get_image", name=f"{name}.png"))
+    """The absolute URL of a stored image: a presigned storage URL (S3 with AIPC_IMAGE_URL_EXPIRY > 0), else this
+    server's ``/images/NAME.png``."""
+    return image_store(request).link(name) or str(request.url_for("get_image", name=f"{name}.png"))
 
 
 @router.post("/v1/images/generations")
@@ -119,10 +136,23 @@ async def cancel_job(job_id: str, request: Request, runtime: RuntimeDep, caller:
 
 
 @router.get("/images/{name}", name="get_image", response_class=FileResponse)
-async def get_image(name: str, runtime: RuntimeDep, settings: SettingsDep) -> FileResponse:
-    """A generated PNG; names are unguessable, unknown ones are 404."""
-    store = runtime.image.store if runtime.image else ImageStore(settings.data_dir / "images")
-    path = store.path(name.removesuffix(".png")) if name.endswith(".png") else None
-    if path is None:
+async def get_image(name: str, request: Request, settings: SettingsDep) -> Response:
+    """A generated PNG; names are unguessable, unknown ones are 404. From S3: the bytes streamed through this server,
+    or (AIPC_IMAGE_URL_EXPIRY > 0) a 307 to a fresh presigned URL; a store that does not answer is a 503."""
+    key = name.removesuffix(".png") if name.endswith(".png") else ""
+    if not NAME_RE.match(key):
         raise NotFound("No such image.")
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000"})
+    store = image_store(request)
+    path = store.path(key)
+    if path is not None:
+        return FileResponse(path, media_type="image/png", headers=CACHED)
+    link = store.link(key)  # a fresh presigned URL, valid the whole expiry from now
+    if link is not None:  # the store is asked first: an unknown name is our 404, a store that is down our 503
+        if not await asyncio.to_thread(store.exists, key):
+            raise NotFound("No such image.")
+        return RedirectResponse(link, status_code=307, headers={  # cached no longer than the URL stays valid
+            "Cache-Control": f"private, max-age={settings.image_url_expiry // 2}"})
+    chunks = await asyncio.to_thread(store.open, key)
+    if chunks is None:
+        raise NotFound("No such image.")
+    return StreamingResponse(chunks, media_type="image/png", headers=CACHED)

@@ -68,7 +68,8 @@ async def _generate(body: Txt2ImgRequest, params: ImageParams, request: Request,
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": body.batch_size,
         "sd_model_name": engine.model_name, "sd_model_hash": _model_entry(engine)["hash"],
         "infotexts": job.infotexts, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-        "images_urls": [f"/images/{n}.png" for n in job.images], "interrupted": job.state == "cancelled",
+        "images_urls": [engine.store.link(n) or f"/images/{n}.png" for n in job.images],  # presigned, or ours
+        "interrupted": job.state == "cancelled",
     }
     if params.init_image is not None:
         info["denoising_strength"] = params.strength
