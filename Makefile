@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.dev-installed-stamp
 export AIPC_MODELS_DIR ?= $(CURDIR)/models
 export AIPC_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install install-dev run demo demo-models real-model test test-busy browser-deps check bench bench-full soak clean
+.PHONY: install install-dev run demo demo-models real-model test test-busy browser-deps team-deps check bench bench-full soak clean
 
 # The lean install that serves (no torch, diffusers, transformers, optimum or nncf).
 install: $(STAMP)
@@ -44,7 +44,7 @@ demo: install
 real-model: install-dev
 	$(BIN)/python scripts/fetch_real_model.py
 
-test: demo-models real-model browser-deps
+test: demo-models real-model browser-deps team-deps
 	$(BIN)/python -m pytest
 
 # The page's tests drive Debian's Chromium (playwright's own browser download is not used). Installed when we may;
@@ -55,8 +55,16 @@ browser-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: install it (apt-get install chromium) to run tests/browser"; fi; }
 
+# The team tests run a real PostgreSQL (Debian's package; SeaweedFS comes with the dev extra). Installed when we may;
+# elsewhere those tests skip and say why.
+team-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "PostgreSQL not found: install it (apt-get install postgresql) to run the team tests"; fi; }
+
 # The suite beside two CPU-bound processes: what a busy laptop or CI runner does to it (no test may depend on speed).
-test-busy: demo-models real-model browser-deps
+test-busy: demo-models real-model browser-deps team-deps
 	$(BIN)/python scripts/busy.py --hogs 2 -- $(BIN)/python -m pytest
 
 check: install-dev
