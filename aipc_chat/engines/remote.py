@@ -122,6 +122,15 @@ class RemoteLLM:
         self._io: asyncio.AbstractEventLoop | None = None
         self._io_lock = threading.Lock()
         self._timeout = httpx.Timeout(settings.request_timeout, connect=5.0)
+        self._client: httpx.AsyncClient | None = None  # made on the engine's loop, used only there
+
+    def _http(self) -> httpx.AsyncClient:
+        """The engine loop's one client: connections to the remote are kept between requests (a client per request
+        built a TLS context and opened a connection every time, most of a front end's cost per turn)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=64))
+        return self._client
 
     def load(self, preload: bool | None = None) -> None:
         """Find the model id (the first the remote lists, unless configured); a remote that is down now is
@@ -190,6 +199,10 @@ class RemoteLLM:
             return
         with contextlib.suppress(Exception):  # a loop that is gone already: nothing in flight
             asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), loop).result(timeout)
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout)
         loop.call_soon_threadsafe(loop.stop)
 
     def _io_loop(self) -> asyncio.AbstractEventLoop:
@@ -271,26 +284,26 @@ class RemoteLLM:
         splitter = ReasoningSplitter(in_think=False)
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         finish = "stop"
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-            for attempt in range(CONNECT_RETRIES):
-                try:
-                    async with client.stream("POST", f"{self.base_url}/chat/completions",
-                                             json=self._body(messages, params), headers=_headers(self.api_key)) as r:
-                        if r.status_code >= 400:
-                            await r.aread()
-                            r.raise_for_status()
-                        timing.started = time.perf_counter()
-                        async for chunk in _sse_json(r):
-                            if chunk.get("usage"):
-                                usage = chunk["usage"]
-                            for choice in chunk.get("choices") or []:
-                                finish = choice.get("finish_reason") or finish
-                                self._deliver(stream, splitter, choice.get("delta") or {}, timing)
-                    break
-                except httpx.ConnectError:
-                    if attempt == CONNECT_RETRIES - 1:
-                        raise
-                    await asyncio.sleep(0.3 * (attempt + 1))
+        client = self._http()
+        for attempt in range(CONNECT_RETRIES):
+            try:
+                async with client.stream("POST", f"{self.base_url}/chat/completions",
+                                         json=self._body(messages, params), headers=_headers(self.api_key)) as r:
+                    if r.status_code >= 400:
+                        await r.aread()
+                        r.raise_for_status()
+                    timing.started = time.perf_counter()
+                    async for chunk in _sse_json(r):
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+                        for choice in chunk.get("choices") or []:
+                            finish = choice.get("finish_reason") or finish
+                            self._deliver(stream, splitter, choice.get("delta") or {}, timing)
+                break
+            except httpx.ConnectError:
+                if attempt == CONNECT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.3 * (attempt + 1))
         reasoning, content = splitter.finish()
         if reasoning or content:
             stream.put(Delta(reasoning, content, 0))
@@ -367,6 +380,7 @@ class A1111Renderer:
         self.native_size = 512  # what size "auto" asks of it
         self.static_size: tuple[int, int] | None = None
         self.sampler = self.default_sampler = "Euler a"
+        self.http = httpx.Client()  # one pool of kept connections for every call (thread-safe), not one per call
 
     @staticmethod
     def sampler_names() -> None:
@@ -406,7 +420,7 @@ class A1111Renderer:
     def health(self) -> str:
         """The remote's current checkpoint (raises an upstream error when it does not answer)."""
         try:
-            r = _with_retries(lambda: httpx.get(f"{self.base_url}/sdapi/v1/sd-models",
+            r = _with_retries(lambda: self.http.get(f"{self.base_url}/sdapi/v1/sd-models",
                                                 headers=_headers(self.api_key), timeout=5.0))
             r.raise_for_status()
             models = r.json()
@@ -429,7 +443,7 @@ class A1111Renderer:
             watcher = _ProgressWatcher(self, job, index * p.steps)
             watcher.start()
             try:
-                r = httpx.post(f"{self.base_url}/sdapi/v1/txt2img", json=body, headers=_headers(self.api_key),
+                r = self.http.post(f"{self.base_url}/sdapi/v1/txt2img", json=body, headers=_headers(self.api_key),
                                timeout=httpx.Timeout(self.settings.request_timeout, connect=5.0))
                 r.raise_for_status()
             except httpx.HTTPError as exc:
@@ -473,9 +487,9 @@ class _ProgressWatcher(threading.Thread):
         while not self._stop_event.wait(0.25):
             try:
                 if self.job.cancelled and not interrupted:
-                    httpx.post(f"{url}/sdapi/v1/interrupt", headers=headers, timeout=5.0)
+                    self.engine.http.post(f"{url}/sdapi/v1/interrupt", headers=headers, timeout=5.0)
                     interrupted = True
-                state = httpx.get(f"{url}/sdapi/v1/progress", headers=headers, timeout=5.0).json().get("state", {})
+                state = self.engine.http.get(f"{url}/sdapi/v1/progress", headers=headers, timeout=5.0).json().get("state", {})
                 step = int(state.get("sampling_step") or 0)
                 self.job.step = max(self.job.step, self.done_before + step)
             except (httpx.HTTPError, ValueError):
