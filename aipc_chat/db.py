@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from aipc_chat.errors import StorageError, StoreUnavailable
+from aipc_chat.errors import StartupError, StorageError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,20 @@ def _m4_shared_state(db: Connection, d: Dialect) -> None:
         CREATE INDEX image_jobs_by_worker ON image_jobs (worker, state);
         CREATE INDEX image_jobs_by_created ON image_jobs (created);
         CREATE TABLE rate_limits (key TEXT PRIMARY KEY, tokens {d.real} NOT NULL, updated {d.real} NOT NULL);
-        CREATE TABLE workers (name TEXT PRIMARY KEY, started {d.real} NOT NULL, seen {d.real} NOT NULL)
+        CREATE TABLE workers (name TEXT PRIMARY KEY, started {d.real} NOT NULL, seen {d.real} NOT NULL);
+        CREATE INDEX messages_pending ON messages (image_job) WHERE image_state = 'pending'
     """)
 
 
 # Append-only: each function moves the schema one version on.
 MIGRATIONS: list[Migration] = [_m1_initial, _m2_image_names, _m3_image_state, _m4_shared_state]
+
+# A server that stops answering (not only one that refuses) must give 503s, not hang a request or a thread: every
+# statement and lock wait is bounded, and TCP notices a peer that went silent.
+POSTGRES_CONNECT = {
+    "connect_timeout": 5, "tcp_user_timeout": 10_000, "keepalives": 1, "keepalives_idle": 10,
+    "keepalives_interval": 5, "keepalives_count": 3,
+    "options": "-c statement_timeout=15000 -c lock_timeout=15000 -c idle_in_transaction_session_timeout=60000"}
 
 _ADVISORY_LOCK = 0x61697063  # "aipc": the one lock every worker's migration takes on PostgreSQL
 
@@ -169,7 +177,7 @@ class Database:
         if self.dialect.name == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
             self.engine: Engine = create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=16,
-                                                pool_timeout=10, connect_args={"connect_timeout": 5})
+                                                pool_timeout=10, connect_args=POSTGRES_CONNECT)
         else:
             if parsed.database and parsed.database != ":memory:":
                 self.path = Path(parsed.database)
@@ -206,6 +214,9 @@ class Database:
                 self._migrate_postgres()
         except OperationalError as exc:  # SQLite: a folder it cannot write; PostgreSQL: a server that does not answer
             raise self._error(exc) from None
+        except DBAPIError as exc:  # the server answered no (a user without the right to create tables, ...)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+            raise StartupError(f"The database ({self.label}) refused the schema's set-up: {reason}") from None
 
     def _migrate_sqlite(self) -> None:
         while True:
@@ -219,6 +230,8 @@ class Database:
 
     def _migrate_postgres(self) -> None:
         with self.engine.begin() as db:  # DDL is transactional here: all the steps, or none of them
+            db.exec_driver_sql("SET LOCAL lock_timeout = 0")  # another worker's migration: wait for it, however
+            db.exec_driver_sql("SET LOCAL statement_timeout = 0")  # long (and a big table's may take long)
             db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
             version = self._version(db)
             for number in range(version, len(MIGRATIONS)):

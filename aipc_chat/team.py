@@ -10,7 +10,8 @@
   ``DEAD_AFTER`` seconds (killed, or its host lost) is swept by the others: its unfinished jobs fail, and pictures
   that history lists as pending are marked done (when the job had finished) or interrupted.
 
-Times come from the database's clock, so front ends on hosts whose clocks differ agree.
+Heartbeats, sweeps and rate limits use the database's clock, so front ends on hosts whose clocks differ agree; a
+job's own times (created, started, finished) are its front end's, as they are without a team.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, text, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -113,32 +114,51 @@ class Team:
         self._local: dict[str, tuple[ImageJob, tuple[Any, ...] | None]] = {}  # jobs in flight: last state written
         self._writes = threading.Lock()  # one write of a job at a time: the last written is the latest state
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.last_seen: float | None = None  # when the heartbeat last reached the database (monotonic)
         self.problem: str | None = None  # why the last heartbeat failed
+        # Since when (database clock) every heartbeat has reached the database: only a member that has been there
+        # longer than ``dead_after`` may take others for dead (after an outage, everyone's mark is old).
+        self._connected_since: float | None = None
+        # What the poll thread last read of the other members' jobs, for /progress and /metrics (no query there).
+        self._running_elsewhere: SharedJob | None = None
+        self._queued_elsewhere = 0
 
     # --- membership ----------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Join: mark this name's unfinished work from an earlier life ended, then beat and sweep in a thread."""
+    def start(self, *, threads: bool = True) -> None:
+        """Join: mark this name's unfinished work from an earlier life ended, then beat, sweep and mirror in
+        threads (``threads=False``: the caller plays their part, as tests do)."""
         with self.db.transaction() as db:
             now = db_now(db)
             upsert(db, workers, {"name": self.name, "started": now, "seen": now}, ["name"], ["started", "seen"])
-        swept = self._end_jobs_of([self.name], "the front end that ran it restarted", only_before=time.time())
+            # pictures left pending before the team kept jobs (no job to ask): they were in flight, and are not
+            legacy = db.execute(update(messages).where(messages.c.image_state == "pending",
+                                                       messages.c.image_job.is_(None))
+                                .values(image_state="interrupted", image_names="[]")).rowcount
+        if legacy:
+            log.warning("%d picture(s) pending from before the shared database: marked interrupted", legacy)
+        swept = self._end_jobs(image_jobs.c.worker == self.name, f"the front end that ran it restarted ({self.name})")
         if swept:
             log.warning("%d image job(s) of an earlier run of %s were unfinished: marked failed", swept, self.name)
-        self.last_seen = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="team", daemon=True)
-        self._thread.start()
+        self.last_seen, self._connected_since = time.monotonic(), now
+        if threads:
+            self._threads = [threading.Thread(target=self._loop, args=(POLL, self._mirror), name="team-jobs",
+                                              daemon=True),
+                             threading.Thread(target=self._loop, args=(self.heartbeat, self._heartbeat),
+                                              name="team-heartbeat", daemon=True)]
+            for thread in self._threads:
+                thread.start()
         log.info("joined the team as %s (database %s)", self.name, self.db.label)
 
     def close(self) -> None:
-        """Leave: write the jobs' last states and remove this front end's row."""
+        """Leave: write the jobs' last states, end those still unfinished, and remove this front end's row."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        for thread in self._threads:
+            thread.join(10)
         try:
             self._flush()
+            self._end_jobs(image_jobs.c.worker == self.name, f"the front end that ran it stopped ({self.name})")
             with self.db.transaction() as db:
                 db.execute(delete(workers).where(workers.c.name == self.name))
         except AipcError as exc:
@@ -150,67 +170,73 @@ class Team:
             return None
         return self.problem or "the shared database has not answered"
 
-    def _run(self) -> None:
-        next_beat = 0.0
-        while not self._stop.wait(POLL):
-            try:
-                self._flush()
-                self._apply_requests()
-            except AipcError as exc:
-                log.debug("team: %s", exc.message)
-            except Exception:
-                log.exception("team: mirroring the jobs failed")
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.heartbeat
-                try:
-                    self._beat()
-                    self.last_seen, self.problem = time.monotonic(), None
-                except AipcError as exc:
-                    self.problem = exc.message
-                    log.warning("team heartbeat failed: %s", exc.message)
-                except Exception as exc:
-                    self.problem = f"{type(exc).__name__}: {exc}"
-                    log.exception("team heartbeat failed")
+    def _loop(self, every: float, step: Any) -> None:
+        while not self._stop.wait(every):
+            step()
+
+    def _mirror(self) -> None:
+        """Write the progress of this member's jobs, apply what others asked of them, read the others' jobs."""
+        try:
+            self._flush()
+            self._apply_requests()
+            self._read_elsewhere()
+        except AipcError as exc:
+            log.debug("team: %s", exc.message)
+        except Exception:
+            log.exception("team: mirroring the jobs failed")
+
+    def _heartbeat(self) -> None:
+        try:
+            self._beat()
+            self.last_seen, self.problem = time.monotonic(), None
+        except AipcError as exc:
+            self.problem, self._connected_since = exc.message, None
+            log.warning("team heartbeat failed: %s", exc.message)
+        except Exception as exc:
+            self.problem, self._connected_since = f"{type(exc).__name__}: {exc}", None
+            log.exception("team heartbeat failed")
 
     def _beat(self) -> None:
         with self.db.transaction() as db:
             now = db_now(db)
             found = db.execute(update(workers).where(workers.c.name == self.name).values(seen=now)).rowcount
-            if not found:  # swept while the database was away: join again
+            if not found:  # taken for dead while away: join again, and write every job's row afresh
                 db.execute(insert(workers).values(name=self.name, started=now, seen=now))
-            dead = list(db.execute(select(workers.c.name).where(workers.c.seen < now - self.dead_after)).scalars())
+                with self._writes:
+                    self._local = {job_id: (job, None) for job_id, (job, _) in self._local.items()}
+            if self._connected_since is None:
+                self._connected_since = now
             db.execute(delete(image_jobs).where(image_jobs.c.finished < now - KEEP_FINISHED))
+            if now - self._connected_since < self.dead_after:  # others may not have had the time to mark
+                return
+            dead = list(db.execute(select(workers.c.name).where(workers.c.seen < now - self.dead_after)).scalars())
+        members = select(workers.c.name)
+        orphans = and_(image_jobs.c.worker.not_in(members), image_jobs.c.state.in_(ACTIVE))
+        where = or_(image_jobs.c.worker.in_(dead), orphans) if dead else orphans
+        swept = self._end_jobs(where, f"the front end that ran it stopped ({', '.join(dead) or 'it left'})")
+        self._settle_late(now)
         if dead:
-            swept = self._end_jobs_of(dead, "the front end that ran it stopped")
             with self.db.transaction() as db:
-                db.execute(delete(workers).where(workers.c.name.in_(dead)))
+                db.execute(delete(workers).where(workers.c.name.in_(dead), workers.c.seen < now - self.dead_after))
             log.warning("front end(s) %s stopped answering: %d unfinished image job(s) marked failed",
                         ", ".join(dead), swept)
 
-    def _end_jobs_of(self, names: list[str], reason: str, only_before: float | None = None) -> int:
-        """End the unfinished jobs of ``names`` (failed), and settle the pictures history lists as pending for any
-        of their jobs: done if the job was, else interrupted."""
+    def _end_jobs(self, where: Any, reason: str) -> int:
+        """End the unfinished jobs ``where`` says (failed, for ``reason``), and settle the pictures history lists
+        as pending for any of those jobs, ended now or before: done if the job was, else interrupted."""
         with self.db.transaction() as db:
             now = db_now(db)
-            where = and_(image_jobs.c.worker.in_(names), image_jobs.c.state.in_(ACTIVE))
-            if only_before is not None:
-                where = and_(where, image_jobs.c.created < only_before)
-            ended = db.execute(update(image_jobs).where(where).values(
-                state="failed", error=f"{reason} ({', '.join(names)})", finished=now)).rowcount
-            jobs = select(image_jobs.c.id, image_jobs.c.state, image_jobs.c.images).where(
-                image_jobs.c.worker.in_(names))
-            rows = db.execute(select(messages.c.id, messages.c.image_job).where(
-                messages.c.image_state == "pending", messages.c.image_job.is_not(None))).all()
-            states = {r.id: (r.state, r.images) for r in db.execute(jobs)}
-            for message_id, job_id in rows:
-                if job_id not in states:
-                    continue
-                state, images = states[job_id]
-                done = state == "done"
-                db.execute(update(messages).where(messages.c.id == message_id, messages.c.image_state == "pending")
-                           .values(image_state="done" if done else "interrupted",
-                                   image_names=images if done else "[]"))
+            ended = db.execute(update(image_jobs).where(where, image_jobs.c.state.in_(ACTIVE)).values(
+                state="failed", error=reason, finished=now)).rowcount
+            _settle(db, messages.c.image_job.in_(select(image_jobs.c.id).where(where)))  # theirs that ended too
         return int(ended)
+
+    def _settle_late(self, now: float) -> None:
+        """Pictures still pending a while after their job ended (the turn's own record of it failed)."""
+        with self.db.transaction() as db:
+            late = select(image_jobs.c.id).where(image_jobs.c.state.not_in(ACTIVE),
+                                                 image_jobs.c.finished < now - self.dead_after)
+            _settle(db, messages.c.image_job.in_(late))
 
     # --- jobs ----------------------------------------------------------------------------------------------------
 
@@ -232,40 +258,41 @@ class Team:
     def _ended(self, job: ImageJob) -> None:
         try:
             self._write(job)
-        except AipcError as exc:  # the mirror loop tries again
+        except AipcError as exc:  # the poll thread writes it once the database answers
             log.warning("could not record the end of image job %s: %s", job.id, exc.message)
-            return
-        self._local.pop(job.id, None)
 
     def _snapshot(self, job: ImageJob) -> tuple[Any, ...]:
         preview = job.latest_preview
-        return (job.state, job.step, len(job.images), job.error, preview[1] if preview else None, job.partial)
+        return (job.state, job.step, len(job.images), job.error, preview[1] if preview else None, job.partial,
+                job.finished)
 
     def _write(self, job: ImageJob, only_if_changed: bool = False) -> None:
+        """Write the job's row as it is now; once a row with its end is written, the job is no longer tracked."""
         with self._writes:
             entry = self._local.get(job.id)
-            snap = self._snapshot(job)
+            snap = self._snapshot(job)  # read before the values: a row is never newer than what it is kept as
             if only_if_changed and entry is not None and entry[1] == snap:
                 return
+            values = _job_values(job, self.name)
             with self.db.transaction() as db:
-                upsert(db, image_jobs, _job_values(job, self.name), ["id"], _MIRRORED)
-            if job.id in self._local:
+                upsert(db, image_jobs, values, ["id"], _MIRRORED)
+            if values["finished"] is not None:
+                self._local.pop(job.id, None)
+            elif job.id in self._local:
                 self._local[job.id] = (job, snap)
 
     def _flush(self) -> None:
         for job, _ in list(self._local.values()):
             self._write(job, only_if_changed=True)
-            if job.finished is not None:
-                self._local.pop(job.id, None)
 
     def _apply_requests(self) -> None:
         if not self._local:
             return
-        with self.db.transaction() as db:
+        with self.db.transaction() as db:  # the rows locked while read and cleared: a request made meanwhile waits
             rows = db.execute(select(image_jobs.c.id, image_jobs.c.request).where(
-                image_jobs.c.worker == self.name, image_jobs.c.request.is_not(None))).all()
-            if rows:
-                db.execute(update(image_jobs).where(image_jobs.c.id.in_([r.id for r in rows]))
+                image_jobs.c.worker == self.name, image_jobs.c.request.is_not(None)).with_for_update()).all()
+            for job_id, request in rows:
+                db.execute(update(image_jobs).where(image_jobs.c.id == job_id, image_jobs.c.request == request)
                            .values(request=None))
         for job_id, request in rows:
             entry = self._local.get(job_id)
@@ -280,39 +307,60 @@ class Team:
             elif request == "skip":
                 job.skip()
 
+    def _asking(self, what: str) -> Any:
+        """A request may replace only a weaker one not yet applied (cancel > interrupt > skip)."""
+        return or_(image_jobs.c.request.is_(None), image_jobs.c.request.in_(_WEAKER_OR_SAME[what]))
+
     def request(self, job_id: str, what: str) -> None:
         """Ask the front end that runs ``job_id`` to cancel, interrupt or skip it."""
         with self.db.transaction() as db:
-            db.execute(update(image_jobs).where(image_jobs.c.id == job_id, image_jobs.c.state.in_(ACTIVE))
-                       .values(request=what))
+            db.execute(update(image_jobs).where(image_jobs.c.id == job_id, image_jobs.c.state.in_(ACTIVE),
+                                                self._asking(what)).values(request=what))
 
     def request_running(self, what: str, owner: str | None) -> None:
         """Ask every other front end to interrupt or skip its running job (``owner``'s only, when named)."""
-        where = and_(image_jobs.c.state == "running", image_jobs.c.worker != self.name)
+        where = and_(image_jobs.c.state == "running", image_jobs.c.worker != self.name, self._asking(what))
         if owner is not None:
             where = and_(where, image_jobs.c.owner == owner)
         with self.db.transaction() as db:
             db.execute(update(image_jobs).where(where).values(request=what))
 
     def job(self, job_id: str) -> SharedJob | None:
-        """A job of any front end, as its row says."""
+        """A job of any front end, as its row says (blocking: call it in a worker thread)."""
         with self.db.connect() as db:
             row = db.execute(select(image_jobs).where(image_jobs.c.id == job_id)).first()
         return _view(row, self) if row is not None else None
 
-    def running(self) -> SharedJob | None:
-        """The job any other front end started last and is still running."""
+    def _read_elsewhere(self) -> None:
         with self.db.connect() as db:
             row = db.execute(select(image_jobs).where(image_jobs.c.state == "running",
                                                       image_jobs.c.worker != self.name)
                              .order_by(image_jobs.c.started.desc()).limit(1)).first()
-        return _view(row, self) if row is not None else None
+            queued = int(db.execute(select(func.count()).select_from(image_jobs).where(
+                image_jobs.c.state == "queued", image_jobs.c.worker != self.name)).scalar_one())
+        self._running_elsewhere, self._queued_elsewhere = (_view(row, self) if row is not None else None), queued
+
+    def running(self) -> SharedJob | None:
+        """The job another front end started last and is still running, as last read (at most ``POLL`` ago)."""
+        return self._running_elsewhere
 
     def queued_elsewhere(self) -> int:
-        """Jobs other front ends have queued."""
-        with self.db.connect() as db:
-            return int(db.execute(select(func.count()).select_from(image_jobs).where(
-                image_jobs.c.state == "queued", image_jobs.c.worker != self.name)).scalar_one())
+        """Jobs other front ends have queued, as last read."""
+        return self._queued_elsewhere
+
+
+_WEAKER_OR_SAME = {"skip": ("skip",), "interrupt": ("skip", "interrupt"), "cancel": ("skip", "interrupt", "cancel")}
+
+
+def _settle(db: Connection, which: Any) -> None:
+    """Pending pictures of ended jobs: done (with the job's pictures) where the job was, else interrupted."""
+    rows = db.execute(select(messages.c.id, image_jobs.c.state, image_jobs.c.images)
+                      .join(image_jobs, image_jobs.c.id == messages.c.image_job)
+                      .where(messages.c.image_state == "pending", which)).all()
+    for message_id, state, images in rows:
+        done = state == "done"
+        db.execute(update(messages).where(messages.c.id == message_id, messages.c.image_state == "pending")
+                   .values(image_state="done" if done else "interrupted", image_names=images if done else "[]"))
 
 
 def _view(row: Any, board: Team) -> SharedJob:
@@ -392,6 +440,7 @@ class SharedRateLimiter:
             upsert(db, rate_limits, {"key": key, "tokens": self.burst, "updated": now}, ["key"], None)
             row = db.execute(select(rate_limits.c.tokens, rate_limits.c.updated)
                              .where(rate_limits.c.key == key).with_for_update()).one()
+            now = max(db_now(db), row.updated)  # read again once the row is ours: never a refill backwards
             tokens = min(self.burst, row.tokens + max(0.0, now - row.updated) * self.rate)
             allowed = tokens >= 1
             db.execute(update(rate_limits).where(rate_limits.c.key == key)

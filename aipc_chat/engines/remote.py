@@ -489,7 +489,8 @@ class _ProgressWatcher(threading.Thread):
                 if self.job.cancelled and not interrupted:
                     self.engine.http.post(f"{url}/sdapi/v1/interrupt", headers=headers, timeout=5.0)
                     interrupted = True
-                state = self.engine.http.get(f"{url}/sdapi/v1/progress", headers=headers, timeout=5.0).json().get("state", {})
+                answer = self.engine.http.get(f"{url}/sdapi/v1/progress", headers=headers, timeout=5.0)
+                state = answer.json().get("state", {})
                 step = int(state.get("sampling_step") or 0)
                 self.job.step = max(self.job.step, self.done_before + step)
             except (httpx.HTTPError, ValueError):

@@ -188,5 +188,9 @@ async def submit_image(engine: ImageQueue, params: ImageParams, owner: str | Non
     job = engine.submit(params, owner)
     announce = getattr(engine, "announce", None)
     if announce is not None:  # a team's front end: every other one learns of the job before its id is given out
-        await asyncio.to_thread(announce, job)
+        try:
+            await asyncio.to_thread(announce, job)
+        except BaseException:  # the database did not answer, or the client left meanwhile: no one will ask for it
+            job.cancel()
+            raise
     return job

@@ -124,8 +124,12 @@ def test_a_job_polled_and_interrupted_through_the_other(team: Team) -> None:
     job_id = _long_job(team.a, "bob")
     job_url = f"{team.b.base_url}/v1/images/jobs/{job_id}"
     wait_until(lambda: httpx.get(job_url).json()["step"] > 0, "the job shows progress through the other front end")
-    progress = httpx.get(f"{team.b.base_url}/sdapi/v1/progress").json()
-    assert progress["state"]["job"] == job_id and progress["progress"] > 0
+    def progress() -> dict[str, Any]:
+        return dict(httpx.get(f"{team.b.base_url}/sdapi/v1/progress").json())
+
+    # A1111's progress is the other front end's job as last read (each quarter second): wait for a read with steps
+    wait_until(lambda: progress()["progress"] > 0, "A1111 progress through the other front end shows the job")
+    assert progress()["state"]["job"] == job_id
     assert httpx.post(f"{team.b.base_url}/sdapi/v1/interrupt").status_code == 200
     wait_until(lambda: httpx.get(job_url).json()["state"] not in ("queued", "running"), "the job ends")
     seen_b, seen_a = httpx.get(job_url).json(), httpx.get(f"{team.a.base_url}/v1/images/jobs/{job_id}").json()

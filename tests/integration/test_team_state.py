@@ -30,9 +30,15 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 def member(db: Database, name: str, dead_after: float = 15.0) -> Team:
     team = Team(db, name, dead_after=dead_after)
-    team.start()
-    team._stop.set()  # the test plays the thread's part
+    team.start(threads=False)  # the test plays the threads' part
     return team
+
+
+def age(db: Database, name: str, seconds: float) -> None:
+    """As if ``name``'s last heartbeat (and its joining) were ``seconds`` older."""
+    with db.transaction() as conn:
+        conn.execute(update(workers).where(workers.c.name == name)
+                     .values(seen=workers.c.seen - seconds, started=workers.c.started - seconds))
 
 
 def submitted(team: Team, steps: int = 10, owner: str | None = "alice") -> ImageJob:
@@ -54,8 +60,10 @@ def test_a_job_is_seen_and_followed_by_the_other_member(database: Database) -> N
     seen = b.job(job.id)
     assert seen is not None and seen.state == "running" and seen.step == 4 and seen.progress == 0.4
     assert seen.preview == b"\x89PNG-preview" and seen.preview_step == 4
+    b._read_elsewhere()
     running = b.running()
-    assert running is not None and running.id == job.id
+    assert running is not None and running.id == job.id and b.queued_elsewhere() == 0
+    a._read_elsewhere()
     assert a.running() is None  # a member's own running job is its engine's to report
     job.images.append("a" * 32)
     job.seeds = [7]
@@ -123,10 +131,10 @@ def test_a_member_unheard_for_too_long_is_swept(database: Database) -> None:
     finished.end("done")
     a._flush()
     pending_running, pending_done = _pending_message(database, running.id), _pending_message(database, finished.id)
+    b._connected_since = (b._connected_since or 0) - 11  # b has been beating longer than dead_after
     b._beat()  # a was seen just now: nothing happens
     assert b.job(running.id).state == "running"  # type: ignore[union-attr]
-    with database.transaction() as conn:  # a's heartbeat stopped 11 s ago
-        conn.execute(update(workers).where(workers.c.name == "a").values(seen=workers.c.seen - 11))
+    age(database, "a", 11)  # a's heartbeat stopped 11 s ago
     b._beat()
     swept = b.job(running.id)
     assert swept is not None and swept.state == "failed" and "stopped (a)" in (swept.error or "")
@@ -179,3 +187,104 @@ def test_a_bucket_refills_with_time(database: Database) -> None:
     with database.transaction() as conn:  # as if two seconds went by
         conn.execute(update(rate_limits).values(updated=rate_limits.c.updated - 2))
     limiter.check("carol")
+
+
+def test_after_an_outage_no_member_takes_the_others_for_dead(database: Database) -> None:
+    a, b = member(database, "a", dead_after=10.0), member(database, "b", dead_after=10.0)
+    job = submitted(a)
+    job.state = "running"
+    a._flush()
+    age(database, "a", 30)  # the database was away for 30 s: every mark is old, b's too
+    age(database, "b", 30)
+    b._connected_since = None  # b's heartbeats failed meanwhile
+    b._beat()  # b is back, but has not been back long enough to judge anyone
+    assert b.job(job.id).state == "running"  # type: ignore[union-attr]
+    a._heartbeat()
+    b._connected_since = (b._connected_since or 0) - 11  # both have been back for longer than dead_after
+    b._beat()
+    assert b.job(job.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_a_member_taken_for_dead_writes_its_jobs_again(database: Database) -> None:
+    a, b = member(database, "a", dead_after=10.0), member(database, "b", dead_after=10.0)
+    job = submitted(a)
+    job.state, job.step = "running", 3
+    a._flush()
+    age(database, "a", 11)
+    b._connected_since = (b._connected_since or 0) - 11
+    b._beat()
+    assert b.job(job.id).state == "failed"  # type: ignore[union-attr]
+    a._beat()  # a was only slow: it joins again...
+    a._flush()  # ...and its job's row says what the job is doing
+    seen = b.job(job.id)
+    assert seen is not None and seen.state == "running" and seen.step == 3
+
+
+def test_a_jobs_end_is_written_once_the_database_answers_again(database: Database,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = member(database, "a"), member(database, "b")
+    job = submitted(a)
+    job.state = "running"
+    a._flush()
+    real = Database.transaction
+    from aipc_chat.errors import StoreUnavailable
+
+    def away(self: Database) -> object:
+        raise StoreUnavailable("the database is away")
+
+    monkeypatch.setattr(Database, "transaction", away)
+    job.images.append("a" * 32)
+    job.end("done")  # its end could not be written
+    monkeypatch.setattr(Database, "transaction", real)
+    assert b.job(job.id).state == "running"  # type: ignore[union-attr]
+    a._flush()
+    assert b.job(job.id).state == "done"  # type: ignore[union-attr]
+    assert job.id not in a._local
+
+
+def test_a_stronger_request_is_not_replaced_by_a_weaker_one(database: Database) -> None:
+    a, b = member(database, "a"), member(database, "b")
+    job = submitted(a)
+    job.state = "running"
+    a._flush()
+    b.request(job.id, "cancel")
+    b.request(job.id, "skip")  # asked before a looked: the cancel stands
+    a._apply_requests()
+    assert job.cancelled and not job.take_skip()
+
+
+def test_a_member_that_leaves_ends_its_unfinished_jobs(database: Database) -> None:
+    a, b = member(database, "a"), member(database, "b")
+    job = submitted(a)
+    job.state = "running"
+    a._flush()
+    message = _pending_message(database, job.id)
+    a._local.clear()  # its engine could not end the job in time
+    a.close()
+    seen = b.job(job.id)
+    assert seen is not None and seen.state == "failed" and "stopped (a)" in (seen.error or "")
+    assert _message_state(database, message) == ("interrupted", [])
+
+
+def test_a_picture_whose_turn_could_not_record_it_is_settled_later(database: Database) -> None:
+    a, b = member(database, "a", dead_after=10.0), member(database, "b", dead_after=10.0)
+    job = submitted(a)
+    message = _pending_message(database, job.id)
+    job.images.append("a" * 32)
+    job.end("done")  # the job's row says done, but the turn never recorded it (set_images failed)
+    b._connected_since = (b._connected_since or 0) - 11
+    b._beat()
+    assert _message_state(database, message) == ("pending", [])  # just ended: its turn may still record it
+    with database.transaction() as conn:
+        conn.execute(update(image_jobs).where(image_jobs.c.id == job.id).values(finished=image_jobs.c.finished - 11))
+    b._beat()
+    assert _message_state(database, message) == ("done", ["a" * 32])
+
+
+def test_pictures_pending_from_before_the_team_are_settled_at_start(database: Database) -> None:
+    with database.transaction() as conn:
+        message = int(conn.execute(insert(messages).values(
+            user_id="u", conversation_id="default", role="assistant", content="old", created=0.0,
+            image_names="[]", image_state="pending").returning(messages.c.id)).scalar_one())
+    member(database, "a")
+    assert _message_state(database, message) == ("interrupted", [])

@@ -112,9 +112,10 @@ async def edit_images(  # OpenAI's multipart form, field by field
     return await _answer(engine, params, response_format, request, settings, caller)
 
 
-def _job_or_404(engine: ImageEngineClient, job_id: str, caller: str | None) -> ImageJob:
-    """The job, if the caller may see it (another user's job is as unknown as a missing one)."""
-    job = engine.get_job(job_id)
+async def _job_or_404(engine: ImageEngineClient, job_id: str, caller: str | None) -> ImageJob:
+    """The job, if the caller may see it (another user's job is as unknown as a missing one). In a worker thread:
+    in a team, another front end's job is read from the shared database."""
+    job = await asyncio.to_thread(engine.get_job, job_id)
     if job is None or (caller is not None and job.owner != caller):
         raise NotFound(f"No image job '{job_id}'.", param="id")
     return job
@@ -123,15 +124,15 @@ def _job_or_404(engine: ImageEngineClient, job_id: str, caller: str | None) -> I
 @router.get("/v1/images/jobs/{job_id}")
 async def get_job(job_id: str, request: Request, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """State and progress of an image job, with its image URLs once done."""
-    job = _job_or_404(runtime.require_image(), job_id, caller)
+    job = await _job_or_404(runtime.require_image(), job_id, caller)
     return dict(job.as_dict(lambda name: image_url(request, name)))
 
 
 @router.delete("/v1/images/jobs/{job_id}")
 async def cancel_job(job_id: str, request: Request, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a queued or running job."""
-    job = _job_or_404(runtime.require_image(), job_id, caller)
-    job.cancel()
+    job = await _job_or_404(runtime.require_image(), job_id, caller)
+    await asyncio.to_thread(job.cancel)  # another front end's job: a request written to its row
     return dict(job.as_dict(lambda name: image_url(request, name)))
 
 

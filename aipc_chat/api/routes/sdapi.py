@@ -103,8 +103,8 @@ async def progress(runtime: RuntimeDep, caller: CallerDep, skip_current_image: b
 @router.post("/interrupt")
 async def interrupt(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """Stop the running job (with per-user keys, only the caller's own); always 200, idempotent, as in A1111."""
-    if runtime.image is not None:
-        runtime.image.interrupt(owner=caller)
+    if runtime.image is not None:  # in a worker thread: in a team, the others' jobs are asked through the database
+        await asyncio.to_thread(runtime.image.interrupt, owner=caller)
     return {}
 
 
@@ -112,7 +112,7 @@ async def interrupt(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 async def skip(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """End the current picture as far as it got and go on with the next of the batch; always 200."""
     if runtime.image is not None:
-        runtime.image.skip(owner=caller)
+        await asyncio.to_thread(runtime.image.skip, owner=caller)
     return {}
 
 
