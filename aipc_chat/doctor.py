@@ -365,6 +365,56 @@ def storage_checks(settings: Settings, models: list[ServedModel]) -> list[Check]
     return checks
 
 
+def team_checks(settings: Settings) -> list[Check]:
+    """The shared database and object storage, where set: they answer (read only: nothing is created)."""
+    checks: list[Check] = []
+    if settings.database_url is not None:
+        checks.append(_database_check(settings.database_url.get_secret_value()))
+    if settings.image_store_url:
+        checks.append(_image_store_check(settings))
+    return checks
+
+
+def _database_check(url: str) -> Check:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from aipc_chat.db import POSTGRES_CONNECT, redact
+
+    label = redact(url)
+    parsed = make_url(url)
+    postgres = parsed.get_backend_name() in ("postgresql", "postgres")
+    try:
+        engine = create_engine(parsed.set(drivername="postgresql+psycopg") if postgres else parsed,
+                               connect_args=POSTGRES_CONNECT if postgres else {})
+    except ModuleNotFoundError as exc:
+        return Check("team", "fail", f"AIPC_DATABASE_URL needs {exc.name}, which is not installed",
+                     'pip install "aipc-chat[team]"')
+    try:
+        with engine.connect() as db:
+            db.execute(text("SELECT 1"))
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return Check("team", "fail", f"database {label} does not answer: {reason}",
+                     "check AIPC_DATABASE_URL, and that the database server is running")
+    finally:
+        engine.dispose()
+    return Check("team", "ok", f"database {label} answers (history, image jobs and rate limits are kept there)")
+
+
+def _image_store_check(settings: Settings) -> Check:
+    from aipc_chat.engines.store import make_image_store
+
+    try:
+        problem = make_image_store(settings).check()
+    except StartupError as exc:
+        return Check("team", "fail", str(exc))
+    if problem:  # the server starts, and /ready says the store is unreachable until it answers
+        return Check("team", "warn", f"picture store {settings.image_store_url}: {problem}",
+                     "check AIPC_IMAGE_STORE_URL, AIPC_S3_ENDPOINT and the AWS_* credentials")
+    return Check("team", "ok", f"picture store {settings.image_store_url} answers")
+
+
 def _mb(free: int | None) -> str:
     return "unknown space" if free is None else f"{free / 1000:.1f} GB" if free >= 1000 else f"{free} MB"
 
@@ -427,6 +477,7 @@ def diagnose(settings: Settings | None, settings_problem: str | None = None) -> 
         return report
     report.checks += model_checks(models)
     report.checks += storage_checks(settings, models)
+    report.checks += team_checks(settings)
     report.checks.append(port_check(settings))
     report.checks += key_checks(settings)
     return report

@@ -221,3 +221,27 @@ def test_a_restarted_front_end_settles_its_own_unfinished_jobs(team: Team) -> No
         assert history(again, "gina")[-1]["image_state"] == "interrupted"
     finally:
         again.stop()
+
+
+def test_doctor_checks_the_shared_stores_and_creates_nothing(engine_node: LiveServer, database_url: str,
+                                                             s3_bucket: tuple[Any, str], tmp_path: Path) -> None:
+    s3, bucket = s3_bucket
+    env = _team_env(engine_node, database_url, s3, bucket)
+    from tests.e2e.test_doctor import run
+
+    found = run("doctor", tmp_path, env=env)
+    assert "database postgresql://postgres@127.0.0.1" in found.stdout and "answers" in found.stdout
+    assert f"picture store s3://{bucket}/team answers" in found.stdout
+    assert found.returncode == 0, found.stdout
+    import psycopg
+
+    with psycopg.connect(database_url) as db:  # it looked, and made no table
+        assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+    gone = run("doctor", tmp_path, env={**env, "AIPC_DATABASE_URL": "postgresql://aipc:s3cret@127.0.0.1:9/aipc",
+                              "AIPC_IMAGE_STORE_URL": "s3://no-such-bucket-here"})
+    assert gone.returncode == 1
+    assert "database postgresql://aipc:***@127.0.0.1:9/aipc does not answer" in gone.stdout
+    assert "s3cret" not in gone.stdout + gone.stderr
+    assert any(line.startswith("[warn]") and "no-such-bucket-here" in line
+               for line in (x.strip() for x in gone.stdout.splitlines()))
