@@ -34,14 +34,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def fill(folder: Path) -> Path:
     """Write until the disk is full; the filler's path."""
     filler = folder / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
+    # unbuffered: closing the file has nothing left to write (a buffered file's close would fail on the full disk)
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
         while True:
             out.write(b"\0" * 65536)
-            out.flush()
-    with contextlib.suppress(OSError), filler.open("ab") as out:  # the last bytes, below a block
+    with contextlib.suppress(OSError), filler.open("ab", buffering=0) as out:  # the last bytes, below a block
         for _ in range(4096):
             out.write(b"\0" * 512)
-            out.flush()
     return filler
 
 
