@@ -113,9 +113,11 @@ def test_a_picture_made_on_one_is_served_by_the_other(team: Team) -> None:
 
 
 def _long_job(server: LiveServer, user: str) -> str:
-    """Start a picture that takes a while (a /chat turn that does not wait for it); its job id."""
+    """Start a picture that takes a while (a /chat turn that does not wait for it; 100 steps at 512x512 take 6 s
+    on the demo model here, several times what a request through the other front end takes to reach it); its job
+    id."""
     body = chat(server, user, "Draw a red fox in the snow", image="always", wait_for_image=False,
-                image_options={"steps": 100, "size": "256x256"})
+                image_options={"steps": 100, "size": "512x512"})
     assert body["image_state"] == "queued", body
     return str(body["image_job_id"])
 
@@ -179,7 +181,7 @@ def test_a_front_end_killed_mid_turn_loses_nothing_acknowledged(team: Team) -> N
     job_id = None
     with httpx.stream("POST", f"{team.a.base_url}/chat", timeout=HANG, json={
             "user_id": "frank", "message": "Draw a mountain at dawn", "image": "always", "stream": True,
-            "image_options": {"steps": 100, "size": "256x256"}}) as r:
+            "image_options": {"steps": 100, "size": "512x512"}}) as r:
         event = None
         for line in r.iter_lines():
             if line.startswith("event: "):
