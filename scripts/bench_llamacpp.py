@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics
@@ -223,6 +224,13 @@ def single(result: dict[str, Any], max_tokens: int) -> dict[str, float]:
     return {"ttft_s": s[0] - result["t0"], "tok_s": (max_tokens - 1) / decode if decode > 0 else float("nan")}
 
 
+def _median(values: list[float]) -> float:
+    """The median of the rounds that could be measured: a stream that arrived in one chunk (a tiny model outruns a
+    busy client, and the server sends what piled up at once) has no decode time to divide by (NaN)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
 def aggregate(result: dict[str, Any], max_tokens: int) -> float:
     """Tokens per second of all streams together once every stream has its first token."""
     starts = [s[0] for s in result["stamps"]]
@@ -302,7 +310,7 @@ def main() -> int:
             w.stop()
         if server is not None:
             server.stop()
-    summary = {n: {k: statistics.median(v) for k, v in runs[n].items()} for n in names}
+    summary = {n: {k: _median(v) for k, v in runs[n].items()} for n in names}
     peaks = {w.name: w.peak / 2**20 for w in workers}
     if server is not None and server_rss is not None:
         peaks[names[-1]] = server_rss / 2**20
