@@ -226,10 +226,11 @@ class Team:
         as pending for any of those jobs, ended now or before: done if the job was, else interrupted."""
         with self.db.transaction() as db:
             now = db_now(db)
-            ended = db.execute(update(image_jobs).where(where, image_jobs.c.state.in_(ACTIVE)).values(
-                state="failed", error=reason, finished=now)).rowcount
-            _settle(db, messages.c.image_job.in_(select(image_jobs.c.id).where(where)))  # theirs that ended too
-        return int(ended)
+            ended = list(db.execute(update(image_jobs).where(where, image_jobs.c.state.in_(ACTIVE)).values(
+                state="failed", error=reason, finished=now).returning(image_jobs.c.id)).scalars())
+            theirs = messages.c.image_job.in_(select(image_jobs.c.id).where(where))  # those that had ended too
+            _settle(db, or_(messages.c.image_job.in_(ended), theirs) if ended else theirs)
+        return len(ended)
 
     def _settle_late(self, now: float) -> None:
         """Pictures still pending a while after their job ended (the turn's own record of it failed)."""

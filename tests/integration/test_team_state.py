@@ -288,3 +288,17 @@ def test_pictures_pending_from_before_the_team_are_settled_at_start(database: Da
             image_names="[]", image_state="pending").returning(messages.c.id)).scalar_one())
     member(database, "a")
     assert _message_state(database, message) == ("interrupted", [])
+
+
+def test_a_job_whose_member_left_without_a_word_is_ended_with_its_picture(database: Database) -> None:
+    a, b = member(database, "a", dead_after=10.0), member(database, "b", dead_after=10.0)
+    job = submitted(a)
+    job.state = "running"
+    a._flush()
+    message = _pending_message(database, job.id)
+    with database.transaction() as conn:  # a's row is gone (removed by hand, or a sweep that raced its join)
+        conn.execute(workers.delete().where(workers.c.name == "a"))
+    b._connected_since = (b._connected_since or 0) - 11
+    b._beat()
+    assert b.job(job.id).state == "failed"  # type: ignore[union-attr]
+    assert _message_state(database, message) == ("interrupted", [])
