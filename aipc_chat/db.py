@@ -29,7 +29,8 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -164,18 +165,34 @@ def redact(url: str) -> str:
         return "the database URL"
 
 
+def driver_url(url: str) -> URL:
+    """The URL as SQLAlchemy takes it: PostgreSQL through psycopg 3 (``postgresql://`` names no driver)."""
+    parsed = make_url(url)
+    postgres = parsed.get_backend_name() in ("postgresql", "postgres")
+    return parsed.set(drivername="postgresql+psycopg") if postgres else parsed
+
+
+def upsert(db: Connection, table: Table, values: dict[str, Any], keys: list[str],
+           update_cols: list[str] | None) -> None:
+    """INSERT, or on a key conflict UPDATE ``update_cols`` (None: do nothing), in either dialect."""
+    stmt = (postgresql.insert if db.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
+    if update_cols is None:
+        db.execute(stmt.on_conflict_do_nothing(index_elements=keys))
+    else:
+        db.execute(stmt.on_conflict_do_update(index_elements=keys,
+                                              set_={c: stmt.excluded[c] for c in update_cols}))
+
+
 class Database:
     """A SQLAlchemy engine over SQLite or PostgreSQL, with the schema migrated, and errors made clients' errors."""
 
     def __init__(self, url: str, *, label: str | None = None) -> None:
-        parsed = make_url(url)
-        self.dialect = Dialect("postgresql" if parsed.get_backend_name() in ("postgresql", "postgres") else "sqlite")
+        parsed = driver_url(url)
+        self.dialect = Dialect("postgresql" if parsed.get_backend_name() == "postgresql" else "sqlite")
         self.label = label or redact(url)
-        self.shared = self.dialect.name == "postgresql"
         # the SQLite file (None for PostgreSQL or an in-memory database): its folder is what a full disk names
         self.path: Path | None = None
         if self.dialect.name == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
             self.engine: Engine = create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=16,
                                                 pool_timeout=10, connect_args=POSTGRES_CONNECT)
         else:

@@ -377,16 +377,14 @@ def team_checks(settings: Settings) -> list[Check]:
 
 def _database_check(url: str) -> Check:
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
-    from aipc_chat.db import POSTGRES_CONNECT, redact
+    from aipc_chat.db import POSTGRES_CONNECT, driver_url, redact
 
     label = redact(url)
-    parsed = make_url(url)
-    postgres = parsed.get_backend_name() in ("postgresql", "postgres")
+    parsed = driver_url(url)
+    postgres = parsed.get_backend_name() == "postgresql"
     try:
-        engine = create_engine(parsed.set(drivername="postgresql+psycopg") if postgres else parsed,
-                               connect_args=POSTGRES_CONNECT if postgres else {})
+        engine = create_engine(parsed, connect_args=POSTGRES_CONNECT if postgres else {})
     except ModuleNotFoundError as exc:
         return Check("team", "fail", f"AIPC_DATABASE_URL needs {exc.name}, which is not installed",
                      'pip install "aipc-chat[team]"')

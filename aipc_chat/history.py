@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, insert, select, update
 
-from aipc_chat.db import MIGRATIONS, Database, conversations, messages
+from aipc_chat.db import MIGRATIONS, Database, conversations, messages, upsert
 
 __all__ = ["DEFAULT_CONVERSATION", "MIGRATIONS", "SHOWN_STATES", "HistoryStore", "Message", "Turn"]
 
@@ -75,21 +74,14 @@ class HistoryStore:
         """The migrations applied."""
         return self.db.schema_version
 
-    def _upsert_conversation(self, db: Connection, user_id: str, conversation_id: str, title: str,
-                             now: float) -> None:
-        dialect = postgresql if self.db.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(conversations).values(user_id=user_id, id=conversation_id, title=title, created=now,
-                                                    updated=now)
-        db.execute(stmt.on_conflict_do_update(index_elements=[conversations.c.user_id, conversations.c.id],
-                                              set_={"updated": stmt.excluded.updated}))
-
     def add_turn(self, user_id: str, conversation_id: str, turn: Turn) -> int:
         """Store the user's message and the answer together, in one transaction; the answer's message id."""
         now = time.time()
         row = {"user_id": user_id, "conversation_id": conversation_id, "created": now}
         with self.db.transaction() as db:
             # first: the conversation's row lock orders this turn after any other of the conversation in flight
-            self._upsert_conversation(db, user_id, conversation_id, turn.user_message[:80], now)
+            upsert(db, conversations, {"user_id": user_id, "id": conversation_id, "title": turn.user_message[:80],
+                                       "created": now, "updated": now}, ["user_id", "id"], ["updated"])
             db.execute(insert(messages).values(**row, role="user", content=turn.user_message))
             answer = db.execute(insert(messages).values(
                 **row, role="assistant", content=turn.answer, reasoning=turn.reasoning,

@@ -27,10 +27,8 @@ import time
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from aipc_chat.db import Database, image_jobs, messages, rate_limits, workers
+from aipc_chat.db import Database, image_jobs, messages, rate_limits, upsert, workers
 from aipc_chat.engines.contract import ImageEngineClient, ImageJob, ImageParams
 from aipc_chat.errors import AipcError, Busy
 
@@ -55,21 +53,12 @@ def db_now(db: Connection) -> float:
     return time.time()
 
 
-def upsert(db: Connection, table: Any, values: dict[str, Any], keys: list[str], update_cols: list[str] | None) -> None:
-    """INSERT, or on a key conflict UPDATE ``update_cols`` (None: do nothing)."""
-    stmt = (pg_insert if db.dialect.name == "postgresql" else sqlite_insert)(table).values(**values)
-    if update_cols is None:
-        db.execute(stmt.on_conflict_do_nothing(index_elements=keys))
-    else:
-        db.execute(stmt.on_conflict_do_update(index_elements=keys,
-                                              set_={c: stmt.excluded[c] for c in update_cols}))
-
-
 class SharedJob(ImageJob):
     """A job another front end runs, as its row in the shared table says; cancel, interrupt and skip are requests
     written to that row."""
 
     board: Team
+    requested: str | None = None  # what was asked of it and not yet applied
 
     def cancel(self) -> None:
         self.board.request(self.id, "cancel")
@@ -84,8 +73,6 @@ class SharedJob(ImageJob):
     @property
     def cancelled(self) -> bool:
         return self.state == "cancelled" or self.requested in ("cancel", "interrupt")
-
-    requested: str | None = None
 
 
 def _job_values(job: ImageJob, worker: str) -> dict[str, Any]:
