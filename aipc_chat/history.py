@@ -61,6 +61,14 @@ class Turn:
     image_job: str | None = None  # the image job making the answer's picture
 
 
+@dataclass(frozen=True)
+class Removed:
+    """What a deletion took: the number of messages, and the names of the pictures they showed."""
+
+    messages: int
+    image_names: list[str]
+
+
 class HistoryStore:
     """Thread-safe access to the history: a SQLite file at ``where`` (a Path), or the given Database."""
 
@@ -90,12 +98,13 @@ class HistoryStore:
         return int(answer)
 
     def set_images(self, message_id: int, names: list[str], image_prompt: dict[str, Any] | None,
-                   state: str) -> None:
-        """Record how an answer's picture ended: its state, its names (none unless done), the seed it used."""
+                   state: str) -> bool:
+        """Record how an answer's picture ended: its state, its names (none unless done), the seed it used. False
+        when the message is gone (its conversation was deleted while the picture rendered)."""
         with self.db.transaction() as db:
-            db.execute(update(messages).where(messages.c.id == message_id).values(
+            return bool(db.execute(update(messages).where(messages.c.id == message_id).values(
                 image_names=json.dumps(names if state == "done" else []), image_prompt=json.dumps(image_prompt),
-                image_state=state))
+                image_state=state)).rowcount)
 
     def interrupt_pending(self, jobs: Collection[str] | None = None) -> int:
         """Mark pictures still pending interrupted: all of them (at a lone server's start: they were in flight when
@@ -144,17 +153,22 @@ class HistoryStore:
         return [{"conversation_id": cid, "title": title, "created": created, "updated": updated, "messages": n}
                 for cid, title, created, updated, n in rows]
 
-    def delete(self, user_id: str, conversation_id: str | None = None) -> int:
-        """Delete one conversation (or all of the user's); the number of messages removed."""
-        drop_messages = delete(messages).where(messages.c.user_id == user_id)
+    def delete(self, user_id: str, conversation_id: str | None = None) -> Removed:
+        """Delete one conversation (or all of the user's): how many messages went, and the names of the pictures
+        they showed (for the caller to delete from the image store once the rows are gone)."""
+        m = messages.c
+        which = m.user_id == user_id
         drop_conversations = delete(conversations).where(conversations.c.user_id == user_id)
         if conversation_id is not None:
-            drop_messages = drop_messages.where(messages.c.conversation_id == conversation_id)
+            which &= m.conversation_id == conversation_id
             drop_conversations = drop_conversations.where(conversations.c.id == conversation_id)
         with self.db.transaction() as db:
-            removed = db.execute(drop_messages).rowcount
+            shown = db.execute(select(m.image_names).where(which & m.image_names.not_in(["[]", ""]))
+                               .order_by(m.id)).scalars()
+            names = [name for text in shown if text for name in json.loads(text)]
+            removed = db.execute(delete(messages).where(which)).rowcount
             db.execute(drop_conversations)
-        return int(removed)
+        return Removed(int(removed), names)
 
     def close(self) -> None:
         """Close the database's pooled connections (the last SQLite one checkpoints the WAL). A database shared with

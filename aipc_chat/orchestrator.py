@@ -209,8 +209,8 @@ class Orchestrator:
                 async for event in self._wait_image(job, result):
                     yield event
                 finished = True
-                await asyncio.to_thread(self.history.set_images, message_id, result.image_names,
-                                        result.image_prompt, result.image_state or "done")
+                await self._record(message_id, result.image_names, result.image_prompt,
+                                   result.image_state or "done")
         finally:
             if not finished and job is not None:  # the client left (Stop, disconnect): stop its picture too
                 job.cancel()
@@ -227,6 +227,17 @@ class Orchestrator:
         if self._followers:
             await asyncio.gather(*self._followers, return_exceptions=True)
 
+    async def _record(self, message_id: int, names: list[str], prompt: dict[str, Any] | None, state: str) -> None:
+        """Record how the answer's picture ended; when the answer is gone (its conversation was deleted while the
+        picture rendered), delete the picture too, as the deletion would have."""
+        if await asyncio.to_thread(self.history.set_images, message_id, names, prompt, state):
+            return
+        if state == "done" and names and self._images is not None:
+            try:
+                await asyncio.to_thread(self._images().store.delete, names)
+            except AipcError as exc:  # left to retention
+                log.warning("could not delete the pictures of deleted message %d: %s", message_id, exc.message)
+
     def _follow(self, job: ImageJob, message_id: int, result: ChatTurnResult) -> None:
         """Record in history how a picture the turn did not wait for ends (done, failed or cancelled)."""
 
@@ -238,7 +249,7 @@ class Orchestrator:
                 state = "cancelled" if job.state == "cancelled" else "failed"
             prompt = {**(result.image_prompt or {}), "seed": job.seeds[0] if job.seeds else None}
             try:
-                await asyncio.to_thread(self.history.set_images, message_id, list(job.images), prompt, state)
+                await self._record(message_id, list(job.images), prompt, state)
             except AipcError as exc:  # no client is waiting: a full disk is logged; the row stays pending
                 log.warning("could not record picture %s of message %d: %s", job.id, message_id, exc.message)
 

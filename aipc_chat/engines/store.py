@@ -13,7 +13,7 @@ import secrets
 import shutil
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +144,12 @@ class ImageStore(ABC):
         """The PNG bytes of a stored image; None for unknown or malformed names (which never reach the store)."""
 
     @abstractmethod
+    def delete(self, names: Iterable[str]) -> int:
+        """Delete these pictures (a deleted conversation's); how many are gone (a folder counts those it held; S3
+        does not tell a missing key apart and counts each one it was asked for). Malformed names are skipped.
+        StorageError / StoreUnavailable when the store refuses or does not answer."""
+
+    @abstractmethod
     def exists(self, name: str) -> bool:
         """Whether the store holds the image (malformed names never reach the store)."""
 
@@ -212,6 +218,22 @@ class FolderImageStore(ImageStore):
         """The PNG bytes of a stored image."""
         path = self.path(name)
         return path.read_bytes() if path else None
+
+    def delete(self, names: Iterable[str]) -> int:
+        """Unlink each picture's file."""
+        deleted = 0
+        for name in names:
+            path = self.path(name)
+            if path is None:
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+            except OSError as exc:
+                raise storage_error(self.folder, exc) from None
+            deleted += 1
+        return deleted
 
     def _prune(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -168,6 +168,24 @@ class S3ImageStore(ImageStore):
             except (StorageError, StoreUnavailable) as exc:  # the picture is stored: a late prune is no failure
                 log.warning("could not prune old pictures in %s: %s", self.where, exc.message)
 
+    def delete(self, names: Iterable[str]) -> int:
+        """Delete the pictures' objects, a thousand keys per request."""
+        return self._delete([self.key(n) for n in dict.fromkeys(names) if NAME_RE.match(n)], "delete pictures")
+
+    def _delete(self, keys: list[str], action: str) -> int:
+        """Delete these keys in batches; how many S3 did not refuse (each refusal is logged)."""
+        deleted = 0
+        for at in range(0, len(keys), DELETE_BATCH):
+            batch = keys[at: at + DELETE_BATCH]
+            with self._translated(action):
+                answer = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True})
+            errors = answer.get("Errors", ())
+            for error in errors:
+                log.warning("could not delete %s in %s: %s", error.get("Key"), self.where, error.get("Message"))
+            deleted += len(batch) - len(errors)
+        return deleted
+
     def prune(self) -> int:
         """Delete the oldest pictures beyond ``max_images`` (by LastModified); how many were deleted. Only keys
         of pictures (``<prefix>/<name>.png``) are counted or deleted: anything else in the bucket is left alone."""
@@ -180,13 +198,7 @@ class S3ImageStore(ImageStore):
                              and item["Key"].endswith(".png"))
         found.sort()  # oldest first; the key breaks ties (LastModified has a resolution of a second)
         old = [key for _, key in found[: max(0, len(found) - self.max_images)]]
-        for at in range(0, len(old), DELETE_BATCH):
-            batch = old[at: at + DELETE_BATCH]
-            with self._translated("delete old pictures"):
-                answer = self._client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True})
-            for error in answer.get("Errors", ()):
-                log.warning("could not prune %s in %s: %s", error.get("Key"), self.where, error.get("Message"))
+        self._delete(old, "delete old pictures")
         if old:
             log.info("pruned %d old pictures in %s", len(old), self.where)
         return len(old)

@@ -32,6 +32,7 @@ from aipc_chat.engines.contract import (
 from aipc_chat.serving.aio import batches
 
 if TYPE_CHECKING:
+    from aipc_chat.engines.store import ImageStore
     from aipc_chat.runtime import Runtime
 
 Request = list[dict[str, Any]] | str  # chat messages (templated), or a prompt as it is
@@ -51,7 +52,9 @@ class ChatEngine(Protocol):
 
 
 class ImageQueue(Protocol):
-    """What ``submit_image`` needs of an image engine."""
+    """What ``submit_image`` and the orchestrator need of an image engine."""
+
+    store: ImageStore
 
     def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob: ...
 

@@ -120,6 +120,21 @@ def test_history_is_per_user_and_deletable(base_url: str) -> None:
     assert len(httpx.get(f"{base_url}/chat/{bob}/history").json()["messages"]) == 2
 
 
+def test_deleting_a_conversation_deletes_its_pictures(base_url: str) -> None:
+    user = new_user()
+    drawn = [chat(base_url, user_id=user, message=f"Draw a fox {i}", image="always", image_options=FAST_IMAGE,
+                  conversation_id=conv).json()["image_urls"][0] for i, conv in enumerate(("gone", "kept"))]
+    assert all(httpx.get(url).status_code == 200 for url in drawn)
+    r = httpx.delete(f"{base_url}/chat/{user}/history", params={"conversation_id": "gone"})
+    assert r.status_code == 200
+    assert (r.json()["deleted_messages"], r.json()["deleted_images"]) == (2, 1) and "image_error" not in r.json()
+    assert httpx.get(drawn[0]).status_code == 404  # the file is gone, not only the message
+    assert httpx.get(drawn[1]).status_code == 200  # another conversation's picture stays
+    again = httpx.delete(f"{base_url}/chat/{user}/history").json()
+    assert (again["deleted_messages"], again["deleted_images"]) == (2, 1)
+    assert httpx.get(drawn[1]).status_code == 404
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -103,6 +103,35 @@ def test_with_an_expiry_urls_are_presigned(demo_models: Path, s3_bucket: tuple[S
     assert local_pngs(tmp_path) == []
 
 
+def test_deleting_a_conversation_deletes_its_pictures_in_the_bucket(server: LiveServer,
+                                                                     s3_bucket: tuple[S3Server, str]) -> None:
+    s3, bucket = s3_bucket
+    turn = {"user_id": "erin", "message": "Draw a boat", "image": "always",
+            "image_options": {"steps": 2, "size": "64x64"}}
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        kept = name_of(generate(client).json()["data"][0]["url"])  # not in any conversation
+        r = client.post("/chat", json=turn)
+        assert r.status_code == 200 and r.json()["image_state"] == "done", r.text
+        drawn = name_of(r.json()["image_urls"][0])
+        assert f"{PREFIX}/{drawn}.png" in _keys(s3, bucket)
+        gone = client.delete("/chat/erin/history")
+        assert gone.status_code == 200 and gone.json()["deleted_images"] == 1, gone.text
+        assert _keys(s3, bucket) == [f"{PREFIX}/{kept}.png"]
+        assert client.get(f"/images/{drawn}.png").status_code == 404
+        # With the store away the messages still go; the answer says the pictures could not be deleted.
+        r = client.post("/chat", json=turn)
+        assert r.status_code == 200, r.text
+        s3.stop()
+        try:
+            gone = client.delete("/chat/erin/history")
+        finally:
+            s3.start()
+        assert gone.status_code == 200 and gone.json()["deleted_messages"] == 2, gone.text
+        assert gone.json()["deleted_images"] == 0 and gone.json()["image_error"]["code"] == "store_unavailable"
+        assert client.get("/chat/erin/history").json()["messages"] == []
+        assert client.get(r.json()["image_urls"][0]).status_code == 200  # left to retention, not lost mid-way
+
+
 def test_a_store_that_goes_away_is_a_503_and_service_resumes(server: LiveServer, s3_bucket: tuple[S3Server, str],
                                                              ) -> None:
     s3, bucket = s3_bucket

@@ -109,6 +109,16 @@ def test_the_oldest_beyond_the_limit_are_pruned(s3: S3Server, bucket: str, tmp_p
     assert [store.read(n) for n in old] == [None, None, None]
 
 
+def test_delete_removes_only_the_named_pictures(s3: S3Server, bucket: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_of(s3, bucket, tmp_path, monkeypatch)
+    gone, kept = store.save(picture(), "gone"), store.save(picture("blue"), "kept")
+    assert store.delete([gone, gone, "../kept", ""]) == 1  # a name twice is one key; malformed names never go
+    assert store.read(gone) is None and store.read(kept) is not None
+    assert keys(s3, bucket) == {f"{PREFIX}/{kept}.png"}
+    assert store.delete([]) == 0
+
+
 def test_a_presigned_url_fetches_the_picture(s3: S3Server, bucket: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     store = store_of(s3, bucket, tmp_path, monkeypatch, image_url_expiry=600)

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, create_engine, event
 
 from aipc_chat.db import Database, Dialect
 from aipc_chat.errors import StorageError
-from aipc_chat.history import MIGRATIONS, HistoryStore, Turn
+from aipc_chat.history import MIGRATIONS, HistoryStore, Removed, Turn
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -88,10 +88,24 @@ def test_conversations_and_delete(store: HistoryStore) -> None:
     convs = store.conversations("u1")
     assert [c["conversation_id"] for c in convs] == ["b", "a"] and convs[0]["messages"] == 4
     assert convs[0]["title"] == "2" and convs[0]["updated"] >= convs[0]["created"]
-    assert store.delete("u1", "a") == 2
+    assert store.delete("u1", "a") == Removed(2, [])
     assert [c["conversation_id"] for c in store.conversations("u1")] == ["b"]
-    assert store.delete("u1") == 4
+    assert store.delete("u1") == Removed(4, [])
     assert store.conversations("u1") == [] and len(store.messages("u2", "a")) == 2
+
+
+def test_delete_names_the_pictures_its_answers_showed(store: HistoryStore) -> None:
+    shown = store.add_turn("u", "a", Turn("draw", "here", image_names=["p1"], image_state="pending"))
+    store.set_images(shown, ["p1", "p2"], None, "done")
+    failed = store.add_turn("u", "a", Turn("draw", "no", image_names=["p3"], image_state="pending"))
+    store.set_images(failed, ["p3"], None, "failed")  # never shown: no name is kept
+    store.add_turn("u", "a", Turn("hi", "hello"))
+    store.add_turn("u", "b", Turn("draw", "here", image_names=["p4"], image_state="done"))
+    store.add_turn("v", "a", Turn("draw", "here", image_names=["p5"], image_state="done"))
+    assert store.delete("u", "a") == Removed(6, ["p1", "p2"])
+    assert store.delete("u") == Removed(2, ["p4"])
+    assert store.delete("u") == Removed(0, [])
+    assert store.messages("v", "a")[1].image_names == ["p5"]
 
 
 def test_migrations_run_once(tmp_path: Path) -> None:

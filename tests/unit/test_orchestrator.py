@@ -55,12 +55,24 @@ class FakeLLM:
         return stream
 
 
+class DeletedNames:
+    """The store's part the orchestrator uses: what it deleted."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete(self, names: list[str]) -> int:
+        self.deleted.extend(names)
+        return len(names)
+
+
 class FakeImages:
     """Finishes (or fails) every job at once."""
 
     def __init__(self, *, fail: bool = False, busy: bool = False, hang: bool = False) -> None:
         self.fail, self.busy, self.hang = fail, busy, hang
         self.jobs: list[ImageJob] = []
+        self.store = DeletedNames()
         self._names = (f"{i:032x}" for i in itertools.count(1))
 
     def submit(self, params: ImageParams, owner: str | None = None) -> ImageJob:
@@ -233,6 +245,31 @@ def test_a_picture_in_flight_is_pending_until_it_ends(llm: FakeLLM, history: His
     assert history.interrupt_pending() == 1
     answer = history.messages("u", "default")[1]
     assert answer.image_state == "interrupted" and answer.image_names == []
+
+
+@pytest.mark.parametrize("deleted", [True, False])
+def test_a_picture_ending_after_its_conversation_was_deleted_is_deleted(llm: FakeLLM, history: HistoryStore,
+                                                                         deleted: bool) -> None:
+    images = FakeImages(hang=True)
+    llm.enqueue(("r", TAGGED))
+    orch = make(llm, images, history)
+
+    async def main() -> None:
+        async for _ in orch.run(ChatTurnRequest(user_id="u", message="Draw a fox", wait_for_image=False)):
+            pass
+        if deleted:
+            assert history.delete("u").messages == 2
+        job = images.jobs[0]
+        job.images = list(job.names)
+        job.end("done")
+        await orch.followed()
+
+    asyncio.run(main())
+    if deleted:
+        assert images.store.deleted == images.jobs[0].names and history.messages("u", "default") == []
+    else:
+        assert images.store.deleted == []
+        assert history.messages("u", "default")[1].image_names == images.jobs[0].names
 
 
 def test_history_window_and_no_reasoning_fed_back(llm: FakeLLM, images: FakeImages, history: HistoryStore) -> None:

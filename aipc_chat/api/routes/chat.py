@@ -4,6 +4,7 @@ endpoints."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -11,14 +12,16 @@ from fastapi import APIRouter, Path, Query, Request
 
 from aipc_chat.api.deps import ArrivalDep, CallerDep, RuntimeDep, SettingsDep, act_as
 from aipc_chat.api.disconnect import unless_disconnected
-from aipc_chat.api.routes.images import image_url
+from aipc_chat.api.routes.images import image_store, image_url
 from aipc_chat.api.schemas.chat import SAFE_ID, ChatRequest
 from aipc_chat.api.sse import SSEItem, sse_response
+from aipc_chat.errors import AipcError
 from aipc_chat.orchestrator import ChatTurnResult
 from aipc_chat.provision.resolve import Kind
 from aipc_chat.runtime import Runtime
 from aipc_chat.serving.options import check_sampler, image_limits
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 UserId = Annotated[str, Path(pattern=SAFE_ID)]
 ConversationId = Annotated[str | None, Query(pattern=SAFE_ID)]
@@ -109,12 +112,24 @@ async def get_history(user_id: UserId, request: Request, runtime: RuntimeDep, ca
 
 
 @router.delete("/chat/{user_id}/history")
-async def delete_history(user_id: UserId, runtime: RuntimeDep, caller: CallerDep,
+async def delete_history(user_id: UserId, request: Request, runtime: RuntimeDep, caller: CallerDep,
                          conversation_id: ConversationId = None) -> dict[str, Any]:
-    """Delete one conversation, or all of the user's when none is named."""
+    """Delete one conversation, or all of the user's when none is named, with the pictures its answers showed.
+
+    The messages go first: a picture store that fails afterwards leaves pictures no message points to (retention
+    prunes them), never a message whose picture is gone; the answer then says so in ``image_error``."""
     act_as(caller, user_id)
-    deleted = await asyncio.to_thread(runtime.history.delete, user_id, conversation_id)
-    return {"user_id": user_id, "conversation_id": conversation_id, "deleted_messages": deleted}
+    removed = await asyncio.to_thread(runtime.history.delete, user_id, conversation_id)
+    out: dict[str, Any] = {"user_id": user_id, "conversation_id": conversation_id,
+                           "deleted_messages": removed.messages, "deleted_images": 0}
+    if removed.image_names:
+        try:
+            out["deleted_images"] = await asyncio.to_thread(image_store(request).delete, removed.image_names)
+        except AipcError as exc:
+            log.warning("deleted %s's history but not its %d pictures: %s", user_id, len(removed.image_names),
+                        exc.message)
+            out["image_error"] = {"code": exc.code, "message": exc.message}
+    return out
 
 
 @router.get("/chat/{user_id}/conversations")
