@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,25 +106,13 @@ class HistoryStore:
                 image_names=json.dumps(names if state == "done" else []), image_prompt=json.dumps(image_prompt),
                 image_state=state)).rowcount)
 
-    def interrupt_pending(self, jobs: Collection[str] | None = None) -> int:
-        """Mark pictures still pending interrupted: all of them (at a lone server's start: they were in flight when
-        it died), or those ``jobs`` were making (the jobs of front ends that died); how many."""
+    def interrupt_pending(self) -> int:
+        """Mark every picture still pending interrupted (at a lone server's start: they were in flight when it
+        died); how many. A team settles its dead members' pictures itself (``team.Team``)."""
         stmt = (update(messages).where(messages.c.image_state == "pending")
                 .values(image_state="interrupted", image_names="[]"))
-        if jobs is not None:
-            if not jobs:
-                return 0
-            stmt = stmt.where(messages.c.image_job.in_(list(jobs)))
         with self.db.transaction() as db:
             return int(db.execute(stmt).rowcount)
-
-    def pending_jobs(self) -> list[str]:
-        """The image jobs whose pictures history still shows as pending."""
-        stmt = (select(messages.c.image_job).distinct()
-                .where(messages.c.image_state == "pending", messages.c.image_job.is_not(None))
-                .order_by(messages.c.image_job))
-        with self.db.connect() as db:
-            return [str(job) for job in db.execute(stmt).scalars()]
 
     def messages(self, user_id: str, conversation_id: str, limit: int | None = None) -> list[Message]:
         """The conversation's messages, oldest first; with ``limit``, only the last ``limit`` of them."""

@@ -66,20 +66,6 @@ def test_only_pictures_that_exist_are_listed(store: HistoryStore) -> None:
     assert store.interrupt_pending() == 0
 
 
-def test_only_the_dead_jobs_pictures_are_interrupted(store: HistoryStore) -> None:
-    for job in ("j1", "j2", "j3"):
-        store.add_turn("u", "c", Turn(f"draw {job}", "here", image_names=[job], image_state="pending", image_job=job))
-    store.add_turn("u", "c", Turn("draw j4", "here", image_names=["j4"], image_state="done", image_job="j4"))
-    assert store.pending_jobs() == ["j1", "j2", "j3"]
-    assert store.interrupt_pending([]) == 0
-    assert store.interrupt_pending({"j2", "j4", "elsewhere"}) == 1  # j4's picture is done: it stays
-    answers = [m for m in store.messages("u", "c") if m.role == "assistant"]
-    assert [m.image_state for m in answers] == ["pending", "interrupted", "pending", "done"]
-    assert answers[1].image_names == [] and answers[3].image_names == ["j4"]
-    assert store.pending_jobs() == ["j1", "j3"]
-    assert store.interrupt_pending() == 2 and store.pending_jobs() == []
-
-
 def test_conversations_and_delete(store: HistoryStore) -> None:
     store.add_turn("u1", "a", Turn("1", "one"))
     store.add_turn("u1", "b", Turn("2", "two"))
