@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 3.0  # seconds: a store that is down is known at once, not after a long wait
 READ_TIMEOUT = 15.0  # seconds without a byte: a picture is a few MB at most
 ATTEMPTS = 2  # in all: one retry, for a dropped connection
+PROBE_TIMEOUT = 2.0  # seconds, to connect and to answer: /ready's look at the bucket, made once, without a retry
 DELETE_BATCH = 1000  # delete_objects takes at most this many keys
 CHUNK = 64 * 1024
 UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed"}
@@ -69,7 +70,10 @@ class S3ImageStore(ImageStore):
         self.max_images = max_images
         self.url_expiry = url_expiry
         self.where = f"bucket '{bucket}' at {endpoint or 'AWS S3'}"
-        self._client = client if client is not None else _client(endpoint)
+        # One session: the probe, made later, uses the credentials the store was made with (the session keeps them)
+        self._session = boto3.session.Session()
+        self._client = client if client is not None else _client(self._session, endpoint)
+        self._probe: Any = client  # check()'s client, quick to give up on a silent store; made on first use
         # Listing the bucket costs a request per 1000 pictures: prune on the first save, then every Nth (going at
         # most a tenth over the limit in between).
         self._prune_every = max(1, min(50, max_images // 10))
@@ -148,9 +152,12 @@ class S3ImageStore(ImageStore):
 
     def check(self) -> str | None:
         """Why the bucket cannot be used now (no answer, access refused, no such bucket), or None."""
+        with self._lock:  # a boto3 session is not safe to make clients from in two threads at once
+            if self._probe is None:
+                self._probe = _client(self._session, self.endpoint, timeout=PROBE_TIMEOUT, attempts=1)
         try:
             with self._translated("reach the bucket"):
-                self._client.head_bucket(Bucket=self.bucket)
+                self._probe.head_bucket(Bucket=self.bucket)
         except _Missing:
             return f"There is no bucket '{self.bucket}' at {self.endpoint or 'AWS S3'}: create it, or fix " \
                    "AIPC_IMAGE_STORE_URL."
@@ -254,12 +261,13 @@ class _Missing(Exception):
     """No such object (or bucket, for a HEAD request, which has no error code to tell them apart)."""
 
 
-def _client(endpoint: str | None) -> Any:
-    """A boto3 S3 client that fails fast: short timeouts, one retry; path-style addressing for an S3-compatible
-    server (which seldom has a DNS name per bucket); checksums only where S3 requires them (recent botocore adds
-    trailing checksums by default, which not every S3-compatible server takes; our PUT sends its MD5)."""
-    config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-                    retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
+def _client(session: Any, endpoint: str | None, *, timeout: float | None = None, attempts: int = ATTEMPTS) -> Any:
+    """A boto3 S3 client that fails fast: short timeouts (``timeout`` for both, if given), one retry; path-style
+    addressing for an S3-compatible server (which seldom has a DNS name per bucket); checksums only where S3 requires
+    them (recent botocore adds trailing checksums by default, which not every S3-compatible server takes; our PUT
+    sends its MD5)."""
+    config = Config(connect_timeout=timeout or CONNECT_TIMEOUT, read_timeout=timeout or READ_TIMEOUT,
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
                     s3={"addressing_style": "path"} if endpoint else None, signature_version="s3v4",
                     request_checksum_calculation="when_required", response_checksum_validation="when_required")
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    return session.client("s3", endpoint_url=endpoint, config=config)

@@ -6,6 +6,7 @@ StoreUnavailable and serves again, every picture intact, once it is back."""
 from __future__ import annotations
 
 import io
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,23 @@ def test_a_stopped_store_fails_fast_and_serves_again(s3: S3Server, bucket: str, 
     assert store.read(before) == data
     after = store.save(picture("white"), "after the outage")
     assert store.exists(after) and keys(s3, bucket) == {f"{PREFIX}/{before}.png", f"{PREFIX}/{after}.png"}
+
+
+def test_a_silent_store_is_reported_by_a_quick_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that takes the connection and never answers (hung, not down): ``check()`` (what /ready and doctor
+    call) says so through its own client, which waits 2 s once rather than the store client's 15 s twice."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody reads or answers
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        store = make_image_store(Settings(image_store_url="s3://quiet", s3_endpoint=endpoint,
+                                          data_dir=tmp_path / "data"))
+        reason = store.check()
+    assert reason is not None and "does not answer (it stopped answering mid-way)" in reason and endpoint in reason
+    probe = store._probe.meta.config  # type: ignore[attr-defined]
+    assert (probe.connect_timeout, probe.read_timeout, probe.retries["total_max_attempts"]) == (2.0, 2.0, 1)
+    main = store._client.meta.config  # type: ignore[attr-defined]
+    assert (main.read_timeout, main.retries["total_max_attempts"]) == (15.0, 2)
 
 
 def test_refusals_say_what_to_fix(s3: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
