@@ -9,7 +9,12 @@ the first applies them, the others wait and find them applied.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,10 +188,85 @@ def upsert(db: Connection, table: Table, values: dict[str, Any], keys: list[str]
                                               set_={c: stmt.excluded[c] for c in update_cols}))
 
 
+STALL_SECONDS = 20.0  # a step the server has not answered in this long is past its own 15 s bounds: it froze
+
+
+class StallWatch:
+    """Ends calls to a PostgreSQL server that stopped answering without closing the connection: frozen (``docker
+    pause``, a stopped process, a host swapping to death) or behind a stuck proxy. Such a server takes the query and
+    never replies, which its ``statement_timeout`` cannot end (it never runs the query) and TCP keepalives cannot
+    notice (its kernel still acknowledges). A call whose current step (checking a connection out, a statement, a
+    commit) has waited ``limit`` seconds gets every connection to the server shut down under it: that call and any
+    other waiting fail (StoreUnavailable, 503) and the next ones connect afresh (within ``connect_timeout``)."""
+
+    def __init__(self, engine: Engine, label: str, limit: float = STALL_SECONDS) -> None:
+        self.label, self.limit = label, limit
+        self.stalls = 0  # how many times the watch cut the connections
+        self._steps: dict[int, float] = {}  # thread id -> when its call's current step began
+        self._conns: weakref.WeakSet[Any] = weakref.WeakSet()  # every open DBAPI connection
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        event.listen(engine, "connect", lambda dbapi_connection, _: self._conns.add(dbapi_connection))
+        for name in ("before_cursor_execute", "commit", "rollback"):
+            event.listen(engine, name, lambda *_, **__: self.step())
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """Watch the calling thread's steps while the block runs."""
+        me = threading.get_ident()
+        with self._lock:
+            self._steps[me] = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="db-stall-watch", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._steps.pop(me, None)
+
+    def step(self) -> None:
+        """A new step of the calling thread's call begins (a thread not in a watched call is left alone)."""
+        me = threading.get_ident()
+        with self._lock:
+            if me in self._steps:
+                self._steps[me] = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.limit / 4)):
+            now = time.monotonic()
+            with self._lock:
+                stalled = any(now - began >= self.limit for began in self._steps.values())
+                if stalled:
+                    self._steps = dict.fromkeys(self._steps, now)  # one cut per stall
+            if stalled:
+                self.stalls += 1
+                log.error("the database (%s) has not answered for %.0f s: its connections are cut", self.label,
+                          self.limit)
+                for conn in list(self._conns):
+                    _shut_down(conn)
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+
+
+def _shut_down(dbapi_connection: Any) -> None:
+    """Shut the connection's socket down (not close it: the driver still owns the descriptor), so a read waiting
+    on it ends at once with an error."""
+    try:
+        sock = socket.fromfd(dbapi_connection.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)  # a duplicate
+    except Exception:  # closed meanwhile, or a platform without fromfd: nothing to cut
+        return
+    with sock, contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class Database:
     """A SQLAlchemy engine over SQLite or PostgreSQL, with the schema migrated, and errors made clients' errors."""
 
-    def __init__(self, url: str, *, label: str | None = None) -> None:
+    def __init__(self, url: str, *, label: str | None = None, stall_after: float = STALL_SECONDS) -> None:
         parsed = driver_url(url)
         self.dialect = Dialect("postgresql" if parsed.get_backend_name() == "postgresql" else "sqlite")
         self.label = label or redact(url)
@@ -195,7 +275,9 @@ class Database:
         if self.dialect.name == "postgresql":
             self.engine: Engine = create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=16,
                                                 pool_timeout=10, connect_args=POSTGRES_CONNECT)
+            self._watch: StallWatch | None = StallWatch(self.engine, self.label, stall_after)
         else:
+            self._watch = None  # a local file: no server to freeze
             if parsed.database and parsed.database != ":memory:":
                 self.path = Path(parsed.database)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +350,7 @@ class Database:
     def connect(self) -> Iterator[Connection]:
         """A connection for reads (each statement its own transaction)."""
         try:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+            with self._watched(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
                 yield db
         except OperationalError as exc:
             raise self._error(exc) from None
@@ -280,12 +362,15 @@ class Database:
         """One transaction: committed when the block ends, rolled back if it raises. A write the disk refuses is a
         StorageError; a database that does not answer is StoreUnavailable (503)."""
         try:
-            with self.engine.begin() as db:
+            with self._watched(), self.engine.begin() as db:
                 yield db
         except OperationalError as exc:
             raise self._error(exc) from None
         except PoolTimeout as exc:  # every pooled connection is stuck on a server that stopped answering
             raise self.unavailable(exc) from None
+
+    def _watched(self) -> contextlib.AbstractContextManager[None]:
+        return self._watch.call() if self._watch is not None else contextlib.nullcontext()
 
     def _error(self, exc: DBAPIError) -> StorageError | StoreUnavailable:
         if self.dialect.name == "sqlite":
@@ -296,6 +381,8 @@ class Database:
 
     def close(self) -> None:
         """Close every pooled connection."""
+        if self._watch is not None:
+            self._watch.close()
         self.engine.dispose()
 
 

@@ -93,7 +93,9 @@ def test_two_front_ends_turns_never_interleave(database_url: str) -> None:
 
 
 class Relay:
-    """A TCP relay to the database that can be cut: afterwards its port is closed and the database does not answer."""
+    """A TCP relay to the database that can be cut (afterwards its port is closed and the database does not answer)
+    or frozen (connections stay open and the kernel takes what is sent, but nothing is passed on or accepted: a
+    paused container, a stuck proxy) and thawed."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -101,10 +103,19 @@ class Relay:
         self.port = int(self.listener.getsockname()[1])
         self.open: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.flowing = threading.Event()
+        self.flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
 
     def _accept(self) -> None:
         while True:
+            self.flowing.wait()
             try:
                 client, _ = self.listener.accept()
             except OSError:  # cut
@@ -115,10 +126,10 @@ class Relay:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.flowing.wait()  # frozen: what arrived is held, unanswered
                 sink.sendall(data)
         except OSError:
             pass
@@ -163,6 +174,32 @@ def test_a_database_that_stops_answering_is_a_503_without_the_password(relayed_u
             assert err.value.status == 503 and err.value.code == "store_unavailable"
             assert "s3cret-Pa55" not in err.value.message and "cannot be reached now" in err.value.message
             assert f":{relay.port}/" in err.value.message  # which database it is
+    finally:
+        database.close()
+
+
+def test_a_database_that_freezes_is_a_503_not_a_hang(relayed_url: tuple[str, Relay]) -> None:
+    """A server that takes queries and never answers (statement_timeout cannot end a query it never runs, and
+    keepalives are acknowledged): the stall watch cuts its connections, and the calls fail instead of waiting
+    forever (pytest-timeout would end this test); once it thaws, service resumes with what was stored."""
+    url, relay = relayed_url
+    database = Database(url, stall_after=2)
+    try:
+        history = HistoryStore(database)
+        history.add_turn("dee", "c", Turn("before", "stored"))
+        relay.freeze()
+        try:
+            for attempt in (lambda: history.add_turn("dee", "c", Turn("frozen", "never acknowledged")),
+                            lambda: history.messages("dee", "c")):
+                with pytest.raises(StoreUnavailable) as err:
+                    attempt()
+                assert err.value.status == 503 and "s3cret-Pa55" not in err.value.message
+            assert database._watch is not None and database._watch.stalls >= 1
+        finally:
+            relay.thaw()
+        assert [m.content for m in history.messages("dee", "c")] == ["before", "stored"]
+        history.add_turn("dee", "c", Turn("after", "stored too"))
+        assert len(history.messages("dee", "c")) == 4
     finally:
         database.close()
 
