@@ -85,6 +85,9 @@ _DECIMAL_UNITS = frozenset({"b", "kb", "mb", "gb", "tb"})
 _SIZE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*", re.IGNORECASE)
 
 
+KEEP_FOREVER_SECONDS = 100 * 365 * 86400.0  # a keep-alive this long or longer is forever (no timer, no date)
+
+
 def parse_duration(text: str) -> float | None:
     """Seconds in a duration: ``300`` (seconds), ``500ms``, ``30s``, ``5m``, ``5min``, ``2h``, ``1d``, ``1h30m``
     (Go's and Ollama's form); a negative one (``-1``, ``-5m``) means forever and is None."""
@@ -638,8 +641,9 @@ class Settings(BaseSettings):
 
     @property
     def keep_alive_seconds(self) -> float | None:
-        """``keep_alive`` in seconds; None for never."""
-        return parse_duration(self.keep_alive)
+        """``keep_alive`` in seconds; None for never (as is a century or more)."""
+        seconds = parse_duration(self.keep_alive)
+        return None if seconds is None or seconds >= KEEP_FOREVER_SECONDS else seconds
 
     @property
     def extra_hosts(self) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from aipc_chat.engines.contract import RETRY_AFTER_SECONDS, EngineHealth
 from aipc_chat.engines.memory import release_memory, rss_mb
 from aipc_chat.errors import AipcError, Busy, Cancelled, EngineFailure, MemoryFull, NotReady
+from aipc_chat.settings import KEEP_FOREVER_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ RecordState = Literal["unloaded", "loading", "ready", "unloading", "recovering",
 MEMORY_RETRY_AFTER = 10
 MAX_REBUILDS = 3
 REBUILD_BACKOFF_SECONDS = (0.0, 0.5, 2.0)  # before each attempt of one recovery
+LONGEST_WAIT = 3600.0  # seconds: the thread wakes at least this often (a far deadline is waited for in steps;
+# Condition.wait overflows beyond threading.TIMEOUT_MAX, and a keep_alive may be any number of seconds)
 
 
 def weights_mb(model_dir: Path) -> float:
@@ -245,7 +248,7 @@ class Scheduler:
             record.last_used = self._clock()
             if record.refs == 0:
                 keep = record.spec.keep_alive if keep_alive is None else keep_alive
-                record.expires_at = None if keep == math.inf else record.last_used + max(0.0, keep)
+                record.expires_at = None if keep >= KEEP_FOREVER_SECONDS else record.last_used + max(0.0, keep)
                 self._cond.notify_all()
 
     def preload(self, name: str, keep_alive: float | None = None, *, wait: bool = True,
@@ -356,18 +359,21 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if self._closed:
-                    return
-                work = self._next_work()
-                if work is None:
-                    self._cond.wait(self._next_deadline())
-                    self.wakeups += 1
-                    continue
             try:
+                with self._cond:
+                    if self._closed:
+                        return
+                    work = self._next_work()
+                    if work is None:
+                        self._cond.wait(self._next_deadline())
+                        self.wakeups += 1
+                        continue
                 work()
             except Exception:  # a bug of ours: the scheduler must go on serving the other models
                 log.exception("the model scheduler's work failed")
+                with self._cond:  # not a busy loop, should the same failure come back at once (close wakes it)
+                    if not self._closed:
+                        self._cond.wait(1.0)
 
     def _next_work(self) -> Callable[[], None] | None:
         """What to do now, most urgent first (under the lock): a recovery, an unload that is due, a load."""
@@ -417,7 +423,7 @@ class Scheduler:
         deadlines = [r.expires_at for r in self._records.values()
                      if r.state == "ready" and r.refs == 0 and r.expires_at is not None]
         deadlines += [r.blocked_until for r in self._records.values() if r.blocked_until is not None]
-        return max(0.0, min(deadlines) - self._clock()) if deadlines else None
+        return min(LONGEST_WAIT, max(0.0, min(deadlines) - self._clock())) if deadlines else None
 
     def _make_room(self, record: Record) -> Record | None:
         """Under a limit: the idle model to evict first so ``record`` fits, or None when it fits (or cannot fit

@@ -67,5 +67,12 @@ def test_ready_at_once_and_each_model_loads_on_first_use(demo_models: Path, tmp_
         assert client.generate(model=name, keep_alive=0).done_reason == "unload"
         wait_until(lambda: models(server.base_url)["llm"]["state"] == "unloaded", "the LLM unloaded")
         assert client.ps().models == []
+        # Any number of seconds is taken (one too long to wait for once killed the scheduler's thread).
+        assert client.generate(model=name, keep_alive=1e20).done_reason == "load"
+        assert client.ps().models[0].expires_at.year == 2318  # Ollama's date for a model kept for good
+        kept = models(server.base_url)["llm"]
+        assert kept["state"] == "ready" and kept["keep_alive_left"] is None
+        assert client.generate(model=name, keep_alive=0).done_reason == "unload"
+        wait_until(lambda: models(server.base_url)["llm"]["state"] == "unloaded", "the LLM unloaded after it")
     finally:
         server.stop()

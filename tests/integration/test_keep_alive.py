@@ -52,12 +52,13 @@ def test_the_llm_unloads_when_idle_and_loads_again_for_the_next_requests(demo_mo
                        for _ in range(n)]
             return [(await collect(s))[2].completion_tokens for s in streams]
 
-        assert all(asyncio.run(ask(1)))
+        assert all(asyncio.run(ask(1)))  # (a busy machine may have let the 1 s pass since load(): built again)
         wait_for(lambda: engine.health().state == "unloaded")
-        assert loop.pipe is None and len(built) == 1
+        before = len(built)
+        assert loop.pipe is None and before >= 1
         engine.check_serving()  # an unloaded model takes requests
         assert all(asyncio.run(ask(3)))  # three at once after the unload: one load serves them all
-        assert len(built) == 2  # (its state is not read: the 1 s timer may already have let it go again)
+        assert len(built) == before + 1  # (its state is not read: the 1 s timer may already have let it go again)
     finally:
         engine.close()
 
@@ -88,14 +89,15 @@ def test_the_image_model_unloads_when_idle_and_loads_again(demo_models: Path, tm
             asyncio.run(wait_job(job, 60))
             return job.state
 
-        assert render() == "done"
+        assert render() == "done"  # (a busy machine may have let the 1 s pass since load(): built again)
         wait_for(lambda: engine.health().state == "unloaded")
-        assert not engine.renderer.loaded and len(built) == 1
+        before = len(built)
+        assert not engine.renderer.loaded and before >= 1
         # Two jobs queued together (one thread, back to back): one load serves both, whatever the timer does.
         jobs = [engine.submit(params) for _ in range(2)]
         for job in jobs:
             asyncio.run(wait_job(job, 60))
-        assert [job.state for job in jobs] == ["done", "done"] and len(built) == 2
+        assert [job.state for job in jobs] == ["done", "done"] and len(built) == before + 1
     finally:
         engine.close()
 

@@ -11,6 +11,7 @@ import pytest
 
 from aipc_chat.engines.scheduler import ModelSpec, Scheduler
 from aipc_chat.errors import Busy, EngineFailure, MemoryFull, NotReady
+from tests.waiting import wait_until
 
 
 class FakeLoader:
@@ -373,3 +374,21 @@ def test_closing_ends_a_rebuild_wait_and_refuses_new_ones(fake: FakeLoader) -> N
     assert recovery.wait() is False  # the owner thread is not left waiting
     assert s.recover("llm", RuntimeError("again")).wait() is False
     fake.gates["llm"].set()
+
+
+@pytest.mark.parametrize("keep_alive", [50 * 365 * 86400.0, 1e20, 1e300, threading.TIMEOUT_MAX * 2])
+def test_a_keep_alive_too_long_to_wait_for_keeps_the_model_and_the_thread(fake: FakeLoader, keep_alive: float) -> None:
+    """Ollama's keep_alive takes any number of seconds: one beyond what a thread can wait (found by the fuzz test:
+    OverflowError in Condition.wait) must neither kill the scheduler's thread nor unload the model."""
+    s = scheduler(fake)
+    s.add(fake.spec("llm", 50, keep_alive=0.1))
+    s.add(fake.spec("image", 50, keep_alive=0.1))
+    s.release(s.acquire("llm", 10), keep_alive)
+    with s._cond:  # a far deadline is waited for in steps of an hour at most; a century and more is never
+        assert (s._next_deadline() or 0.0) <= 3600.0
+    s.release(s.acquire("image", 10), 0)  # the thread still serves: it unloads this one, and loads it again
+    wait_until(lambda: s.view("image").state == "unloaded", "the image model unloaded")
+    s.release(s.acquire("image", 10))
+    assert s._thread is not None and s._thread.is_alive()
+    assert s.view("llm").state == "ready" and fake.loads == {"llm": 1, "image": 2}
+    s.close()

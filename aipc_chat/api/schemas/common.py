@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from aipc_chat.engines.contract import Tool, ToolSet
 from aipc_chat.errors import InvalidRequest
 from aipc_chat.serving.params import IMAGE_SEED_MAX, LLM_SEED_MAX, RANDOM_SEED
-from aipc_chat.settings import parse_duration
+from aipc_chat.settings import KEEP_FOREVER_SECONDS, parse_duration
 
 # -1 is "random" everywhere; the serving layer's ``seed`` turns it (and None) into None.
 LLMSeed = Annotated[int | None, Field(ge=RANDOM_SEED, le=LLM_SEED_MAX)]
@@ -19,8 +19,9 @@ ImageSeed = Annotated[int | None, Field(ge=RANDOM_SEED, le=IMAGE_SEED_MAX)]
 
 
 def keep_alive_seconds(value: object) -> float | None:
-    """Ollama's ``keep_alive``: seconds (a number) or a duration (``30s``, ``5m``, ``1h``); negative keeps the model
-    loaded for good (``math.inf``), 0 unloads it right after the request; None leaves the server's default."""
+    """Ollama's ``keep_alive``: seconds (a number) or a duration (``30s``, ``5m``, ``1h``); negative (or a century
+    and more) keeps the model loaded for good (``math.inf``), 0 unloads it right after the request; None leaves the
+    server's default."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -36,7 +37,7 @@ def keep_alive_seconds(value: object) -> float | None:
         value = math.inf if seconds is None else seconds
     if math.isnan(value):
         raise ValueError("keep_alive is not a number")
-    return math.inf if value < 0 else float(value)
+    return math.inf if value < 0 or value >= KEEP_FOREVER_SECONDS else float(value)
 
 
 KeepAlive = Annotated[float | None, BeforeValidator(keep_alive_seconds)]
