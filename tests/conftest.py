@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,12 @@ MODELS_DIR = Path(os.environ.get("AIPC_TEST_MODELS_DIR", REPO / "models"))
 SEED_NAMES = ("USE_MOCKS", "AUTO_DOWNLOAD_MODELS", "MODELS_CACHE_DIR", "DEEPSEEK_ENDPOINT", "STABLE_DIFFUSION_ENDPOINT",
               "HUGGINGFACE_TOKEN", "HF_TOKEN", "DEEPSEEK_REPO_ID", "STABLE_DIFFUSION_REPO_ID", "REQUEST_TIMEOUT",
               "CONVERSATION_HISTORY_LIMIT")
+
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # Started in the background by a shell without job control (`make test &` in a script), this process and every
+    # server it starts would ignore SIGINT, and the Ctrl-C tests would test nothing: the servers get Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
