@@ -483,7 +483,7 @@ class Scheduler:
             self._hand_out(record)
             if record.refs == 0:  # a load-only request: its keep-alive starts now
                 keep = record.spec.keep_alive if record.preload_keep is None else record.preload_keep
-                record.expires_at = None if keep == math.inf else record.last_used + keep
+                record.expires_at = None if keep >= KEEP_FOREVER_SECONDS else record.last_used + keep
             record.preload_keep = None
             self._cond.notify_all()
         log.info("%s model loaded in %.2f s: +%.0f MB", name, record.load_seconds, size)

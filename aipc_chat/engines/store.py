@@ -222,22 +222,28 @@ class FolderImageStore(ImageStore):
     def delete(self, names: Iterable[str]) -> int:
         """Unlink each picture's file."""
         deleted = 0
-        for name in names:
-            path = self.path(name)
-            if path is None:
-                continue
-            try:
-                path.unlink()
-            except FileNotFoundError:  # pruned meanwhile
-                continue
-            except OSError as exc:
-                raise storage_error(self.folder, exc) from None
-            deleted += 1
+        with self._lock:  # not while a save prunes: it reads the times of the files it listed
+            for name in names:
+                if not NAME_RE.match(name):
+                    continue
+                try:
+                    (self.folder / f"{name}.png").unlink()
+                except FileNotFoundError:  # never made, or pruned already
+                    continue
+                except OSError as exc:
+                    raise storage_error(self.folder, exc) from None
+                deleted += 1
         return deleted
 
     def _prune(self) -> None:
         with self._lock:
-            files = sorted(self.folder.glob("*.png"), key=lambda p: p.stat().st_mtime)
+            dated = []
+            for path in self.folder.glob("*.png"):
+                try:
+                    dated.append((path.stat().st_mtime, path))
+                except FileNotFoundError:  # deleted by another process sharing the folder: not to count
+                    continue
+            files = [path for _, path in sorted(dated)]
             for old in files[: max(0, len(files) - self.max_images)]:
                 old.unlink(missing_ok=True)
                 log.info("pruned old image %s", old.name)

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from aipc_chat.api.schemas.chat import ChatRequest
+from aipc_chat.api.schemas.common import keep_alive_seconds
 from aipc_chat.api.schemas.ollama import OllamaChatRequest, OllamaGenerateRequest
 from aipc_chat.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from aipc_chat.engines.contract import Delta, Done, GenParams, LLMStream, Timing
@@ -276,3 +277,14 @@ def test_stopping_early_cancels_the_stream() -> None:
 
     asyncio.run(main())
     assert engine.streams[0].cancelled
+
+
+@pytest.mark.parametrize(("given", "seconds"), [
+    (90, 90.0), ("5m", 300.0), (-1, math.inf), ("-5m", math.inf), (0, 0.0),
+    (1e20, math.inf), (10**400, math.inf), (-(10**400), math.inf), (100 * 365 * 86400, math.inf),
+    ("1000000d", math.inf),
+])
+def test_keep_alive_beyond_a_century_is_forever(given: object, seconds: float) -> None:
+    """Any number of seconds is taken; a century and more (even one beyond a float) is kept for good, never a
+    deadline a thread or a date cannot hold."""
+    assert keep_alive_seconds(given) == seconds

@@ -35,6 +35,8 @@ def keep_alive_seconds(value: object) -> float | None:
         except ValueError:
             raise ValueError(f"keep_alive {value!r} is not a duration such as 30s, 5m or 1h") from None
         value = math.inf if seconds is None else seconds
+    if isinstance(value, int) and abs(value) >= KEEP_FOREVER_SECONDS:  # beyond a float (10**400) too
+        return math.inf
     if math.isnan(value):
         raise ValueError("keep_alive is not a number")
     return math.inf if value < 0 or value >= KEEP_FOREVER_SECONDS else float(value)
