@@ -203,19 +203,26 @@ class StallWatch:
         self.label, self.limit = label, limit
         self.stalls = 0  # how many times the watch cut the connections
         self._steps: dict[int, float] = {}  # thread id -> when its call's current step began
+        self._depth: dict[int, int] = {}  # thread id -> calls it is in (a call inside a call is one)
         self._conns: weakref.WeakSet[Any] = weakref.WeakSet()  # every open DBAPI connection
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        event.listen(engine, "connect", lambda dbapi_connection, _: self._conns.add(dbapi_connection))
-        for name in ("before_cursor_execute", "commit", "rollback"):
+        event.listen(engine, "connect", self.connected)
+        for name in ("checkout", "before_cursor_execute", "commit", "rollback"):  # checkout: after the pre-ping
             event.listen(engine, name, lambda *_, **__: self.step())
+
+    def connected(self, dbapi_connection: Any, _record: Any = None) -> None:
+        """A new connection to the server (the pool's ``connect`` event): one to cut in a stall."""
+        with self._lock:
+            self._conns.add(dbapi_connection)
 
     @contextmanager
     def call(self) -> Iterator[None]:
         """Watch the calling thread's steps while the block runs."""
         me = threading.get_ident()
         with self._lock:
+            self._depth[me] = self._depth.get(me, 0) + 1
             self._steps[me] = time.monotonic()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="db-stall-watch", daemon=True)
@@ -224,7 +231,9 @@ class StallWatch:
             yield
         finally:
             with self._lock:
-                self._steps.pop(me, None)
+                self._depth[me] -= 1
+                if not self._depth[me]:
+                    del self._depth[me], self._steps[me]
 
     def step(self) -> None:
         """A new step of the calling thread's call begins (a thread not in a watched call is left alone)."""
@@ -235,17 +244,23 @@ class StallWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.limit / 4)):
-            now = time.monotonic()
-            with self._lock:
-                stalled = any(now - began >= self.limit for began in self._steps.values())
-                if stalled:
-                    self._steps = dict.fromkeys(self._steps, now)  # one cut per stall
-            if stalled:
-                self.stalls += 1
-                log.error("the database (%s) has not answered for %.0f s: its connections are cut", self.label,
-                          self.limit)
-                for conn in list(self._conns):
-                    _shut_down(conn)
+            try:
+                self._look()
+            except Exception:  # a bug of ours must not end the watch
+                log.exception("the database stall watch failed")
+
+    def _look(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stalled = any(now - began >= self.limit for began in self._steps.values())
+            if not stalled:
+                return
+            self._steps = dict.fromkeys(self._steps, now)  # one cut per stall
+            conns = list(self._conns)
+        self.stalls += 1
+        log.error("the database (%s) has not answered for %g s: its connections are cut", self.label, self.limit)
+        for conn in conns:
+            _shut_down(conn)
 
     def close(self) -> None:
         """Stop watching."""
@@ -256,11 +271,19 @@ def _shut_down(dbapi_connection: Any) -> None:
     """Shut the connection's socket down (not close it: the driver still owns the descriptor), so a read waiting
     on it ends at once with an error."""
     try:
-        sock = socket.fromfd(dbapi_connection.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)  # a duplicate
+        fd = dbapi_connection.pgconn.socket
+        sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)  # a duplicate of the descriptor
     except Exception:  # closed meanwhile, or a platform without fromfd: nothing to cut
         return
-    with sock, contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+    with sock:
+        try:  # still open with that number after the duplicate was made: the duplicate is this connection's socket
+            # (a closed connection never opens again), not another's that took the number meanwhile
+            ours = not dbapi_connection.closed and dbapi_connection.pgconn.socket == fd
+        except Exception:
+            ours = False
+        if ours:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class Database:
