@@ -151,8 +151,9 @@ class HistoryStore:
             which &= m.conversation_id == conversation_id
             drop_conversations = drop_conversations.where(conversations.c.id == conversation_id)
         with self.db.transaction() as db:
-            shown = db.execute(select(m.image_names).where(which & m.image_names.not_in(["[]", ""]))
-                               .order_by(m.id)).scalars()
+            shown = db.execute(select(m.image_names).where(  # as listed (SHOWN_STATES): a picture still
+                which & m.image_names.not_in(["[]", ""])      # rendering is deleted when it ends (orchestrator)
+                & (m.image_state.is_(None) | (m.image_state == "done"))).order_by(m.id)).scalars()
             names = [name for text in shown if text for name in json.loads(text)]
             removed = db.execute(delete(messages).where(which)).rowcount
             db.execute(drop_conversations)

@@ -232,11 +232,12 @@ class Orchestrator:
         picture rendered), delete the picture too, as the deletion would have."""
         if await asyncio.to_thread(self.history.set_images, message_id, names, prompt, state):
             return
-        if state == "done" and names and self._images is not None:
+        if names and self._images is not None:  # whatever the state: an interrupted picture is kept as far as it got
             try:
                 await asyncio.to_thread(self._images().store.delete, names)
-            except AipcError as exc:  # left to retention
-                log.warning("could not delete the pictures of deleted message %d: %s", message_id, exc.message)
+            except Exception as exc:  # left to retention
+                log.warning("could not delete the pictures of deleted message %d: %s", message_id,
+                            getattr(exc, "message", None) or repr(exc))
 
     def _follow(self, job: ImageJob, message_id: int, result: ChatTurnResult) -> None:
         """Record in history how a picture the turn did not wait for ends (done, failed or cancelled)."""

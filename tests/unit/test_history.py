@@ -86,9 +86,10 @@ def test_delete_names_the_pictures_its_answers_showed(store: HistoryStore) -> No
     failed = store.add_turn("u", "a", Turn("draw", "no", image_names=["p3"], image_state="pending"))
     store.set_images(failed, ["p3"], None, "failed")  # never shown: no name is kept
     store.add_turn("u", "a", Turn("hi", "hello"))
+    store.add_turn("u", "a", Turn("draw", "soon", image_names=["p6"], image_state="pending"))  # ends later
     store.add_turn("u", "b", Turn("draw", "here", image_names=["p4"], image_state="done"))
     store.add_turn("v", "a", Turn("draw", "here", image_names=["p5"], image_state="done"))
-    assert store.delete("u", "a") == Removed(6, ["p1", "p2"])
+    assert store.delete("u", "a") == Removed(8, ["p1", "p2"])
     assert store.delete("u") == Removed(2, ["p4"])
     assert store.delete("u") == Removed(0, [])
     assert store.messages("v", "a")[1].image_names == ["p5"]

@@ -125,10 +125,11 @@ async def delete_history(user_id: UserId, request: Request, runtime: RuntimeDep,
     if removed.image_names:
         try:
             out["deleted_images"] = await asyncio.to_thread(image_store(request).delete, removed.image_names)
-        except AipcError as exc:
+        except Exception as exc:  # the messages are gone: say so whatever failed after them, never a 500
+            error = exc if isinstance(exc, AipcError) else AipcError(f"The pictures could not be deleted: {exc}")
             log.warning("deleted %s's history but not its %d pictures: %s", user_id, len(removed.image_names),
-                        exc.message)
-            out["image_error"] = {"code": exc.code, "message": exc.message}
+                        error.message)
+            out["image_error"] = {"code": error.code or "image_store_error", "message": error.message}
     return out
 
 
