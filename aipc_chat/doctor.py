@@ -9,6 +9,7 @@ that would stop the start."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -378,7 +379,7 @@ def team_checks(settings: Settings) -> list[Check]:
 def _database_check(url: str) -> Check:
     from sqlalchemy import create_engine, text
 
-    from aipc_chat.db import POSTGRES_CONNECT, driver_url, redact
+    from aipc_chat.db import POSTGRES_CONNECT, StallWatch, driver_url, redact
 
     label = redact(url)
     parsed = driver_url(url)
@@ -388,14 +389,17 @@ def _database_check(url: str) -> Check:
     except ModuleNotFoundError as exc:
         return Check("team", "fail", f"AIPC_DATABASE_URL needs {exc.name}, which is not installed",
                      'pip install "aipc-chat[team]"')
+    watch = StallWatch(engine, label) if postgres else None  # a frozen server: a failed check, not a hang
     try:
-        with engine.connect() as db:
+        with watch.call() if watch is not None else contextlib.nullcontext(), engine.connect() as db:
             db.execute(text("SELECT 1"))
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return Check("team", "fail", f"database {label} does not answer: {reason}",
                      "check AIPC_DATABASE_URL, and that the database server is running")
     finally:
+        if watch is not None:
+            watch.close()
         engine.dispose()
     return Check("team", "ok", f"database {label} answers (history, image jobs and rate limits are kept there)")
 
