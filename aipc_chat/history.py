@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from aipc_chat.db import MIGRATIONS, Database, conversations, messages, upsert
 
@@ -150,10 +150,11 @@ class HistoryStore:
         if conversation_id is not None:
             which &= m.conversation_id == conversation_id
             drop_conversations = drop_conversations.where(conversations.c.id == conversation_id)
+        # the pictures listed (SHOWN_STATES); one still rendering is deleted when it ends (the orchestrator)
+        listed = or_(*(m.image_state.is_(None) if state is None else m.image_state == state for state in SHOWN_STATES))
         with self.db.transaction() as db:
-            shown = db.execute(select(m.image_names).where(  # as listed (SHOWN_STATES): a picture still
-                which & m.image_names.not_in(["[]", ""])      # rendering is deleted when it ends (orchestrator)
-                & (m.image_state.is_(None) | (m.image_state == "done"))).order_by(m.id)).scalars()
+            shown = db.execute(select(m.image_names).where(which & listed & m.image_names.not_in(["[]", ""]))
+                               .order_by(m.id)).scalars()
             names = [name for text in shown if text for name in json.loads(text)]
             removed = db.execute(delete(messages).where(which)).rowcount
             db.execute(drop_conversations)
