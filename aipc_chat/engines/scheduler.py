@@ -47,6 +47,11 @@ LONGEST_WAIT = 3600.0  # seconds: the thread wakes at least this often (a far de
 # Condition.wait overflows beyond threading.TIMEOUT_MAX, and a keep_alive may be any number of seconds)
 
 
+def _expiry(since: float, keep: float) -> float | None:
+    """When an idle model kept ``keep`` seconds from ``since`` is let go; None for never (a century and more)."""
+    return None if keep >= KEEP_FOREVER_SECONDS else since + max(0.0, keep)
+
+
 def weights_mb(model_dir: Path) -> float:
     """A model's weights on disk in MiB (a GGUF file, or the ``.bin`` files of an IR folder and its subfolders):
     what loading it is expected to take before it has been measured."""
@@ -248,7 +253,7 @@ class Scheduler:
             record.last_used = self._clock()
             if record.refs == 0:
                 keep = record.spec.keep_alive if keep_alive is None else keep_alive
-                record.expires_at = None if keep >= KEEP_FOREVER_SECONDS else record.last_used + max(0.0, keep)
+                record.expires_at = _expiry(record.last_used, keep)
                 self._cond.notify_all()
 
     def preload(self, name: str, keep_alive: float | None = None, *, wait: bool = True,
@@ -483,7 +488,7 @@ class Scheduler:
             self._hand_out(record)
             if record.refs == 0:  # a load-only request: its keep-alive starts now
                 keep = record.spec.keep_alive if record.preload_keep is None else record.preload_keep
-                record.expires_at = None if keep >= KEEP_FOREVER_SECONDS else record.last_used + keep
+                record.expires_at = _expiry(record.last_used, keep)
             record.preload_keep = None
             self._cond.notify_all()
         log.info("%s model loaded in %.2f s: +%.0f MB", name, record.load_seconds, size)
